@@ -1,1 +1,29 @@
-"""panicflow"""
+"""panicflow: generative models chained in a loop, at scale, on Dask.
+
+The Python API; see docs/api.md.
+"""
+
+from .api import (
+    experiment_status,
+    list_experiments,
+    load_image,
+    load_text,
+    open_experiment,
+    resume_experiment,
+    run_experiment,
+)
+from .config import ExperimentConfig, load_config
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ExperimentConfig",
+    "experiment_status",
+    "list_experiments",
+    "load_config",
+    "load_image",
+    "load_text",
+    "open_experiment",
+    "resume_experiment",
+    "run_experiment",
+]

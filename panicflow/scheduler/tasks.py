@@ -1,0 +1,114 @@
+"""Functions that run on Dask workers.
+
+They receive plain values (a store URL, ids, model names, hashes), open what
+they need themselves, and return small results: images never travel through
+the coordinator. Each is safe to run twice (a worker may die mid-task and
+Dask re-runs it): objects are content-addressed and the Zarr chunks a task
+writes are its own and get the same values again.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Any
+
+import numpy as np
+
+from ..models import REGISTRY, Kind
+from ..models.cache import get_model
+from ..store import Store
+from ..store.experiment import Experiment, now_us, write_embedding_rows
+
+
+@lru_cache(maxsize=8)
+def _store(url: str) -> Store:
+    return Store(url)
+
+
+def invoke_batch(store_url: str, model: str, inputs: list[str], seeds: list[int]) -> dict[str, Any]:
+    """One batched model call: decode inputs, generate, store outputs.
+
+    ``inputs`` are texts for text-input models and object hashes for image
+    inputs, so the model always sees outputs exactly as stored.
+    """
+    store = _store(store_url)
+    spec = REGISTRY[model]
+    if spec.input_kind is Kind.IMAGE:
+        decoded = [store.objects.get_image(h) for h in inputs]
+    else:
+        decoded = list(inputs)
+    impl = get_model(model)
+    started = now_us()
+    outputs = impl.generate(decoded, list(seeds))
+    ended = now_us()
+    if len(outputs) != len(inputs):
+        raise RuntimeError(f"{model} returned {len(outputs)} outputs for {len(inputs)} inputs")
+    results = []
+    for out in outputs:
+        if spec.output_kind is Kind.TEXT:
+            if not isinstance(out, str):
+                raise TypeError(f"{model} returned {type(out).__name__}, expected str")
+            results.append((store.objects.put_text(out), out))
+        else:
+            results.append((store.objects.put_image(out), None))
+    return {"outputs": results, "started_us": started, "ended_us": ended, "parameters": impl.parameters()}
+
+
+def embed_run(store_url: str, experiment_id: str, run: int, model: str, length: int, batch_size: int) -> int:
+    """Embed every output of one run that ``model`` can embed, and write its rows.
+
+    Reads the run's materialised outputs from Zarr (written by the coordinator
+    before it submits this task); returns how many vectors were written.
+    """
+    store = _store(store_url)
+    exp = Experiment(store.root, experiment_id)
+    g = exp.group(read_only=True)
+    spec = REGISTRY[model]
+    kinds = g["kind"][run, :length]
+    steps = [i for i, k in enumerate(kinds) if k == spec.input_kind.value]
+    vectors = np.full((length, spec.dim), np.nan, dtype=np.float32)
+    if steps:
+        if spec.input_kind is Kind.TEXT:
+            texts = g["text"][run, :length]
+            items = [str(texts[i]) for i in steps]
+        else:
+            hashes = g["output_hash"][run, :length]
+            items = [hashes[i] for i in steps]
+        impl = get_model(model)
+        for start in range(0, len(steps), batch_size):
+            chunk = items[start : start + batch_size]
+            if spec.input_kind is Kind.IMAGE:
+                chunk = [store.objects.get_image(h) for h in chunk]
+            out = np.asarray(impl.embed(chunk), dtype=np.float32)
+            if out.shape != (len(chunk), spec.dim):
+                raise RuntimeError(f"{model} returned shape {out.shape}, expected {(len(chunk), spec.dim)}")
+            vectors[steps[start : start + batch_size]] = out
+    write_embedding_rows(exp, run, model, vectors)
+    return len(steps)
+
+
+def _memory_budget_gb(configured: float | None) -> float | None:
+    if configured is not None:
+        return configured
+    try:
+        from distributed import get_worker
+
+        limit = get_worker().memory_manager.memory_limit
+    except (ImportError, ValueError, AttributeError):
+        return None
+    # leave half the worker's limit for everything else it holds
+    return limit / 2**30 * 0.5 if limit else None
+
+
+def diagram_run(store_url: str, experiment_id: str, run: int, model: str, length: int, options: dict[str, Any]):
+    """Persistence diagram of one (run, embedding model) point cloud."""
+    from ..analysis.topology import PersistenceOptions, compute_diagram
+
+    store = _store(store_url)
+    exp = Experiment(store.root, experiment_id)
+    vectors = exp.group(read_only=True)[f"embeddings/{model}/vector"][run, :length]
+    points = vectors[~np.isnan(vectors).any(axis=1)]
+    opts = {k: v for k, v in options.items() if v is not None}  # None: the module's default
+    opts["memory_budget_gb"] = _memory_budget_gb(options.get("memory_budget_gb"))
+    # the stored float32 vectors, exactly as a direct giotto-ph call on the store would see them
+    return compute_diagram(points, PersistenceOptions(**opts), rng_seed=run)

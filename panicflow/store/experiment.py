@@ -1,0 +1,309 @@
+"""One experiment's folder in the store: metadata, state, journal and Zarr arrays.
+
+Layout (docs/store.md is the full contract)::
+
+    experiments/<id>/experiment.json   config and metadata; written last at creation
+    experiments/<id>/state.json        running | complete | failed, with a heartbeat
+    experiments/<id>/journal/*.jsonl   recorded steps, until the experiment completes
+    experiments/<id>/data.zarr/        the results, one Zarr v3 hierarchy:
+        /                              per-run and per-invocation (run, step) arrays
+        /embeddings/<model>/           vector (run, step, dim), done (run)
+        /diagrams/<model>/             status, entropy, birth/death pairs per run
+
+Every chunk has exactly one writer: the coordinator writes the root arrays and
+the diagram arrays, the embedding task of (run, model) writes that run's rows of
+``vector``. Markers (``stop_reason``, ``done``, ``status``) are written after the
+data they certify, so a reader or a resume trusts only marked data.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from functools import cached_property
+from typing import Any
+
+import numpy as np
+import zarr
+
+from ..config import ExperimentConfig, validate_config
+from ..errors import StoreError
+from ..models import REGISTRY, Kind
+from .journal import Journal, StepRecord
+from .root import StoreRoot
+
+EXPERIMENT_FORMAT = 1
+STEP_CHUNK = 1024  # steps per chunk: a 1024 x 768 float32 embedding chunk is 3 MiB
+PAIR_CHUNK = 4096
+HEARTBEAT_S = 5.0
+HEARTBEAT_STALE_S = 30.0
+TIME_ATTRS = {"units": "microseconds since 1970-01-01", "calendar": "proleptic_gregorian"}
+NO_TIME = np.iinfo(np.int64).min  # decodes to NaT
+
+# (run, step) arrays the coordinator materialises from the journal
+INVOCATION_ARRAYS: dict[str, tuple[Any, Any, dict]] = {
+    "model": (str, "", {"description": "model that produced the output"}),
+    "kind": (str, "", {"description": "output kind: text or image"}),
+    "output_hash": (str, "", {"description": "sha256 of the stored output; objects/<h[:2]>/<h[2:4]>/<h>"}),
+    "text": (str, "", {"description": "the output text (empty for images)"}),
+    "invocation_seed": ("int64", -1, {"description": "seed the model was called with"}),
+    "started_at": ("int64", NO_TIME, {**TIME_ATTRS, "description": "start of the batched model call"}),
+    "ended_at": ("int64", NO_TIME, {**TIME_ATTRS, "description": "end of the batched model call"}),
+}
+# (run,) arrays written when a run ends; stop_reason last, as the run's marker
+RUN_END_ARRAYS: dict[str, tuple[Any, Any, dict]] = {
+    "length": ("int32", -1, {"description": "number of invocations; -1 until the run ends"}),
+    "loop_start": ("int32", -1, {"description": "step of the first occurrence of the repeated output"}),
+    "loop_period": ("int32", -1, {"description": "steps between the repeated output and its first occurrence"}),
+    "error": (str, "", {"description": "why the run failed"}),
+    "stop_reason": (str, "", {"description": "length | loop | failed; empty while running"}),
+}
+
+
+def now_us() -> int:
+    return time.time_ns() // 1000
+
+
+@dataclass(frozen=True)
+class RunEnd:
+    length: int
+    stop_reason: str
+    loop_start: int = -1
+    loop_period: int = -1
+    error: str = ""
+
+
+class Experiment:
+    """Handle on one experiment folder. Cheap to create; opens Zarr lazily."""
+
+    def __init__(self, root: StoreRoot, experiment_id: str) -> None:
+        self.root = root
+        self.id = experiment_id
+        self.prefix = f"experiments/{experiment_id}"
+
+    # ----------------------------------------------------------------- metadata
+    @cached_property
+    def meta(self) -> dict[str, Any]:
+        try:
+            raw = json.loads(self.root.read_bytes(f"{self.prefix}/experiment.json"))
+        except FileNotFoundError:
+            raise StoreError(f"experiment {self.id}: experiment.json is missing; `panicflow doctor` can clean it up") from None
+        except ValueError:
+            raise StoreError(f"experiment {self.id}: experiment.json is damaged (not JSON)") from None
+        if raw.get("format") != EXPERIMENT_FORMAT:
+            raise StoreError(
+                f"experiment {self.id}: written in experiment format {raw.get('format')!r}, "
+                f"this panicflow reads format {EXPERIMENT_FORMAT}; use a matching panicflow version"
+            )
+        return raw
+
+    @cached_property
+    def config(self) -> ExperimentConfig:
+        from ..errors import ConfigError
+
+        try:
+            return validate_config(self.meta["config"])
+        except (ConfigError, KeyError) as exc:
+            raise StoreError(f"experiment {self.id}: its stored config is invalid: {str(exc).splitlines()[0]}") from None
+
+    @property
+    def name(self) -> str | None:
+        return self.meta.get("name")
+
+    @property
+    def data_key(self) -> str:
+        return f"{self.prefix}/data.zarr"
+
+    def path_for_display(self) -> str:
+        return self.root.path_for_display(self.data_key)
+
+    @cached_property
+    def journal(self) -> Journal:
+        return Journal(self.root, f"{self.prefix}/journal")
+
+    # -------------------------------------------------------------------- state
+    def read_state(self) -> dict[str, Any]:
+        try:
+            return json.loads(self.root.read_bytes(f"{self.prefix}/state.json"))
+        except (FileNotFoundError, ValueError):
+            return {"state": "created"}
+
+    def write_state(self, state: str, **fields: Any) -> None:
+        body = {"state": state, "updated_us": now_us(), "pid": os.getpid(), "host": socket.gethostname(), **fields}
+        self.root.write_bytes(f"{self.prefix}/state.json", json.dumps(body).encode())
+
+    def effective_state(self) -> str:
+        """running | complete | interrupted | failed, judging a silent coordinator as gone."""
+        state = self.read_state()
+        if state["state"] in ("complete", "failed"):
+            return state["state"]
+        if state["state"] == "running" and now_us() - state.get("updated_us", 0) < HEARTBEAT_STALE_S * 1e6:
+            return "running"
+        return "interrupted"
+
+    # --------------------------------------------------------------------- zarr
+    def group(self, read_only: bool = False) -> zarr.Group:
+        return zarr.open_group(store=self.root.zarr_store(self.data_key, read_only=read_only), mode="r" if read_only else "r+")
+
+    @classmethod
+    def create(cls, root: StoreRoot, experiment_id: str, config: ExperimentConfig) -> "Experiment":
+        """Lay out every array, then write experiment.json as the creation marker."""
+        exp = cls(root, experiment_id)
+        runs = config.runs()
+        n_runs, n_steps = len(runs), config.max_length
+        step_chunk = min(n_steps, STEP_CHUNK)
+        g = zarr.open_group(store=root.zarr_store(exp.data_key), mode="w", zarr_format=3)
+        g.attrs.update({"experiment_id": experiment_id, "name": config.name or "", "format": EXPERIMENT_FORMAT})
+
+        def arr(group, name, dims, shape, chunks, dtype, fill, attrs, data=None):
+            a = group.create_array(
+                name, shape=shape, chunks=chunks, dtype=dtype, fill_value=fill,
+                dimension_names=dims, attributes=attrs, compressors=None if dtype == "float32" else "auto",
+            )
+            if data is not None:
+                a[...] = data
+            return a
+
+        arr(g, "run", ["run"], (n_runs,), (n_runs,), "int64", 0, {}, np.arange(n_runs))
+        arr(g, "step", ["step"], (n_steps,), (n_steps,), "int64", 0, {}, np.arange(n_steps))
+        arr(g, "network", ["run"], (n_runs,), (n_runs,), str, "", {"description": "models, comma-separated"},
+            np.array([",".join(r.network) for r in runs]))
+        arr(g, "seed", ["run"], (n_runs,), (n_runs,), "int64", 0, {"description": "-1: unseeded"},
+            np.array([r.seed for r in runs]))
+        arr(g, "prompt", ["run"], (n_runs,), (n_runs,), str, "", {}, np.array([r.prompt for r in runs]))
+        for name, (dtype, fill, attrs) in RUN_END_ARRAYS.items():
+            arr(g, name, ["run"], (n_runs,), (1,), dtype, fill, attrs)
+        for name, (dtype, fill, attrs) in INVOCATION_ARRAYS.items():
+            arr(g, name, ["run", "step"], (n_runs, n_steps), (1, step_chunk), dtype, fill, attrs)
+
+        maxdim = config.persistence.maxdim
+        for model in config.embedding_models:
+            dim = REGISTRY[model].dim
+            e = g.require_group("embeddings").create_group(model)
+            e.attrs.update({"model": model, "input_kind": REGISTRY[model].input_kind.value})
+            # float32 vectors barely compress (ratio ~1.1) and compression slows writes 3-15x
+            arr(e, "vector", ["run", "step", "dim"], (n_runs, n_steps, dim), (1, step_chunk, dim), "float32",
+                np.nan, {"description": f"{model} embedding of each output it can embed; NaN elsewhere"})
+            arr(e, "done", ["run"], (n_runs,), (1,), "bool", False, {"description": "vectors of this run written"})
+            d = g.require_group("diagrams").create_group(model)
+            d.attrs.update({"model": model, "maxdim": maxdim})
+            arr(d, "status", ["run"], (n_runs,), (1,), str, "",
+                {"description": "ok | ok_h1_fallback | ok_subsampled | over_budget | too_few_points | run_failed; empty: pending"})
+            arr(d, "reason", ["run"], (n_runs,), (1,), str, "", {})
+            arr(d, "n_points", ["run"], (n_runs,), (1,), "int32", -1, {"description": "points in the cloud"})
+            arr(d, "entropy", ["run", "homology_dim"], (n_runs, maxdim + 1), (1, maxdim + 1), "float64", np.nan,
+                {"description": "persistent entropy per homology dimension (natural log, infinite bars dropped)"})
+            cap = max(16, min(n_steps, PAIR_CHUNK))
+            for name, dtype, fill in (("birth", "float64", np.nan), ("death", "float64", np.nan), ("dimension", "int8", -1)):
+                arr(d, name, ["run", "pair"], (n_runs, cap), (1, min(cap, PAIR_CHUNK)), dtype, fill,
+                    {"description": "persistence pairs of each run, padded; death inf = essential class"})
+
+        meta = {
+            "format": EXPERIMENT_FORMAT,
+            "id": experiment_id,
+            "name": config.name,
+            "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "config": json.loads(config.to_json()),
+        }
+        root.write_bytes(f"{exp.prefix}/experiment.json", json.dumps(meta, indent=2).encode())
+        return exp
+
+
+class ExperimentWriter:
+    """The coordinator's write side: one open Zarr group, one writer per chunk."""
+
+    def __init__(self, exp: Experiment) -> None:
+        self.exp = exp
+        self.g = exp.group()
+        self.config = exp.config
+        self._arrays: dict[str, zarr.Array] = {}
+
+    def _a(self, path: str) -> zarr.Array:
+        if path not in self._arrays:
+            self._arrays[path] = self.g[path]
+        return self._arrays[path]
+
+    def write_steps(self, run: int, steps: list[StepRecord]) -> None:
+        """Materialise ``steps`` (consecutive, from ``steps[0].step``) of one run."""
+        if not steps:
+            return
+        a, b = steps[0].step, steps[-1].step + 1
+        columns = {
+            "model": np.array([s.model for s in steps]),
+            "kind": np.array([s.kind for s in steps]),
+            "output_hash": np.array([s.hash for s in steps]),
+            "text": np.array([s.text or "" for s in steps]),
+            "invocation_seed": np.array([s.seed for s in steps], dtype="int64"),
+            "started_at": np.array([s.started_us for s in steps], dtype="int64"),
+            "ended_at": np.array([s.ended_us for s in steps], dtype="int64"),
+        }
+        for name, values in columns.items():
+            self._a(name)[run, a:b] = values
+
+    def write_run_end(self, run: int, end: RunEnd) -> None:
+        self._a("length")[run] = end.length
+        self._a("loop_start")[run] = end.loop_start
+        self._a("loop_period")[run] = end.loop_period
+        self._a("error")[run] = end.error
+        self._a("stop_reason")[run] = end.stop_reason  # the marker, last
+
+    def mark_embedded(self, run: int, model: str) -> None:
+        self._a(f"embeddings/{model}/done")[run] = True
+
+    def write_diagram(self, run: int, model: str, result) -> None:
+        """Pairs, entropy and counts of one (run, model); ``status`` last, as the marker."""
+        d = f"diagrams/{model}"
+        births, deaths, dims = [], [], []
+        for k, dgm in enumerate(result.diagrams):
+            births.append(dgm[:, 0])
+            deaths.append(dgm[:, 1])
+            dims.append(np.full(len(dgm), k, dtype="int8"))
+        birth = np.concatenate(births) if births else np.zeros(0)
+        n = len(birth)
+        arrays = [self._a(f"{d}/{name}") for name in ("birth", "death", "dimension")]
+        if n > arrays[0].shape[1]:  # only the coordinator writes these, so resizing cannot race
+            new = max(n, 2 * arrays[0].shape[1])
+            for a in arrays:
+                a.resize((a.shape[0], new))
+        if n:
+            arrays[0][run, :n] = birth
+            arrays[1][run, :n] = np.concatenate(deaths)
+            arrays[2][run, :n] = np.concatenate(dims)
+        # clear what a previous, longer write may have left (idempotent rewrite)
+        cap = arrays[0].shape[1]
+        if n < cap:
+            arrays[0][run, n:] = np.nan
+            arrays[1][run, n:] = np.nan
+            arrays[2][run, n:] = -1
+        entropy = np.full(self._a(f"{d}/entropy").shape[1], np.nan)
+        entropy[: len(result.entropy)] = result.entropy
+        self._a(f"{d}/entropy")[run] = entropy
+        self._a(f"{d}/n_points")[run] = result.n_points
+        self._a(f"{d}/reason")[run] = result.reason
+        self._a(f"{d}/status")[run] = result.status
+
+
+def write_embedding_rows(exp: Experiment, run: int, model: str, vectors: np.ndarray) -> None:
+    """Run on a worker: the (run, model) embedding task is the only writer of these chunks."""
+    g = exp.group()
+    g[f"embeddings/{model}/vector"][run, : len(vectors)] = vectors
+
+
+def read_markers(exp: Experiment) -> dict[str, Any]:
+    """Everything resume and status need from Zarr: small per-run arrays only."""
+    g = exp.group(read_only=True)
+    out: dict[str, Any] = {
+        "stop_reason": g["stop_reason"][:],
+        "length": g["length"][:],
+        "embedded": {m: g[f"embeddings/{m}/done"][:] for m in exp.config.embedding_models},
+        "diagram_status": {m: g[f"diagrams/{m}/status"][:] for m in exp.config.embedding_models},
+    }
+    return out
+
+
+def embeddable_kinds(config: ExperimentConfig) -> dict[str, Kind]:
+    return {m: REGISTRY[m].input_kind for m in config.embedding_models}
