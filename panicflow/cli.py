@@ -1,0 +1,240 @@
+"""The command line: `panicflow experiment run|resume|status|list` and `panicflow models`.
+
+Human output (progress bars, summaries) goes to stderr and the result a
+script wants goes to stdout: the experiment id, or JSON with --json.
+Exit codes: 0 success, 2 a user error (bad config, unknown id, bad store), 1 anything else.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from . import api
+from .errors import UserError
+from .models import list_models
+from .store import default_location
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="Generative models chained in a loop, at scale, on Dask.")
+experiment_app = typer.Typer(no_args_is_help=True, help="Run, resume and inspect experiments.")
+app.add_typer(experiment_app, name="experiment")
+
+err = Console(stderr=True)
+
+StoreOpt = typer.Option(None, "--store", help="Store folder or fsspec URL [default: $PANICFLOW_STORE or ./panicflow-store]")
+JsonOpt = typer.Option(False, "--json", help="Print machine-readable JSON on stdout.")
+SchedulerOpt = typer.Option(None, "--scheduler", help="Address of an existing Dask scheduler to use.")
+WorkersOpt = typer.Option(None, "--workers", help="Worker processes for the embedded LocalCluster [default: one per core].")
+
+
+def _store(store: Optional[str]) -> str:
+    return store or default_location()
+
+
+class _Bars:
+    """Rich progress bars for the three stages, fed by coordinator snapshots."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+        self.progress: Progress | None = None
+        self.tasks: dict[str, Any] = {}
+
+    def start(self, exp, client) -> None:
+        if not self.enabled:
+            return
+        err.print(f"experiment [bold]{exp.id}[/] in {exp.path_for_display()}")
+        err.print(f"Dask dashboard: {client.dashboard_link}")
+        self.progress = Progress(
+            TextColumn("{task.description:<24}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+            console=err, transient=False,
+        )
+        self.progress.start()
+
+    def update(self, snap) -> None:
+        if not self.progress:
+            return
+        rows = {"runs": (snap.runs_ended, snap.runs), "invocations": (snap.invocations, snap.invocations_max)}
+        for m, n in snap.embeddings.items():
+            rows[f"embeddings {m}"] = (n, snap.runs_to_embed)
+        for m, n in snap.diagrams.items():
+            rows[f"diagrams {m}"] = (n, snap.runs)
+        for name, (done, total) in rows.items():
+            if name not in self.tasks:
+                self.tasks[name] = self.progress.add_task(name, total=total)
+            self.progress.update(self.tasks[name], completed=done, total=total)
+
+    def stop(self) -> None:
+        if self.progress:
+            self.progress.stop()
+
+
+def _print_summary(status: api.ExperimentStatus, wall: float | None = None) -> None:
+    table = Table(title=f"experiment {status.id}" + (f" ({status.name})" if status.name else ""), show_header=False)
+    table.add_row("state", status.state)
+    table.add_row("results", f"{status.store} (panicflow.open_experiment({status.id!r}, store={status.store!r}))")
+    table.add_row("runs", f"{status.runs_complete} complete, {status.runs_failed} failed, {status.runs} in all")
+    table.add_row("invocations", str(status.invocations))
+    table.add_row("stop reasons", ", ".join(f"{k}: {v}" for k, v in sorted(status.stop_reasons.items())) or "-")
+    table.add_row("embeddings (runs)", ", ".join(f"{k}: {v}" for k, v in status.embeddings.items()))
+    table.add_row("persistence diagrams", ", ".join(f"{k}: {v}" for k, v in status.persistence_diagrams.items()))
+    for run, error in list(status.errors.items())[:10]:
+        table.add_row(f"run {run} failed", error)
+    if wall is not None:
+        table.add_row("wall time", f"{wall:.1f} s")
+    err.print(table)
+
+
+def _finish(eid: str, store: str, as_json: bool, wall: float) -> None:
+    status = api.experiment_status(eid, store=store)
+    if as_json:
+        print(json.dumps({**status.to_dict(), "wall_time_s": round(wall, 3)}))
+    else:
+        _print_summary(status, wall)
+        print(eid)
+    if status.state != "complete":
+        raise typer.Exit(1)
+
+
+@experiment_app.command("run")
+def run_cmd(
+    config: Path = typer.Argument(..., help="Experiment config, JSON or YAML."),
+    store: Optional[str] = StoreOpt,
+    scheduler: Optional[str] = SchedulerOpt,
+    workers: Optional[int] = WorkersOpt,
+    as_json: bool = JsonOpt,
+) -> None:
+    """Run an experiment to the end; prints its id."""
+    bars = _Bars(not as_json)
+    t0 = time.monotonic()
+    started: dict[str, str] = {}
+
+    def on_start(exp, client):
+        started["id"] = exp.id
+        bars.start(exp, client)
+
+    try:
+        eid = api.run_experiment(
+            config, store=_store(store), scheduler=scheduler, workers=workers, progress=bars.update, on_start=on_start
+        )
+    finally:
+        bars.stop()
+    _finish(eid, _store(store), as_json, time.monotonic() - t0)
+
+
+@experiment_app.command("resume")
+def resume_cmd(
+    experiment_id: str = typer.Argument(..., help="Experiment id (or a unique prefix)."),
+    store: Optional[str] = StoreOpt,
+    scheduler: Optional[str] = SchedulerOpt,
+    workers: Optional[int] = WorkersOpt,
+    as_json: bool = JsonOpt,
+) -> None:
+    """Finish an interrupted experiment."""
+    bars = _Bars(not as_json)
+    t0 = time.monotonic()
+    try:
+        eid = api.resume_experiment(
+            experiment_id, store=_store(store), scheduler=scheduler, workers=workers, progress=bars.update,
+            on_start=bars.start,
+        )
+    finally:
+        bars.stop()
+    _finish(eid, _store(store), as_json, time.monotonic() - t0)
+
+
+@experiment_app.command("status")
+def status_cmd(
+    experiment_id: Optional[str] = typer.Argument(None, help="Experiment id or prefix [default: the newest]."),
+    store: Optional[str] = StoreOpt,
+    as_json: bool = JsonOpt,
+) -> None:
+    """Per-stage progress of one experiment."""
+    if experiment_id is None:
+        experiments = api.list_experiments(_store(store))
+        if not experiments:
+            raise UserError(f"no experiments in {_store(store)}; run one with `panicflow experiment run CONFIG`")
+        experiment_id = max(experiments, key=lambda e: e["created_at"] or "")["id"]
+    status = api.experiment_status(experiment_id, store=_store(store))
+    if as_json:
+        print(json.dumps(status.to_dict()))
+    else:
+        _print_summary(status)
+
+
+@experiment_app.command("list")
+def list_cmd(store: Optional[str] = StoreOpt, as_json: bool = JsonOpt) -> None:
+    """Every experiment in the store."""
+    experiments = api.list_experiments(_store(store))
+    if as_json:
+        print(json.dumps(experiments))
+        return
+    table = Table("id", "name", "state", "runs", "created")
+    for e in experiments:
+        table.add_row(e["id"], e["name"] or "", e["state"], str(e["runs"]), e["created_at"] or "")
+    Console().print(table)
+
+
+@app.command("models")
+def models_cmd(as_json: bool = JsonOpt) -> None:
+    """Every model panicflow knows, with its kind and output."""
+    rows = [
+        {
+            "name": s.name,
+            "kind": s.role.value,
+            "input": s.input_kind.value,
+            "output": s.output_kind.value if s.output_kind else f"vector[{s.dim}]",
+            "description": s.description,
+        }
+        for s in list_models()
+    ]
+    if as_json:
+        print(json.dumps(rows))
+        return
+    table = Table("name", "kind", "input", "output", "description")
+    for r in rows:
+        table.add_row(r["name"], r["kind"], r["input"], r["output"], r["description"])
+    Console().print(table)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: maps errors to exit codes (2: user error, 1: anything else)."""
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    for noisy in ("distributed", "bokeh", "tornado"):
+        logging.getLogger(noisy).setLevel(logging.ERROR)
+    try:
+        app(args=argv, standalone_mode=False)
+    except UserError as exc:
+        for line in exc.lines:
+            err.print(f"[red]error:[/] {line}", highlight=False, soft_wrap=True)
+        return 2
+    except typer.Exit as exc:
+        return exc.exit_code
+    except SystemExit as exc:  # pragma: no cover
+        return int(exc.code or 0)
+    except KeyboardInterrupt:
+        err.print("interrupted; `panicflow experiment resume ID` finishes the experiment")
+        return 130
+    except Exception as exc:  # click usage errors are UsageError subclasses
+        import click
+
+        if isinstance(exc, click.exceptions.ClickException):
+            exc.show(file=sys.stderr)
+            return 2
+        if isinstance(exc, click.exceptions.Abort):
+            return 1
+        err.print(f"[red]error:[/] {type(exc).__name__}: {exc}", highlight=False)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
