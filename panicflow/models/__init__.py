@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from ..errors import UnknownModel
 from .base import EmbeddingModel, GenerativeModel, Kind, ModelSpec, Role
-from . import dummy
+from . import dummy, testing
 
 REGISTRY: dict[str, ModelSpec] = {}
 
@@ -38,6 +38,11 @@ for _cls in dummy.GENERATIVE + dummy.EMBEDDERS:
     )
 
 
+if testing.enabled():
+    for _spec in testing.specs():
+        register(_spec)
+
+
 def get_spec(name: str) -> ModelSpec:
     try:
         return REGISTRY[name]
@@ -60,3 +65,4 @@ __all__ = [
     "list_models",
     "register",
 ]
+from . import catalog  # noqa: E402  (real-model entries)

@@ -41,6 +41,8 @@ class Store:
             self.root: StoreRoot = open_root(location)
         except ValueError as exc:
             raise StoreError(f"store: cannot use {location!r}: {exc}") from None
+        except ImportError as exc:  # e.g. s3:// without s3fs
+            raise StoreError(f"store: {location!r} needs a package that is not installed: {exc}") from None
         self.location = location
         self.objects = ObjectStore(self.root)
         self._check_marker(create)

@@ -64,6 +64,18 @@ RUN_END_ARRAYS: dict[str, tuple[Any, Any, dict]] = {
 }
 
 
+def _pid_alive(pid: Any) -> bool:
+    if not isinstance(pid, int) or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def now_us() -> int:
     return time.time_ns() // 1000
 
@@ -142,6 +154,8 @@ class Experiment:
         if state["state"] in ("complete", "failed"):
             return state["state"]
         if state["state"] == "running" and now_us() - state.get("updated_us", 0) < HEARTBEAT_STALE_S * 1e6:
+            if state.get("host") == socket.gethostname() and not _pid_alive(state.get("pid")):
+                return "interrupted"  # its coordinator died on this machine: no need to wait for the heartbeat
             return "running"
         return "interrupted"
 

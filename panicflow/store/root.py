@@ -1,0 +1,316 @@
+"""Where a store lives: a local folder or an fsspec URL, behind one small API.
+
+Keys are '/'-separated paths relative to the root. They are validated so that
+no key can escape the root. Writes are atomic: a reader sees the old content or
+the new, never a partial file. Temporaries are named ``.tmp-*`` and are never
+listed.
+
+``file://`` URLs open as a local root: the local code path has the stronger
+guarantees (fsync, exclusive ``os.link`` for write-once). ``FsspecRoot`` can
+still be built on a ``file://`` URL directly.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import uuid
+from abc import ABC, abstractmethod
+from typing import TYPE_CHECKING, Any
+
+from fsspec.core import url_to_fs
+from fsspec.implementations.local import LocalFileSystem
+
+if TYPE_CHECKING:  # zarr is imported lazily: it is heavy, and most users only read bytes
+    from zarr.storage import FsspecStore, LocalStore
+
+TMP_PREFIX = ".tmp-"
+
+# Protocols whose single PUT is already atomic: writing through a temp key then
+# mv would cost a server-side copy and a delete per object for nothing.
+_ATOMIC_PUT_PROTOCOLS = frozenset({"memory", "s3", "s3a", "gs", "gcs", "az", "abfs", "abfss"})
+
+
+def check_key(key: str, *, allow_root: bool = False) -> str:
+    """Return ``key`` if it is a safe relative key, else raise ``ValueError``.
+
+    ``allow_root`` accepts ``""`` (the root itself), for listing.
+    """
+    if not isinstance(key, str):
+        raise ValueError(f"store key must be a str, not {type(key).__name__}")
+    if key == "" and allow_root:
+        return key
+    if not key or "\\" in key or "\x00" in key or key.startswith("/"):
+        raise ValueError(f"invalid store key {key!r}")
+    # Empty, '.' and '..' segments would make two spellings of one key or escape the root.
+    if any(part in ("", ".", "..") for part in key.split("/")):
+        raise ValueError(f"invalid store key {key!r}")
+    return key
+
+
+def _tmp_name() -> str:
+    return f"{TMP_PREFIX}{uuid.uuid4().hex}"
+
+
+class StoreRoot(ABC):
+    """One storage root; all paths are keys relative to it."""
+
+    url: str
+    is_local: bool
+
+    @abstractmethod
+    def read_bytes(self, key: str) -> bytes:
+        """The content of ``key``; ``FileNotFoundError`` if missing."""
+
+    @abstractmethod
+    def write_bytes(self, key: str, data: bytes) -> None:
+        """Create or replace ``key`` atomically."""
+
+    @abstractmethod
+    def write_bytes_once(self, key: str, data: bytes) -> bool:
+        """Create ``key`` unless it exists; True when this call created it."""
+
+    @abstractmethod
+    def exists(self, key: str) -> bool:
+        """Whether a file or folder is at ``key``."""
+
+    @abstractmethod
+    def list(self, prefix: str) -> list[str]:
+        """Sorted names of the files directly inside folder ``prefix``."""
+
+    @abstractmethod
+    def list_dirs(self, prefix: str) -> list[str]:
+        """Sorted names of the sub-folders directly inside ``prefix`` (no dot-names)."""
+
+    @abstractmethod
+    def delete(self, key: str) -> None:
+        """Remove the file at ``key``; a missing key is fine."""
+
+    @abstractmethod
+    def zarr_store(self, key: str, read_only: bool = False) -> Any:
+        """A zarr 3 store rooted at folder ``key``."""
+
+    @abstractmethod
+    def path_for_display(self, key: str) -> str:
+        """Where ``key`` lives, for messages."""
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.url!r})"
+
+
+class LocalRoot(StoreRoot):
+    """A folder on a local (or network-mounted POSIX) filesystem."""
+
+    is_local = True
+
+    def __init__(self, path: str | os.PathLike[str], url: str | None = None) -> None:
+        self.path = os.path.abspath(os.path.expanduser(os.fspath(path)))
+        self.url = url if url is not None else self.path
+
+    def _path(self, key: str, *, allow_root: bool = False) -> str:
+        check_key(key, allow_root=allow_root)
+        return os.path.join(self.path, *key.split("/")) if key else self.path
+
+    def read_bytes(self, key: str) -> bytes:
+        with open(self._path(key), "rb") as f:
+            return f.read()
+
+    def _write_tmp(self, path: str, data: bytes) -> str:
+        """Write ``data`` to a fsynced temp file next to ``path``; return its name."""
+        folder = os.path.dirname(path)
+        os.makedirs(folder, exist_ok=True)
+        # Same folder as the target, so that replace/link stays on one filesystem.
+        tmp = os.path.join(folder, _tmp_name())
+        try:
+            with open(tmp, "xb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+        except BaseException:
+            _unlink_quiet(tmp)
+            raise
+        return tmp
+
+    def write_bytes(self, key: str, data: bytes) -> None:
+        path = self._path(key)
+        tmp = self._write_tmp(path, data)
+        try:
+            os.replace(tmp, path)
+        except BaseException:
+            _unlink_quiet(tmp)
+            raise
+
+    def write_bytes_once(self, key: str, data: bytes) -> bool:
+        path = self._path(key)
+        if os.path.exists(path):
+            return False
+        tmp = self._write_tmp(path, data)
+        try:
+            # link() fails if the name exists, unlike replace(): exactly one
+            # concurrent writer wins, and the name only ever points at a full file.
+            os.link(tmp, path)
+            return True
+        except FileExistsError:
+            return False
+        except OSError as e:
+            if e.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK):
+                raise
+            # No hard links here (some FUSE/SMB mounts): still atomic, but two
+            # racing writers may both report True (same content, so harmless).
+            os.replace(tmp, path)
+            return True
+        finally:
+            _unlink_quiet(tmp)
+
+    def exists(self, key: str) -> bool:
+        return os.path.exists(self._path(key))
+
+    def _scan(self, prefix: str) -> list[os.DirEntry[str]]:
+        try:
+            with os.scandir(self._path(prefix, allow_root=True)) as it:
+                return list(it)
+        except (FileNotFoundError, NotADirectoryError):
+            return []
+
+    def list(self, prefix: str) -> list[str]:
+        return sorted(
+            e.name for e in self._scan(prefix) if e.is_file() and not e.name.startswith(TMP_PREFIX)
+        )
+
+    def list_dirs(self, prefix: str) -> list[str]:
+        return sorted(e.name for e in self._scan(prefix) if e.is_dir() and not e.name.startswith("."))
+
+    def delete(self, key: str) -> None:
+        _unlink_quiet(self._path(key))
+
+    def zarr_store(self, key: str, read_only: bool = False) -> LocalStore:
+        from zarr.storage import LocalStore
+
+        return LocalStore(self._path(key), read_only=read_only)
+
+    def path_for_display(self, key: str) -> str:
+        return self._path(key, allow_root=True)
+
+
+class FsspecRoot(StoreRoot):
+    """A root behind any fsspec URL (``memory://``, ``s3://``, ``gs://``...)."""
+
+    is_local = False
+
+    def __init__(self, url: str, storage_options: dict[str, Any] | None = None) -> None:
+        self.url = url
+        self.storage_options = dict(storage_options or {})
+        self.fs, root = url_to_fs(url, **self.storage_options)
+        self.root = root.rstrip("/")
+        protocols = self.fs.protocol if isinstance(self.fs.protocol, tuple) else (self.fs.protocol,)
+        self._atomic_put = bool(_ATOMIC_PUT_PROTOCOLS.intersection(protocols))
+
+    def _path(self, key: str, *, allow_root: bool = False) -> str:
+        check_key(key, allow_root=allow_root)
+        return f"{self.root}/{key}" if key else self.root
+
+    def read_bytes(self, key: str) -> bytes:
+        return bytes(self.fs.cat_file(self._path(key)))
+
+    def write_bytes(self, key: str, data: bytes) -> None:
+        path = self._path(key)
+        if self._atomic_put:
+            self.fs.pipe_file(path, data)
+            return
+        # Filesystems with real files (file, sftp...): write aside, then rename.
+        self.fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
+        tmp = f"{path.rsplit('/', 1)[0]}/{_tmp_name()}"
+        try:
+            self.fs.pipe_file(tmp, data)
+            self.fs.mv(tmp, path)
+        except BaseException:
+            self._rm_quiet(tmp)
+            raise
+
+    def write_bytes_once(self, key: str, data: bytes) -> bool:
+        # Object stores have no portable create-if-absent: racing writers may
+        # both report True. Callers use this for content-addressed data, where
+        # both wrote the same bytes, so only the "created" count can be off.
+        if self.exists(key):
+            return False
+        self.write_bytes(key, data)
+        return True
+
+    def exists(self, key: str) -> bool:
+        return bool(self.fs.exists(self._path(key)))
+
+    def _ls(self, prefix: str) -> list[dict[str, Any]]:
+        path = self._path(prefix, allow_root=True)
+        # Other processes write to the same root: do not trust a listing cache.
+        self.fs.invalidate_cache(path)
+        try:
+            entries = self.fs.ls(path, detail=True)
+        except (FileNotFoundError, NotADirectoryError):
+            return []
+        base = path.rstrip("/")
+        out = []
+        for e in entries:
+            name = str(e["name"]).rstrip("/")
+            if name != base:  # some filesystems list a file as itself
+                out.append({**e, "name": name.rsplit("/", 1)[-1]})
+        return out
+
+    def list(self, prefix: str) -> list[str]:
+        return sorted(
+            e["name"] for e in self._ls(prefix)
+            if e["type"] == "file" and not e["name"].startswith(TMP_PREFIX)
+        )
+
+    def list_dirs(self, prefix: str) -> list[str]:
+        return sorted(
+            e["name"] for e in self._ls(prefix)
+            if e["type"] == "directory" and not e["name"].startswith(".")
+        )
+
+    def delete(self, key: str) -> None:
+        self._rm_quiet(self._path(key))
+
+    def _rm_quiet(self, path: str) -> None:
+        try:
+            self.fs.rm_file(path)
+        except FileNotFoundError:
+            pass
+
+    def _url(self, key: str) -> str:
+        check_key(key)
+        return f"{self.url.rstrip('/')}/{key}"
+
+    def zarr_store(self, key: str, read_only: bool = False) -> FsspecStore:
+        from zarr.storage import FsspecStore
+
+        # from_url builds an async filesystem (wrapping sync ones); memory:// keeps
+        # its data in a class-level dict, so the store sees what read_bytes sees.
+        opts = dict(self.storage_options)
+        if isinstance(self.fs, LocalFileSystem):
+            opts.setdefault("auto_mkdir", True)  # zarr writes chunks into missing folders
+        return FsspecStore.from_url(self._url(key), storage_options=opts or None, read_only=read_only)
+
+    def path_for_display(self, key: str) -> str:
+        return self._url(key) if key else self.url
+
+
+def _unlink_quiet(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+def open_root(
+    location: str | os.PathLike[str], *, storage_options: dict[str, Any] | None = None
+) -> StoreRoot:
+    """The root at a local path or URL. Creates nothing."""
+    if isinstance(location, str) and "://" in location:
+        fs, path = url_to_fs(location, **(storage_options or {}))
+        if isinstance(fs, LocalFileSystem):
+            return LocalRoot(path, url=location)
+        return FsspecRoot(location, storage_options)
+    return LocalRoot(location)
+
+
+__all__ = ["FsspecRoot", "LocalRoot", "StoreRoot", "TMP_PREFIX", "check_key", "open_root"]

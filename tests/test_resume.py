@@ -1,0 +1,114 @@
+"""Kill the whole experiment process (coordinator, scheduler and workers) with SIGKILL, resume,
+and compare with an uninterrupted run: every fixed-seed run bit for bit, and unseeded runs
+complete, with no gap or duplicate, each stored seed reproducing its output."""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+import panicflow
+
+CONFIG = {
+    "networks": [["DummyT2I", "DummyI2T"]],
+    "seeds": [22, 57, 5, -1],
+    "prompts": ["a cat", "a dog"],
+    "embedding_models": ["DummyText", "DummyVision2"],
+    "max_length": 160,
+    "batch_size": {"DummyT2I": 3, "DummyI2T": 3},
+    "persistence": {"maxdim": 1},
+}
+
+
+def _start(config_path, store):
+    env = {**os.environ, "PANICFLOW_TEST_MODELS": "1"}
+    return subprocess.Popen(
+        [sys.executable, "-m", "panicflow", "experiment", "run", str(config_path), "--store", store, "--workers", "1", "--json"],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env, start_new_session=True,
+    )
+
+
+def _kill_when(proc, store, pattern, count, timeout=120):
+    """SIGKILL the process group once ``count`` files match ``pattern`` under the store."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if len(glob.glob(os.path.join(store, pattern))) >= count:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            return True
+        if proc.poll() is not None:
+            return False
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    return False
+
+
+def _snapshot(store, eid):
+    tree = panicflow.open_experiment(eid, store=store)
+    root = tree["/"].ds.load()
+    out = {"root": root}
+    for m in CONFIG["embedding_models"]:
+        out[f"e/{m}"] = tree[f"embeddings/{m}"].ds.load()
+        out[f"d/{m}"] = tree[f"diagrams/{m}"].ds.load()
+    return out
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(client, tmp_path_factory):
+    store = str(tmp_path_factory.mktemp("clean") / "store")
+    eid = panicflow.run_experiment(CONFIG, store=store, client=client)
+    return _snapshot(store, eid)
+
+
+JOURNAL = "experiments/*/journal/*.jsonl"
+EMBEDDED = "experiments/*/data.zarr/embeddings/*/done/c/*"
+DIAGRAMS = "experiments/*/data.zarr/diagrams/*/status/c/*"
+
+
+@pytest.mark.parametrize(
+    "pattern, count",
+    [(JOURNAL, 5), (JOURNAL, 60), (EMBEDDED, 3), (DIAGRAMS, 4)],
+    ids=["early-runs", "mid-runs", "embeddings", "diagrams"],
+)
+def test_resume_after_sigkill_equals_uninterrupted(client, tmp_path, uninterrupted, pattern, count):
+    cfg_path = tmp_path / "config.json"
+    cfg_path.write_text(json.dumps(CONFIG))
+    store = str(tmp_path / "store")
+    proc = _start(cfg_path, store)
+    killed = _kill_when(proc, store, pattern, count)
+    assert killed, "the experiment finished before the kill point; make it longer"
+    [eid] = panicflow.list_experiments(store)[0:1] and [e["id"] for e in panicflow.list_experiments(store)]
+    before = panicflow.experiment_status(eid, store=store)
+    assert before.state == "interrupted"
+    panicflow.resume_experiment(eid, store=store, client=client)
+    after = panicflow.experiment_status(eid, store=store)
+    assert after.state == "complete"
+    got, want = _snapshot(store, eid), uninterrupted
+    seeded = [i for i, s in enumerate(want["root"].seed.values) if s != -1]
+    unseeded = [i for i, s in enumerate(want["root"].seed.values) if s == -1]
+    r, w = got["root"], want["root"]
+    for name in ("length", "stop_reason", "loop_start", "loop_period", "model", "kind", "output_hash", "text",
+                 "invocation_seed"):
+        np.testing.assert_array_equal(r[name].values[seeded], w[name].values[seeded], err_msg=name)
+    for m in CONFIG["embedding_models"]:
+        np.testing.assert_array_equal(got[f"e/{m}"].vector.values[seeded], want[f"e/{m}"].vector.values[seeded])
+        for name in ("status", "n_points", "entropy", "birth", "death", "dimension"):
+            np.testing.assert_array_equal(got[f"d/{m}"][name].values[seeded], want[f"d/{m}"][name].values[seeded])
+    for i in unseeded:  # complete, no gap, no duplicate
+        n = CONFIG["max_length"]
+        assert int(r.length[i]) == n and r.stop_reason[i].item() == "length"
+        assert (r.output_hash[i].values != "").all()
+        assert not np.isnat(r.started_at[i].values).any()
+        for m in CONFIG["embedding_models"]:
+            assert got[f"d/{m}"].status[i].item() == "ok"
+    # the journal is gone once everything is in Zarr
+    assert not glob.glob(os.path.join(store, JOURNAL))

@@ -1,0 +1,125 @@
+"""Run semantics, checked against the independent sequential oracle in tests/oracle.py."""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+import pytest
+
+import panicflow
+from panicflow.models import REGISTRY
+from panicflow.store.objects import decode_image
+
+from conftest import SEMANTICS_CONFIG
+from oracle import reference_run
+
+
+@pytest.fixture(scope="module")
+def root(semantics_experiment):
+    store, eid = semantics_experiment
+    return panicflow.open_experiment(eid, store=store)["/"].ds.load()
+
+
+def seeded_runs():
+    cfg = panicflow.load_config(SEMANTICS_CONFIG)
+    return [r for r in cfg.runs() if r.seed != -1]
+
+
+@pytest.mark.parametrize("run", seeded_runs(), ids=lambda r: f"{r.network[0]}-seed{r.seed}")
+def test_seeded_run_equals_the_sequential_oracle(root, run):
+    expected = reference_run(run.network, run.seed, run.prompt, SEMANTICS_CONFIG["max_length"])
+    n = len(expected.hashes)
+    i = run.index
+    assert int(root.length[i]) == n
+    assert root.stop_reason[i].item() == expected.stop_reason
+    assert int(root.loop_start[i]) == expected.loop_start
+    assert int(root.loop_period[i]) == expected.loop_period
+    assert list(root.output_hash[i, :n].values) == expected.hashes
+    assert list(root.text[i, :n].values) == expected.texts
+    # cycling: step k uses network[k % len(network)]
+    assert list(root.model[i, :n].values) == [run.network[k % 2] for k in range(n)]
+    assert list(root.kind[i, :n].values) == ["image" if k % 2 == 0 else "text" for k in range(n)]
+    assert (root.invocation_seed[i, :n].values == run.seed).all()
+    # nothing past the end of the run
+    assert (root.output_hash[i, n:].values == "").all()
+    assert np.isnat(root.started_at[i, n:].values).all()
+    assert (root.started_at[i, :n].values <= root.ended_at[i, :n].values).all()
+
+
+def test_the_loop_paths_are_exercised(root):
+    reasons = list(root.stop_reason.values)
+    assert reasons.count("loop") >= 3, reasons  # seeds 22 and 57 and ConstantT2I
+    constant = [r.index for r in seeded_runs() if r.network[0] == "ConstantT2I"]
+    for i in constant:  # the grey image repeats at step 2
+        assert (int(root.loop_start[i]), int(root.loop_period[i]), int(root.length[i])) == (0, 2, 3)
+
+
+def test_unseeded_runs_go_to_max_length_with_stored_reproducible_seeds(root, semantics_experiment):
+    store, _ = semantics_experiment
+    cfg = panicflow.load_config(SEMANTICS_CONFIG)
+    unseeded = [r for r in cfg.runs() if r.seed == -1]
+    assert unseeded
+    for run in unseeded:
+        i = run.index
+        assert root.stop_reason[i].item() == "length"
+        assert int(root.length[i]) == cfg.max_length
+        seeds = root.invocation_seed[i].values
+        assert (seeds >= 0).all()
+        assert len(set(seeds.tolist())) > cfg.max_length // 2  # fresh seeds, not one reused
+        # every stored seed reproduces its stored output from its stored input
+        for step in (0, 1, 2, 37, cfg.max_length - 1):
+            model = REGISTRY[str(root.model[i, step].values)]
+            impl = model.factory(model)
+            if step == 0:
+                given = run.prompt
+            elif str(root.kind[i, step - 1].values) == "text":
+                given = str(root.text[i, step - 1].values)
+            else:
+                given = panicflow.load_image(str(root.output_hash[i, step - 1].values), store=store)
+            out = impl.generate([given], [int(seeds[step])])[0]
+            data = out.encode() if isinstance(out, str) else None
+            if data is None:
+                from panicflow.store.objects import encode_image
+
+                data = encode_image(out)
+            assert hashlib.sha256(data).hexdigest() == str(root.output_hash[i, step].values)
+    # ConstantT2I repeats its image, yet the unseeded run of that network is not stopped
+    const = [r.index for r in unseeded if r.network[0] == "ConstantT2I"][0]
+    hashes = list(root.output_hash[const].values)
+    assert len(set(hashes[0::2])) == 1 and len(hashes) == cfg.max_length
+
+
+def test_images_load_as_pil_from_their_hash(root, semantics_experiment):
+    store, _ = semantics_experiment
+    digest = str(root.output_hash[0, 0].values)
+    image = panicflow.load_image(digest, store=store)
+    assert image.size == (256, 256)
+    raw = panicflow.api._store(store).objects.get_bytes(digest)
+    assert hashlib.sha256(raw).hexdigest() == digest
+    assert list(decode_image(raw).getdata()) == list(image.getdata())
+
+
+def test_max_length_one_and_a_run_that_keeps_failing(client, store_dir):
+    cfg = {
+        "networks": [["PoisonT2I", "DummyI2T"]],
+        "seeds": [5],
+        "prompts": ["a poison apple", "a fine apple"],
+        "embedding_models": ["DummyText", "DummyVision"],
+        "max_length": 1,
+        "retry": {"max_attempts": 2, "backoff_s": 0.01},
+    }
+    eid = panicflow.run_experiment(cfg, store=store_dir, client=client)
+    status = panicflow.experiment_status(eid, store=store_dir)
+    assert status.state == "failed"  # finished, but with a failed run to look at
+    assert status.runs_failed == 1 and status.runs_complete == 1
+    assert status.stop_reasons == {"failed": 1, "length": 1}
+    assert "PoisonT2I refuses" in status.errors[0]
+    ds = panicflow.open_experiment(eid, store=store_dir)
+    root = ds["/"].ds
+    assert int(root.length[1]) == 1 and int(root.length[0]) == 0
+    # the good run still got its image embedded and its (too small) diagram recorded
+    assert bool(ds["embeddings/DummyVision"].ds.done[1])
+    assert str(ds["diagrams/DummyVision"].ds.status[1].values) == "too_few_points"
+    assert str(ds["diagrams/DummyText"].ds.status[1].values) == "too_few_points"
+    assert str(ds["diagrams/DummyText"].ds.status[0].values) == "run_failed"
