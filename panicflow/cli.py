@@ -223,13 +223,13 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         err.print("interrupted; `panicflow experiment resume ID` finishes the experiment")
         return 130
-    except Exception as exc:  # click usage errors are UsageError subclasses
-        import click
-
-        if isinstance(exc, click.exceptions.ClickException):
+    except Exception as exc:
+        # typer vendors click: find its exception classes through the exception itself
+        names = {cls.__name__ for cls in type(exc).__mro__}
+        if "UsageError" in names or "BadParameter" in names:
             exc.show(file=sys.stderr)
             return 2
-        if isinstance(exc, click.exceptions.Abort):
+        if "Abort" in names:
             return 1
         err.print(f"[red]error:[/] {type(exc).__name__}: {exc}", highlight=False)
         return 1
