@@ -63,8 +63,13 @@ def resume_experiment(
     workers: int | None = None,
     progress: Callable[[Progress], None] | None = None,
     on_start: Callable[[Experiment, Client], None] | None = None,
+    retry_failed: bool = False,
 ) -> str:
-    """Finish an interrupted experiment exactly as an uninterrupted run would have."""
+    """Finish an interrupted experiment exactly as an uninterrupted run would have.
+
+    ``retry_failed`` also gives runs that failed (their model kept raising)
+    another go from the step that failed.
+    """
     st = _store(store)
     exp = st.experiment(experiment_id)
     state = exp.read_state()
@@ -73,16 +78,16 @@ def resume_experiment(
             f"experiment {exp.id} is running (pid {state.get('pid')} on {state.get('host')}); "
             "wait for it or stop that process first"
         )
-    _drive(st, exp, client, scheduler, workers, progress, on_start)
+    _drive(st, exp, client, scheduler, workers, progress, on_start, retry_failed)
     return exp.id
 
 
-def _drive(st, exp, client, scheduler, workers, progress, on_start) -> None:
+def _drive(st, exp, client, scheduler, workers, progress, on_start, retry_failed=False) -> None:
     exp.config  # fail on a damaged stored config before starting a cluster
     with connect(client, scheduler=scheduler, workers=workers) as c:
         if on_start:
             on_start(exp, c)
-        Coordinator(c, st, exp, progress=progress).run()
+        Coordinator(c, st, exp, progress=progress, retry_failed=retry_failed).run()
 
 
 def list_experiments(store: StoreLike = None) -> list[dict[str, Any]]:

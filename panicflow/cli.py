@@ -136,6 +136,7 @@ def resume_cmd(
     store: Optional[str] = StoreOpt,
     scheduler: Optional[str] = SchedulerOpt,
     workers: Optional[int] = WorkersOpt,
+    retry_failed: bool = typer.Option(False, "--retry-failed", help="Also give failed runs another go."),
     as_json: bool = JsonOpt,
 ) -> None:
     """Finish an interrupted experiment."""
@@ -144,7 +145,7 @@ def resume_cmd(
     try:
         eid = api.resume_experiment(
             experiment_id, store=_store(store), scheduler=scheduler, workers=workers, progress=bars.update,
-            on_start=bars.start,
+            on_start=bars.start, retry_failed=retry_failed,
         )
     finally:
         bars.stop()

@@ -123,3 +123,35 @@ def test_max_length_one_and_a_run_that_keeps_failing(client, store_dir):
     assert str(ds["diagrams/DummyVision"].ds.status[1].values) == "too_few_points"
     assert str(ds["diagrams/DummyText"].ds.status[1].values) == "too_few_points"
     assert str(ds["diagrams/DummyText"].ds.status[0].values) == "run_failed"
+
+
+def test_resume_retry_failed_gives_failed_runs_another_go(client, store_dir, monkeypatch):
+    cfg = {
+        "networks": [["FlakyT2I", "DummyI2T"]],
+        "seeds": [5, 6],
+        "prompts": ["an apple"],
+        "embedding_models": ["DummyText"],
+        "max_length": 4,
+        "retry": {"max_attempts": 1, "backoff_s": 0.0},
+    }
+    # FlakyT2I reads its failure rate when a worker builds it: one cluster where it always
+    # fails, then one where it never does (it draws the same images as DummyT2I)
+    from distributed import Client, LocalCluster
+
+    monkeypatch.setenv("PANICFLOW_TEST_FLAKY_RATE", "1.0")
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=":0") as c1, Client(c1) as cl:
+        eid = panicflow.run_experiment(cfg, store=store_dir, client=cl)
+    status = panicflow.experiment_status(eid, store=store_dir)
+    assert status.state == "failed" and status.runs_failed == 2
+    assert all("simulated transient failure" in e for e in status.errors.values())
+    monkeypatch.setenv("PANICFLOW_TEST_FLAKY_RATE", "0.0")
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=":0") as c2, Client(c2) as cl:
+        panicflow.resume_experiment(eid, store=store_dir, client=cl)  # without --retry-failed: nothing to do
+        assert panicflow.experiment_status(eid, store=store_dir).runs_failed == 2
+        panicflow.resume_experiment(eid, store=store_dir, client=cl, retry_failed=True)
+    status = panicflow.experiment_status(eid, store=store_dir)
+    assert status.state == "complete" and status.runs_complete == 2 and not status.errors
+    root = panicflow.open_experiment(eid, store=store_dir)["/"].ds
+    for i, seed in enumerate((5, 6)):
+        expected = reference_run(("DummyT2I", "DummyI2T"), seed, "an apple", 4)
+        assert list(root.output_hash[i, : len(expected.hashes)].values) == expected.hashes

@@ -116,7 +116,9 @@ class Coordinator:
         exp: Experiment,
         progress: Callable[[Progress], None] | None = None,
         max_in_flight: int | None = None,
+        retry_failed: bool = False,
     ) -> None:
+        self.retry_failed = retry_failed
         self.client = client
         self.store = store
         self.exp = exp
@@ -156,6 +158,8 @@ class Coordinator:
             if st.end is None and i in failures:
                 st.end = RunEnd(len(st.steps), "failed", error=failures[i].error)
             stored_reason = str(markers["stop_reason"][i])
+            if stored_reason == "failed" and i not in failures:
+                stored_reason = ""  # retried after it failed: the journal's retry event wins
             if stored_reason:
                 st.materialised = True
                 st.flushed = len(st.steps)
@@ -176,6 +180,8 @@ class Coordinator:
     def run(self) -> Progress:
         self.load()
         self.exp.write_state("running", started_us=now_us())
+        if self.retry_failed:
+            self._reopen_failed_runs()
         try:
             for st in self.runs:  # runs that ended before a crash but were not fully handled
                 if st.end is not None:
@@ -212,6 +218,19 @@ class Coordinator:
             self.exp.journal.clear()  # everything is in Zarr now
         self._report(force=True)
         return snap
+
+    def _reopen_failed_runs(self) -> None:
+        """Give failed runs another go from the step that failed."""
+        failed = [st for st in self.runs if st.end is not None and st.end.stop_reason == "failed"]
+        if not failed:
+            return
+        self.exp.journal.append([RunEvent(st.spec.index, "retry", len(st.steps)) for st in failed])
+        for st in failed:
+            st.end, st.materialised, st.flushed, st.attempts, st.solo = None, False, 0, 0, False
+            self.writer.clear_run_end(st.spec.index)
+            for model in list(st.diagrams):
+                self.writer.clear_diagram_status(st.spec.index, model)
+            st.diagrams.clear()
 
     def _tick(self) -> None:
         now = time.monotonic()

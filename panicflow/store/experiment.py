@@ -265,6 +265,17 @@ class ExperimentWriter:
         self._a("error")[run] = end.error
         self._a("stop_reason")[run] = end.stop_reason  # the marker, last
 
+    def clear_run_end(self, run: int) -> None:
+        """Undo ``write_run_end`` for a run that is given another go: marker first."""
+        self._a("stop_reason")[run] = ""
+        self._a("length")[run] = -1
+        self._a("loop_start")[run] = -1
+        self._a("loop_period")[run] = -1
+        self._a("error")[run] = ""
+
+    def clear_diagram_status(self, run: int, model: str) -> None:
+        self._a(f"diagrams/{model}/status")[run] = ""
+
     def mark_embedded(self, run: int, model: str) -> None:
         self._a(f"embeddings/{model}/done")[run] = True
 

@@ -1,0 +1,106 @@
+"""Text-to-image with diffusers pipelines (SDXL-Turbo, FLUX.1, SD 3.5, Z-Image, Sana...).
+
+One class for every diffusers model: ``DiffusionPipeline.from_pretrained``
+picks the pipeline class from the weights' ``model_index.json``. Each batch
+gets one ``torch.Generator`` per item, seeded with that item's seed, so the
+initial latents and any per-step noise of item ``i`` come from its own
+generator: batching never changes a run's outputs (up to the floating-point
+differences of batched kernels).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image
+
+from ..base import GenerativeModel, ModelSpec, Role
+from ._common import check_remote_code, dtype_name, pick_device, pick_dtype, record, resolve_weights
+
+class DiffusersTextToImage(GenerativeModel):
+    """Any diffusers text-to-image pipeline, with per-item seeds inside a batch."""
+
+    role = Role.TEXT_TO_IMAGE
+
+    def __init__(self, spec: ModelSpec, pipeline, device: str, dtype) -> None:
+        self.spec = spec
+        self.pipeline = pipeline
+        self.device = device
+        self.dtype = dtype
+        extra = spec.extra
+        self.width = int(extra.get("width", 256))
+        self.height = int(extra.get("height", 256))
+        self.steps = int(extra.get("steps", 4))
+        self.guidance = float(extra.get("guidance", 0.0))
+        self.call_kwargs: dict[str, Any] = dict(extra.get("call_kwargs", {}))
+        pipeline.set_progress_bar_config(disable=True)
+
+    @classmethod
+    def from_spec(cls, spec: ModelSpec) -> "DiffusersTextToImage":
+        device = pick_device(spec)
+        dtype = pick_dtype(spec, device)
+        if spec.extra.get("random_init"):
+            from .random_init import build
+
+            pipeline = build(spec.extra["random_init"], spec.extra.get("random_scale", "full"), device)
+            pipeline.to(device=device, dtype=dtype)
+            return cls(spec, pipeline, device, dtype)
+        from diffusers import DiffusionPipeline
+
+        trust = check_remote_code(spec)
+        path = resolve_weights(spec)
+        kwargs: dict[str, Any] = {"dtype": dtype, "local_files_only": True}
+        variant = spec.extra.get("variant")
+        if variant and str(device).startswith("cuda") and _has_variant(path, variant):
+            kwargs["variant"] = variant
+        if trust:
+            kwargs["trust_remote_code"] = True
+        pipeline = DiffusionPipeline.from_pretrained(str(path), **kwargs)
+        pipeline.to(device)
+        return cls(spec, pipeline, device, dtype)
+
+    def _generators(self, seeds: list[int]) -> list[torch.Generator]:
+        gen_device = self.device if str(self.device).startswith("cuda") else "cpu"
+        return [torch.Generator(device=gen_device).manual_seed(int(s)) for s in seeds]
+
+    def generate(self, inputs: list[str], seeds: list[int]) -> list[Image.Image]:
+        if len(inputs) != len(seeds):
+            raise ValueError("generate: one seed per input")
+        if not inputs:
+            return []
+        for prompt in inputs:
+            if not isinstance(prompt, str):
+                raise TypeError(f"{self.spec.name} takes text prompts, got {type(prompt).__name__}")
+        with torch.inference_mode():
+            out = self.pipeline(
+                prompt=list(inputs),
+                generator=self._generators(seeds),
+                num_inference_steps=self.steps,
+                guidance_scale=self.guidance,
+                height=self.height,
+                width=self.width,
+                num_images_per_prompt=1,
+                output_type="pil",
+                **self.call_kwargs,
+            )
+        return [image.convert("RGB") for image in out.images]
+
+    def parameters(self) -> dict[str, Any]:
+        return record(
+            self.spec,
+            width=self.width,
+            height=self.height,
+            steps=self.steps,
+            guidance=self.guidance,
+            dtype=dtype_name(self.dtype),
+            device=str(self.device),
+            pipeline=type(self.pipeline).__name__,
+            scheduler=type(self.pipeline.scheduler).__name__,
+            **self.call_kwargs,
+        )
+
+
+def _has_variant(path: Path, variant: str) -> bool:
+    return any(f".{variant}." in p.name for p in Path(path).rglob("*") if p.is_file())

@@ -1,0 +1,281 @@
+"""Real architectures with random weights, built from config objects (no download).
+
+Used by the tests (``tiny`` scale: a few hundred kB, saved with
+``save_pretrained`` and loaded back through the registry like real weights)
+and by ``scripts/gpu_check.py`` (``full`` scale: the real sizes of SDXL,
+FLUX.1-schnell, BLIP-2 OPT-2.7b and a BERT-base embedder, for throughput).
+
+``build(architecture, scale)`` returns what the family's constructor takes:
+a diffusers pipeline, a ``(model, processor)`` pair, or a SentenceTransformer.
+Tokenizers are byte-level BPE tokenizers without merges (every byte one
+token): text content barely matters for random weights, sequence lengths do.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any, Callable
+
+ARCHITECTURES: dict[str, tuple[str, str]] = {
+    # name: (family, role)
+    "sdxl": ("diffusers", "text-to-image"),
+    "flux": ("diffusers", "text-to-image"),
+    "blip2": ("transformers-captioner", "image-to-text"),
+    "clip-text": ("clip", "text-embedder"),
+    "clip-vision": ("clip", "image-embedder"),
+    "bert-embedder": ("sentence-transformers", "text-embedder"),
+}
+
+SCALES = ("tiny", "full")
+
+
+def byte_tokenizer(max_length: int = 77, *, bos: str = "<s>", eos: str = "</s>", pad: str = "<pad>"):
+    """A fast tokenizer with one token per byte plus specials (ids: pad 0, bos 1, eos 2, unk 3)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    specials = [pad, bos, eos, "<unk>"]
+    vocab = {s: i for i, s in enumerate(specials)}
+    for ch in sorted(pre_tokenizers.ByteLevel.alphabet()):
+        vocab[ch] = len(vocab)
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.post_processor = processors.TemplateProcessing(
+        single=f"{bos} $A {eos}", special_tokens=[(bos, vocab[bos]), (eos, vocab[eos])]
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token=bos, eos_token=eos, pad_token=pad, unk_token="<unk>", model_max_length=max_length
+    )
+
+
+VOCAB = 260  # len(byte_tokenizer())
+
+
+def _clip_text_config(tiny: bool, big: bool = False):
+    from transformers import CLIPTextConfig
+
+    if tiny:
+        return CLIPTextConfig(
+            vocab_size=VOCAB, hidden_size=32, intermediate_size=37, num_attention_heads=4, num_hidden_layers=2,
+            projection_dim=32, max_position_embeddings=77, bos_token_id=1, eos_token_id=2, pad_token_id=0,
+            hidden_act="gelu",
+        )
+    if big:  # OpenCLIP ViT-bigG text tower (SDXL's text_encoder_2)
+        return CLIPTextConfig(
+            vocab_size=49408, hidden_size=1280, intermediate_size=5120, num_attention_heads=20, num_hidden_layers=32,
+            projection_dim=1280, hidden_act="gelu", bos_token_id=1, eos_token_id=2, pad_token_id=0,
+        )
+    return CLIPTextConfig(  # OpenAI CLIP ViT-L/14 text tower
+        vocab_size=49408, hidden_size=768, intermediate_size=3072, num_attention_heads=12, num_hidden_layers=12,
+        projection_dim=768, hidden_act="quick_gelu", bos_token_id=1, eos_token_id=2, pad_token_id=0,
+    )
+
+
+def sdxl(scale: str = "tiny"):
+    """StableDiffusionXLPipeline with SDXL-Turbo's components (full) or a toy of the same shape."""
+    from diffusers import AutoencoderKL, EulerAncestralDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection
+
+    tiny = scale == "tiny"
+    if tiny:
+        unet = _make(UNet2DConditionModel,
+            block_out_channels=(16, 32), layers_per_block=1, sample_size=16, in_channels=4, out_channels=4,
+            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+            attention_head_dim=(2, 4), use_linear_projection=True, addition_embed_type="text_time",
+            addition_time_embed_dim=8, transformer_layers_per_block=(1, 2), projection_class_embeddings_input_dim=80,
+            cross_attention_dim=64, norm_num_groups=1,
+        )
+        vae = _make(AutoencoderKL,
+            block_out_channels=[8, 16], in_channels=3, out_channels=3, latent_channels=4, sample_size=32,
+            down_block_types=["DownEncoderBlock2D"] * 2, up_block_types=["UpDecoderBlock2D"] * 2, norm_num_groups=8,
+            layers_per_block=1,
+        )
+    else:
+        unet = _make(UNet2DConditionModel,
+            sample_size=128, in_channels=4, out_channels=4, layers_per_block=2, block_out_channels=(320, 640, 1280),
+            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+            up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+            attention_head_dim=(5, 10, 20), transformer_layers_per_block=(1, 2, 10), cross_attention_dim=2048,
+            use_linear_projection=True, addition_embed_type="text_time", addition_time_embed_dim=256,
+            projection_class_embeddings_input_dim=2816, norm_num_groups=32,
+        )
+        vae = _make(AutoencoderKL,
+            block_out_channels=[128, 256, 512, 512], in_channels=3, out_channels=3, latent_channels=4,
+            down_block_types=["DownEncoderBlock2D"] * 4, up_block_types=["UpDecoderBlock2D"] * 4, layers_per_block=2,
+            sample_size=1024, scaling_factor=0.13025, force_upcast=False,
+        )
+    scheduler = EulerAncestralDiscreteScheduler(
+        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", steps_offset=1, timestep_spacing="trailing"
+    )
+    return StableDiffusionXLPipeline(
+        vae=vae,
+        text_encoder=_make(CLIPTextModel, _clip_text_config(tiny)),
+        text_encoder_2=_make(CLIPTextModelWithProjection, _clip_text_config(tiny, big=True)),
+        tokenizer=byte_tokenizer(77),
+        tokenizer_2=byte_tokenizer(77),
+        unet=unet,
+        scheduler=scheduler,
+    )
+
+
+def flux(scale: str = "tiny"):
+    """FluxPipeline with FLUX.1-schnell's component sizes (full) or a toy of the same shape."""
+    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
+    from transformers import CLIPTextModel, T5Config, T5EncoderModel
+
+    tiny = scale == "tiny"
+    if tiny:
+        transformer = _make(FluxTransformer2DModel,
+            patch_size=1, in_channels=4, num_layers=1, num_single_layers=1, attention_head_dim=16,
+            num_attention_heads=2, joint_attention_dim=32, pooled_projection_dim=32, axes_dims_rope=[4, 4, 8],
+        )
+        t5 = T5Config(vocab_size=VOCAB, d_model=32, d_ff=37, d_kv=8, num_heads=4, num_layers=2, pad_token_id=0, eos_token_id=2)
+        vae = _make(AutoencoderKL,
+            sample_size=32, in_channels=3, out_channels=3, block_out_channels=(4,), layers_per_block=1,
+            latent_channels=1, norm_num_groups=1, use_quant_conv=False, use_post_quant_conv=False,
+            shift_factor=0.0609, scaling_factor=1.5035,
+        )
+    else:
+        transformer = _make(FluxTransformer2DModel,
+            patch_size=1, in_channels=64, num_layers=19, num_single_layers=38, attention_head_dim=128,
+            num_attention_heads=24, joint_attention_dim=4096, pooled_projection_dim=768, guidance_embeds=False,
+            axes_dims_rope=[16, 56, 56],
+        )
+        t5 = T5Config(
+            vocab_size=32128, d_model=4096, d_ff=10240, d_kv=64, num_heads=64, num_layers=24,
+            feed_forward_proj="gated-gelu", pad_token_id=0, eos_token_id=2,
+        )
+        vae = _make(AutoencoderKL,
+            block_out_channels=[128, 256, 512, 512], in_channels=3, out_channels=3, latent_channels=16,
+            down_block_types=["DownEncoderBlock2D"] * 4, up_block_types=["UpDecoderBlock2D"] * 4, layers_per_block=2,
+            use_quant_conv=False, use_post_quant_conv=False, scaling_factor=0.3611, shift_factor=0.1159,
+        )
+    return FluxPipeline(
+        scheduler=FlowMatchEulerDiscreteScheduler(shift=1.0, use_dynamic_shifting=False),
+        vae=vae,
+        text_encoder=_make(CLIPTextModel, _clip_text_config(tiny)),
+        tokenizer=byte_tokenizer(77),
+        text_encoder_2=_make(T5EncoderModel, t5),
+        tokenizer_2=byte_tokenizer(512),
+        transformer=transformer,
+    )
+
+
+def blip2(scale: str = "tiny"):
+    """(Blip2ForConditionalGeneration, Blip2Processor): BLIP-2 OPT-2.7b sizes (full) or a toy."""
+    from transformers import BlipImageProcessor, Blip2Config, Blip2ForConditionalGeneration, Blip2Processor, OPTConfig
+
+    tiny = scale == "tiny"
+    tokenizer = byte_tokenizer(512)
+    image_size = 32 if tiny else 224
+    queries = 4 if tiny else 32
+    processor = Blip2Processor(
+        image_processor=BlipImageProcessor(size={"height": image_size, "width": image_size}),
+        tokenizer=tokenizer,
+        num_query_tokens=queries,
+    )
+    image_token = tokenizer.convert_tokens_to_ids("<image>")
+    if tiny:
+        vision = dict(hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4,
+                      image_size=image_size, patch_size=8)
+        qformer = dict(hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4,
+                       encoder_hidden_size=32, vocab_size=64)
+        text = OPTConfig(vocab_size=len(tokenizer), hidden_size=32, word_embed_proj_dim=32, ffn_dim=37,
+                         num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=512,
+                         pad_token_id=0, bos_token_id=1, eos_token_id=2)
+    else:
+        vision = dict(hidden_size=1408, intermediate_size=6144, num_hidden_layers=39, num_attention_heads=16,
+                      image_size=224, patch_size=14)
+        qformer = dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
+                       encoder_hidden_size=1408)
+        text = OPTConfig(vocab_size=50304, hidden_size=2560, word_embed_proj_dim=2560, ffn_dim=10240,
+                         num_hidden_layers=32, num_attention_heads=32, max_position_embeddings=2048,
+                         pad_token_id=0, bos_token_id=1, eos_token_id=2)
+    config = Blip2Config(vision_config=vision, qformer_config=qformer, text_config=text.to_dict(),
+                         num_query_tokens=queries, image_token_index=image_token)
+    return _make(Blip2ForConditionalGeneration, config).eval(), processor
+
+
+def _clip(scale: str = "tiny"):
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor
+
+    if scale != "tiny":
+        raise ValueError("clip is built at tiny scale only")
+    text = _clip_text_config(True).to_dict()
+    vision = dict(hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4,
+                  image_size=32, patch_size=8, projection_dim=32)
+    model = _make(CLIPModel, CLIPConfig(text_config=text, vision_config=vision, projection_dim=32)).eval()
+    processor = CLIPProcessor(
+        image_processor=CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}),
+        tokenizer=byte_tokenizer(77),
+    )
+    return model, processor
+
+
+def bert_embedder(scale: str = "tiny"):
+    """A SentenceTransformer (BERT, mean pooling, normalisation): BERT-base sizes (full) or a toy."""
+    import tempfile
+
+    from sentence_transformers import SentenceTransformer, models
+    from transformers import BertConfig, BertModel
+
+    tokenizer = byte_tokenizer(512)
+    if scale == "tiny":
+        config = BertConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=37, num_hidden_layers=2,
+                            num_attention_heads=4, max_position_embeddings=512, pad_token_id=0)
+    else:
+        config = BertConfig(vocab_size=30522, pad_token_id=0)
+    with tempfile.TemporaryDirectory() as tmp:
+        _make(BertModel, config).save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        word = models.Transformer(tmp, max_seq_length=128)
+    dim = getattr(word, "get_embedding_dimension", None) or word.get_word_embedding_dimension
+    pooling = models.Pooling(dim(), pooling_mode="mean")
+    return SentenceTransformer(modules=[word, pooling, models.Normalize()], device="cpu")
+
+
+BUILDERS: dict[str, Callable[[str], Any]] = {
+    "sdxl": sdxl,
+    "flux": flux,
+    "blip2": blip2,
+    "clip-text": _clip,
+    "clip-vision": _clip,
+    "bert-embedder": bert_embedder,
+}
+
+
+_device: list[Any] = [None]
+
+
+def _make(cls, *args, **kwargs):
+    """``cls(*args, **kwargs)`` with its weights created on the build's device (a GPU builds the
+    full sizes in seconds; the CPU takes minutes). Only modules: schedulers stay on the CPU."""
+    if _device[0] is None:
+        return cls(*args, **kwargs)
+    import torch
+
+    with torch.device(_device[0]):
+        return cls(*args, **kwargs)
+
+
+def build(architecture: str, scale: str = "tiny", device: str | None = None):
+    """Build ``architecture`` at ``scale``; module weights are created on ``device`` (default: CPU)."""
+    if scale not in SCALES:
+        raise ValueError(f"scale must be one of {SCALES}")
+    try:
+        builder = BUILDERS[architecture]
+    except KeyError:
+        raise ValueError(f"unknown architecture {architecture!r}; known: {', '.join(BUILDERS)}") from None
+    _device[0] = device
+    try:
+        return builder(scale)
+    finally:
+        _device[0] = None
+
+
+def save(obj, directory) -> None:
+    """Save what ``build`` returned so that ``from_pretrained(directory)`` loads it back."""
+    parts = obj if isinstance(obj, tuple) else (obj,)
+    for part in parts:
+        part.save_pretrained(str(directory)) if hasattr(part, "save_pretrained") else part.save(str(directory))
