@@ -1,20 +1,21 @@
 """Persistent homology of one embedding trajectory (a bag of points).
 
-The diagrams are exactly what a researcher gets from calling giotto-ph
-directly: ``ripser_parallel(points, maxdim=..., collapse_edges=...,
-n_threads=..., return_generators=False)`` with the defaults euclidean metric,
-coefficients in Z/2, no threshold (giotto-ph uses the enclosing radius) and
-unreduced homology (H0 keeps one infinite bar). Around that call this module
-adds a memory estimate, so that a cloud too large for the machine is skipped
-or reduced with a recorded reason instead of killing a worker.
+The diagrams are what a researcher gets from giotto-ph directly:
+``ripser_parallel(D, metric="precomputed", maxdim=..., collapse_edges=...,
+n_threads=..., return_generators=False)`` where ``D`` is the exact euclidean
+distance matrix of the points (``exact_distances``), coefficients in Z/2, no
+threshold (giotto-ph uses the enclosing radius) and unreduced homology (H0
+keeps one infinite bar). Around that call this module adds a memory estimate,
+so that a cloud too large for the machine is skipped or reduced with a
+recorded reason instead of killing a worker.
 
-Duplicate points (a looping run repeats outputs exactly) are handled by
-giotto-ph, but not for free: sklearn computes euclidean distances through
-``|x|^2 + |y|^2 - 2 x.y``, so some exact duplicates end up at a rounding-noise
-distance (1e-8..1e-7) and add tiny H0 bars; H1 and H2 are unchanged. The
-duplicates also make the complex larger (100 points with 30 distinct took 15x
-the time of the 30 distinct ones). We still pass the points as given, so the
-result matches the direct call.
+Why a precomputed matrix: with raw points giotto-ph computes distances through
+sklearn's ``|x|^2 + |y|^2 - 2 x.y``, so exact duplicates (a looping run repeats
+outputs exactly) land at a rounding-noise distance (1e-8..1e-7) that depends on
+the BLAS thread count, adding tiny H0 bars that differ between machines. H1 and
+H2 are the same either way. Duplicates also make the complex larger (100 points
+with 30 distinct took 15x the time of the 30 distinct ones); we keep them, so
+the cloud is the run's trajectory as stored.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from typing import Literal, Sequence
 
 import numpy as np
 from gph import ripser_parallel
+from scipy.spatial.distance import pdist, squareform
 
 # Fitted on random-walk clouds of 768-d unit vectors, 1 thread (measured-facts.md).
 _H2_SECONDS_AT_1000 = 182.0
@@ -132,6 +134,19 @@ def _largest_fitting_n(n_points: int, maxdim: int, budget_gb: float) -> int:
     return lo
 
 
+def exact_distances(points: np.ndarray) -> np.ndarray:
+    """Euclidean distances computed pair by pair in float64 (scipy ``pdist``).
+
+    giotto-ph's own metric path goes through sklearn's ``|x|^2 + |y|^2 - 2 x.y``,
+    whose rounding depends on the BLAS and its thread count: exact duplicate
+    points (every looping run has them) land at 1e-8..1e-7 apart and add tiny H0
+    bars that differ between a worker (1 BLAS thread) and a notebook (several).
+    Distances computed directly are exact for duplicates (0) and the same on
+    every machine, so a diagram is reproducible wherever it is recomputed.
+    """
+    return squareform(pdist(np.asarray(points, dtype=np.float64), metric="euclidean"))
+
+
 def compute_diagram(points: np.ndarray, options: PersistenceOptions, rng_seed: int = 0) -> DiagramResult:
     """Diagrams and entropies of one point cloud, within ``options.memory_budget_gb``.
 
@@ -175,7 +190,8 @@ def compute_diagram(points: np.ndarray, options: PersistenceOptions, rng_seed: i
             return not_computed("over_budget", f"{over}; {why}")
 
     dgms = ripser_parallel(
-        used,
+        exact_distances(used),
+        metric="precomputed",
         maxdim=maxdim,
         collapse_edges=options.collapse_edges,
         n_threads=options.n_threads,
