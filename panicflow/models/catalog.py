@@ -33,7 +33,9 @@ from .families import build
 T2I, I2T, TEXT, IMAGE = Role.TEXT_TO_IMAGE, Role.IMAGE_TO_TEXT, Role.TEXT_EMBEDDER, Role.IMAGE_EMBEDDER
 
 
-def _entry(name: str, role: Role, description: str, *, dim: int | None = None, batch: int = 32, **extra: Any) -> ModelSpec:
+def _entry(
+    name: str, role: Role, description: str, *, dim: int | None = None, batch: int = 32, **extra: Any
+) -> ModelSpec:
     extra.setdefault("revision", "main")
     extra.setdefault("trust_remote_code", False)
     return ModelSpec(
@@ -65,7 +67,7 @@ TEXT_TO_IMAGE = [
            hf_id="Tongyi-MAI/Z-Image-Turbo", dtype="bfloat16", steps=9, guidance=0.0, approx_gpu_gb=24),
     _entry("SanaSprint", T2I, "Sana-Sprint 1.6B (NVIDIA), 2-step", batch=32, **_DIFFUSERS,
            hf_id="Efficient-Large-Model/Sana_Sprint_1.6B_1024px_diffusers", dtype="bfloat16", steps=2,
-           guidance=4.5, approx_gpu_gb=12),
+           guidance=4.5, call_kwargs={"use_resolution_binning": False}, approx_gpu_gb=12),
 ]
 
 # Image-to-text (transformers). Captions are sampled with per-item seeds.
@@ -137,17 +139,27 @@ _RANDOM_DEFAULTS: dict[str, dict[str, Any]] = {
     "flux": dict(dtype="bfloat16", width=256, height=256, steps=4, guidance=0.0,
                  call_kwargs={"max_sequence_length": 256}, approx_gpu_gb=36),
     "blip2": dict(dtype="float16", model_class="Blip2ForConditionalGeneration", approx_gpu_gb=10, **_SAMPLING),
+    "florence2": dict(dtype="float32", model_class="Florence2ForConditionalGeneration", prompt="<CAPTION>",
+                      approx_gpu_gb=0.1, **_SAMPLING),
+    "llava": dict(dtype="float32", chat=True, prompt="Describe this image in one sentence.", approx_gpu_gb=0.1,
+                  **_SAMPLING),
     "clip-text": dict(dtype="float32", approx_gpu_gb=0.1),
     "clip-vision": dict(dtype="float32", approx_gpu_gb=0.1),
     "bert-embedder": dict(dtype="float16", approx_gpu_gb=1),
 }
 _RANDOM_DIMS = {"bert-embedder": {"tiny": 32, "full": 768}, "clip-text": {"tiny": 32}, "clip-vision": {"tiny": 32}}
-_TINY = {"sdxl": dict(width=32, height=32, steps=2), "flux": dict(width=32, height=32, steps=2,
-                                                                   call_kwargs={"max_sequence_length": 16}),
-         "blip2": dict(max_new_tokens=8)}
+_TINY = {
+    "sdxl": dict(width=32, height=32, steps=2),
+    "flux": dict(width=32, height=32, steps=2, call_kwargs={"max_sequence_length": 16}),
+    "blip2": dict(max_new_tokens=8),
+    "florence2": dict(max_new_tokens=8),
+    "llava": dict(max_new_tokens=8),
+}
 
 
-def random_weights_spec(name: str, architecture: str, scale: str = "full", *, batch: int = 32, **extra: Any) -> ModelSpec:
+def random_weights_spec(
+    name: str, architecture: str, scale: str = "full", *, batch: int = 32, **extra: Any
+) -> ModelSpec:
     """A registry entry for ``architecture`` (``families.random_init``) with random weights."""
     from .families.random_init import ARCHITECTURES, SCALES
 

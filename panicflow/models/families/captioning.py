@@ -103,7 +103,7 @@ class TransformersCaptioner(GenerativeModel):
         if spec.extra.get("random_init"):
             from .random_init import build
 
-            model, processor = build(spec.extra["random_init"], spec.extra.get("random_scale", "full"), device)
+            model, processor = build(spec.extra["random_init"], spec.extra.get("random_scale", "full"), device, dtype)
             return cls(spec, model.to(device=device, dtype=dtype), processor, device, dtype)
         trust = check_remote_code(spec)
         path = str(resolve_weights(spec))
@@ -117,7 +117,8 @@ class TransformersCaptioner(GenerativeModel):
 
     def _text(self, n: int) -> list[str] | None:
         if self.chat:
-            messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": self.prompt or "Describe this image."}]}]
+            content = [{"type": "image"}, {"type": "text", "text": self.prompt or "Describe this image."}]
+            messages = [{"role": "user", "content": content}]
             return [self.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)] * n
         return None if self.prompt is None else [self.prompt] * n
 
@@ -146,8 +147,10 @@ class TransformersCaptioner(GenerativeModel):
         with torch.inference_mode():
             out = self.model.generate(**batch, **gen)
         input_ids = batch.get("input_ids")
-        if input_ids is not None and out.shape[1] >= input_ids.shape[1] and torch.equal(out[:, : input_ids.shape[1]], input_ids):
-            out = out[:, input_ids.shape[1] :]
+        if input_ids is not None:  # decoder-only models return the prompt too: cut it
+            n = input_ids.shape[1]
+            if out.shape[1] >= n and torch.equal(out[:, :n], input_ids):
+                out = out[:, n:]
         texts = self.processor.batch_decode(out, skip_special_tokens=True)
         return [t.strip() for t in texts]
 
@@ -161,7 +164,9 @@ class TransformersCaptioner(GenerativeModel):
             device=str(self.device),
         )
         if self.do_sample:
-            params.update(sampling="per-item gumbel-max", temperature=self.temperature, top_k=self.top_k, top_p=self.top_p)
+            params.update(
+                sampling="per-item gumbel-max", temperature=self.temperature, top_k=self.top_k, top_p=self.top_p
+            )
         else:
             params.update(num_beams=self.num_beams)
         return record(self.spec, **params)
@@ -211,4 +216,6 @@ class MoondreamCaptioner(GenerativeModel):
         return out
 
     def parameters(self) -> dict[str, Any]:
-        return record(self.spec, length=self.length, dtype=dtype_name(self.dtype), device=str(self.device), **self.settings)
+        return record(
+            self.spec, length=self.length, dtype=dtype_name(self.dtype), device=str(self.device), **self.settings
+        )

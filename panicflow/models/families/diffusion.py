@@ -19,6 +19,7 @@ from PIL import Image
 from ..base import GenerativeModel, ModelSpec, Role
 from ._common import check_remote_code, dtype_name, pick_device, pick_dtype, record, resolve_weights
 
+
 class DiffusersTextToImage(GenerativeModel):
     """Any diffusers text-to-image pipeline, with per-item seeds inside a batch."""
 
@@ -44,7 +45,7 @@ class DiffusersTextToImage(GenerativeModel):
         if spec.extra.get("random_init"):
             from .random_init import build
 
-            pipeline = build(spec.extra["random_init"], spec.extra.get("random_scale", "full"), device)
+            pipeline = build(spec.extra["random_init"], spec.extra.get("random_scale", "full"), device, dtype)
             pipeline.to(device=device, dtype=dtype)
             return cls(spec, pipeline, device, dtype)
         from diffusers import DiffusionPipeline

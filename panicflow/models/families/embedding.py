@@ -97,7 +97,7 @@ class SentenceTransformerEmbedder(_Embedder):
         if spec.extra.get("random_init"):
             from .random_init import build
 
-            model = build(spec.extra["random_init"], spec.extra.get("random_scale", "full"), device)
+            model = build(spec.extra["random_init"], spec.extra.get("random_scale", "full"), device, dtype)
             return cls(spec, model.to(device=device, dtype=dtype), device, dtype)
         from sentence_transformers import SentenceTransformer
 
@@ -151,11 +151,13 @@ class ClipEmbedder(_Embedder):
         if spec.extra.get("random_init"):
             from .random_init import build
 
-            model, processor = build(spec.extra["random_init"], spec.extra.get("random_scale", "full"), device)
+            model, processor = build(spec.extra["random_init"], spec.extra.get("random_scale", "full"), device, dtype)
             return cls(spec, model.to(device=device, dtype=dtype), processor, device, dtype)
         trust = check_remote_code(spec)
         path = str(resolve_weights(spec))
-        model = transformers.AutoModel.from_pretrained(path, dtype=dtype, local_files_only=True, trust_remote_code=trust)
+        model = transformers.AutoModel.from_pretrained(
+            path, dtype=dtype, local_files_only=True, trust_remote_code=trust
+        )
         processor = transformers.AutoProcessor.from_pretrained(path, trust_remote_code=trust)
         return cls(spec, model.to(device), processor, device, dtype)
 
@@ -199,7 +201,9 @@ class JinaClipEmbedder(_Embedder):
         device = pick_device(spec)
         dtype = pick_dtype(spec, device)
         path = str(resolve_weights(spec))
-        model = transformers.AutoModel.from_pretrained(path, trust_remote_code=trust, dtype=dtype, local_files_only=True)
+        model = transformers.AutoModel.from_pretrained(
+            path, trust_remote_code=trust, dtype=dtype, local_files_only=True
+        )
         return cls(spec, model.to(device).eval(), device, dtype)
 
     def embed(self, inputs: list[Any]) -> np.ndarray:
@@ -208,7 +212,9 @@ class JinaClipEmbedder(_Embedder):
         with torch.inference_mode():
             if self.role is Role.TEXT_EMBEDDER:
                 texts = [self.prefix + t for t in _texts(self.spec.name, inputs)]
-                rows = self.model.encode_text(texts, task=self.task, truncate_dim=self.truncate_dim, batch_size=len(texts))
+                rows = self.model.encode_text(
+                    texts, task=self.task, truncate_dim=self.truncate_dim, batch_size=len(texts)
+                )
             else:
                 images = _images(self.spec.name, inputs)
                 rows = self.model.encode_image(images, truncate_dim=self.truncate_dim, batch_size=len(images))
@@ -238,7 +244,9 @@ class NomicVisionEmbedder(_Embedder):
         dtype = pick_dtype(spec, device)
         path = str(resolve_weights(spec))
         processor = transformers.AutoImageProcessor.from_pretrained(path, local_files_only=True)
-        model = transformers.AutoModel.from_pretrained(path, trust_remote_code=trust, dtype=dtype, local_files_only=True)
+        model = transformers.AutoModel.from_pretrained(
+            path, trust_remote_code=trust, dtype=dtype, local_files_only=True
+        )
         return cls(spec, model.to(device).eval(), processor, device, dtype)
 
     def embed(self, inputs: list[Image.Image]) -> np.ndarray:

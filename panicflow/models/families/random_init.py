@@ -13,7 +13,6 @@ token): text content barely matters for random weights, sequence lengths do.
 
 from __future__ import annotations
 
-import contextlib
 from typing import Any, Callable
 
 ARCHITECTURES: dict[str, tuple[str, str]] = {
@@ -21,6 +20,8 @@ ARCHITECTURES: dict[str, tuple[str, str]] = {
     "sdxl": ("diffusers", "text-to-image"),
     "flux": ("diffusers", "text-to-image"),
     "blip2": ("transformers-captioner", "image-to-text"),
+    "florence2": ("transformers-captioner", "image-to-text"),
+    "llava": ("transformers-captioner", "image-to-text"),
     "clip-text": ("clip", "text-embedder"),
     "clip-vision": ("clip", "image-embedder"),
     "bert-embedder": ("sentence-transformers", "text-embedder"),
@@ -29,8 +30,9 @@ ARCHITECTURES: dict[str, tuple[str, str]] = {
 SCALES = ("tiny", "full")
 
 
-def byte_tokenizer(max_length: int = 77, *, bos: str = "<s>", eos: str = "</s>", pad: str = "<pad>"):
-    """A fast tokenizer with one token per byte plus specials (ids: pad 0, bos 1, eos 2, unk 3)."""
+def byte_tokenizer(max_length: int = 77, *, bos: str = "<s>", eos: str = "</s>", pad: str = "<pad>",
+                   image_token: str | None = None):
+    """A fast tokenizer with one token per byte plus specials (ids: pad 0, bos 1, eos 2, unk 3; image 260)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast
 
@@ -44,8 +46,10 @@ def byte_tokenizer(max_length: int = 77, *, bos: str = "<s>", eos: str = "</s>",
     tok.post_processor = processors.TemplateProcessing(
         single=f"{bos} $A {eos}", special_tokens=[(bos, vocab[bos]), (eos, vocab[eos])]
     )
+    extra = {"extra_special_tokens": {"image_token": image_token}} if image_token else {}
     return PreTrainedTokenizerFast(
-        tokenizer_object=tok, bos_token=bos, eos_token=eos, pad_token=pad, unk_token="<unk>", model_max_length=max_length
+        tokenizer_object=tok, bos_token=bos, eos_token=eos, pad_token=pad, unk_token="<unk>",
+        model_max_length=max_length, **extra,
     )
 
 
@@ -74,14 +78,20 @@ def _clip_text_config(tiny: bool, big: bool = False):
 
 def sdxl(scale: str = "tiny"):
     """StableDiffusionXLPipeline with SDXL-Turbo's components (full) or a toy of the same shape."""
-    from diffusers import AutoencoderKL, EulerAncestralDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
+    from diffusers import (
+        AutoencoderKL,
+        EulerAncestralDiscreteScheduler,
+        StableDiffusionXLPipeline,
+        UNet2DConditionModel,
+    )
     from transformers import CLIPTextModel, CLIPTextModelWithProjection
 
     tiny = scale == "tiny"
     if tiny:
         unet = _make(UNet2DConditionModel,
             block_out_channels=(16, 32), layers_per_block=1, sample_size=16, in_channels=4, out_channels=4,
-            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+            up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
             attention_head_dim=(2, 4), use_linear_projection=True, addition_embed_type="text_time",
             addition_time_embed_dim=8, transformer_layers_per_block=(1, 2), projection_class_embeddings_input_dim=80,
             cross_attention_dim=64, norm_num_groups=1,
@@ -130,7 +140,9 @@ def flux(scale: str = "tiny"):
             patch_size=1, in_channels=4, num_layers=1, num_single_layers=1, attention_head_dim=16,
             num_attention_heads=2, joint_attention_dim=32, pooled_projection_dim=32, axes_dims_rope=[4, 4, 8],
         )
-        t5 = T5Config(vocab_size=VOCAB, d_model=32, d_ff=37, d_kv=8, num_heads=4, num_layers=2, pad_token_id=0, eos_token_id=2)
+        t5 = T5Config(
+            vocab_size=VOCAB, d_model=32, d_ff=37, d_kv=8, num_heads=4, num_layers=2, pad_token_id=0, eos_token_id=2
+        )
         vae = _make(AutoencoderKL,
             sample_size=32, in_channels=3, out_channels=3, block_out_channels=(4,), layers_per_block=1,
             latent_channels=1, norm_num_groups=1, use_quant_conv=False, use_post_quant_conv=False,
@@ -164,7 +176,7 @@ def flux(scale: str = "tiny"):
 
 def blip2(scale: str = "tiny"):
     """(Blip2ForConditionalGeneration, Blip2Processor): BLIP-2 OPT-2.7b sizes (full) or a toy."""
-    from transformers import BlipImageProcessor, Blip2Config, Blip2ForConditionalGeneration, Blip2Processor, OPTConfig
+    from transformers import Blip2Config, Blip2ForConditionalGeneration, Blip2Processor, BlipImageProcessor, OPTConfig
 
     tiny = scale == "tiny"
     tokenizer = byte_tokenizer(512)
@@ -195,6 +207,62 @@ def blip2(scale: str = "tiny"):
     config = Blip2Config(vision_config=vision, qformer_config=qformer, text_config=text.to_dict(),
                          num_query_tokens=queries, image_token_index=image_token)
     return _make(Blip2ForConditionalGeneration, config).eval(), processor
+
+
+def florence2(scale: str = "tiny"):
+    """(Florence2ForConditionalGeneration, Florence2Processor): a toy DaViT + BART (tiny only)."""
+    from transformers import CLIPImageProcessor, Florence2Config, Florence2ForConditionalGeneration, Florence2Processor
+
+    if scale != "tiny":
+        raise ValueError("florence2 is built at tiny scale only")
+    tokenizer = byte_tokenizer(512, image_token="<image>")
+    image_processor = CLIPImageProcessor(size={"height": 32, "width": 32}, do_center_crop=False)
+    image_processor.image_seq_length = 17  # (32 / 8)^2 patches + 1 pooled token
+    processor = Florence2Processor(image_processor=image_processor, tokenizer=tokenizer)
+    vision = dict(depths=[1, 1], embed_dim=[16, 32], num_heads=[2, 4], num_groups=[2, 4], patch_size=[7, 3],
+                  patch_stride=[4, 2], patch_padding=[3, 1], patch_prenorm=[False, True], projection_dim=32,
+                  window_size=2, max_position_embeddings=50, drop_path_rate=0.0)
+    text = dict(model_type="bart", vocab_size=len(tokenizer), d_model=32, encoder_layers=1, decoder_layers=1,
+                encoder_attention_heads=4, decoder_attention_heads=4, encoder_ffn_dim=37, decoder_ffn_dim=37,
+                max_position_embeddings=512, bos_token_id=1, eos_token_id=2, pad_token_id=0,
+                decoder_start_token_id=2, forced_bos_token_id=None)
+    config = Florence2Config(vision_config=vision, text_config=text, image_token_id=tokenizer.image_token_id)
+    return _make(Florence2ForConditionalGeneration, config).eval(), processor
+
+
+LLAVA_CHAT_TEMPLATE = (
+    "{% for message in messages %}{{ message['role'] | upper }}: {% for content in message['content'] %}"
+    "{% if content['type'] == 'image' %}<image>\n{% elif content['type'] == 'text' %}{{ content['text'] }}{% endif %}"
+    "{% endfor %}\n{% endfor %}{% if add_generation_prompt %}ASSISTANT:{% endif %}"
+)
+
+
+def llava(scale: str = "tiny"):
+    """(LlavaForConditionalGeneration, LlavaProcessor): a toy chat VLM (CLIP vision + Llama), tiny only.
+
+    It takes the path of the chat VLMs (Qwen2.5-VL): ``AutoModelForImageTextToText``,
+    a chat template, left padding, the prompt cut from the output.
+    """
+    from transformers import CLIPImageProcessor, LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor
+
+    if scale != "tiny":
+        raise ValueError("llava is built at tiny scale only")
+    tokenizer = byte_tokenizer(512, image_token="<image>")
+    processor = LlavaProcessor(
+        image_processor=CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}),
+        tokenizer=tokenizer, chat_template=LLAVA_CHAT_TEMPLATE, patch_size=8,
+        vision_feature_select_strategy="default", image_token="<image>", num_additional_image_tokens=1,
+    )
+    config = LlavaConfig(
+        vision_config=dict(model_type="clip_vision_model", hidden_size=32, intermediate_size=37, num_hidden_layers=2,
+                           num_attention_heads=4, image_size=32, patch_size=8),
+        text_config=dict(model_type="llama", vocab_size=len(tokenizer), hidden_size=32, intermediate_size=37,
+                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                         max_position_embeddings=512, bos_token_id=1, eos_token_id=2, pad_token_id=0),
+        image_token_index=tokenizer.image_token_id, vision_feature_select_strategy="default",
+        vision_feature_layer=-1, projector_hidden_act="gelu",
+    )
+    return _make(LlavaForConditionalGeneration, config).eval(), processor
 
 
 def _clip(scale: str = "tiny"):
@@ -239,39 +307,45 @@ BUILDERS: dict[str, Callable[[str], Any]] = {
     "sdxl": sdxl,
     "flux": flux,
     "blip2": blip2,
+    "florence2": florence2,
+    "llava": llava,
     "clip-text": _clip,
     "clip-vision": _clip,
     "bert-embedder": bert_embedder,
 }
 
 
-_device: list[Any] = [None]
+_target: dict[str, Any] = {"device": None, "dtype": None}
 
 
 def _make(cls, *args, **kwargs):
-    """``cls(*args, **kwargs)`` with its weights created on the build's device (a GPU builds the
-    full sizes in seconds; the CPU takes minutes). Only modules: schedulers stay on the CPU."""
-    if _device[0] is None:
-        return cls(*args, **kwargs)
+    """``cls(*args, **kwargs)``, its weights created on the build's device (a GPU builds the full
+    sizes in seconds; a CPU takes minutes) and cast to the build's dtype at once, so that the
+    peak memory is one module in float32, not the whole pipeline. Only modules: schedulers
+    and tokenizers stay on the CPU."""
+    import contextlib
+
     import torch
 
-    with torch.device(_device[0]):
-        return cls(*args, **kwargs)
+    device, dtype = _target["device"], _target["dtype"]
+    with torch.device(device) if device is not None else contextlib.nullcontext():
+        module = cls(*args, **kwargs)
+    return module.to(dtype) if dtype is not None else module
 
 
-def build(architecture: str, scale: str = "tiny", device: str | None = None):
-    """Build ``architecture`` at ``scale``; module weights are created on ``device`` (default: CPU)."""
+def build(architecture: str, scale: str = "tiny", device: str | None = None, dtype=None):
+    """Build ``architecture`` at ``scale``, module weights on ``device`` (default: CPU) in ``dtype``."""
     if scale not in SCALES:
         raise ValueError(f"scale must be one of {SCALES}")
     try:
         builder = BUILDERS[architecture]
     except KeyError:
         raise ValueError(f"unknown architecture {architecture!r}; known: {', '.join(BUILDERS)}") from None
-    _device[0] = device
+    _target.update(device=device, dtype=dtype)
     try:
         return builder(scale)
     finally:
-        _device[0] = None
+        _target.update(device=None, dtype=None)
 
 
 def save(obj, directory) -> None:

@@ -1,0 +1,36 @@
+"""scripts/gpu_check.py runs end to end on a CPU with toy sizes (the dry run a GPU run relies on)."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("torch")
+pytest.importorskip("diffusers")
+
+SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "gpu_check.py"
+
+
+def load_script():
+    spec = importlib.util.spec_from_file_location("gpu_check", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_dry_run_direct_and_experiment(tmp_path):
+    gpu_check = load_script()
+    out = tmp_path / "result.json"
+    results = gpu_check.main([
+        "--device", "cpu", "--tiny", "--batch-sizes", "1", "2", "--experiment-batch", "2", "--runs", "4",
+        "--max-length", "4", "--json", str(out),
+    ])
+    assert out.exists()
+    for role in ("text-to-image", "image-to-text", "embedder"):
+        assert set(results["direct"][role]) == {1, 2} and all(r > 0 for r in results["direct"][role].values())
+    exp = results["experiment"]
+    assert exp["steps"] == 16 and exp["wall_s"] > 0 and exp["ratio"] > 0
+    (held,) = exp["held_models"].values()  # one worker, holding the three models it preloaded
+    assert sorted(held) == ["gpu-check-bert", "gpu-check-blip2", "gpu-check-sdxl"]
