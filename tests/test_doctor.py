@@ -1,0 +1,377 @@
+"""`panicflow doctor`: damage a finished experiment on purpose, one fault per test, and check that
+doctor finds it, that --fix repairs it (where the store holds what it takes), that a last check
+is clean, and that the repaired store equals a copy taken before the damage."""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zarr
+
+import panicflow
+from panicflow.api import doctor
+from panicflow.doctor import PARAMS
+
+CONFIG = {
+    "name": "doctor",
+    "networks": [["DummyT2I", "DummyI2T"]],
+    # 22 loops after 28 steps, 57 reaches max_length, -1 is unseeded (a fresh stored seed per step)
+    "seeds": [22, 57, -1],
+    "prompts": ["a cat"],
+    "embedding_models": ["DummyText", "DummyVision"],
+    "max_length": 30,
+}
+LOOP, LENGTH, UNSEEDED = 0, 1, 2
+
+
+@pytest.fixture(scope="module")
+def pristine(client, tmp_path_factory):
+    """(store, id, snapshot) of one finished experiment, never modified."""
+    store = str(tmp_path_factory.mktemp("doctor") / "store")
+    eid = panicflow.run_experiment(CONFIG, store=store, client=client)
+    g = zarr.open_group(_data(store, eid), mode="r")
+    assert list(g["stop_reason"][:]) == ["loop", "length", "length"]
+    return store, eid, _snapshot(store, eid)
+
+
+@pytest.fixture
+def exp(pristine, tmp_path):
+    """A fresh copy of the pristine store to damage: (store, id)."""
+    src, eid, _ = pristine
+    store = str(tmp_path / "store")
+    shutil.copytree(src, store)
+    return store, eid
+
+
+def _data(store, eid):
+    return os.path.join(store, "experiments", eid, "data.zarr")
+
+
+def _snapshot(store, eid):
+    """Every array's values, every zarr.json and every object's bytes."""
+    data = _data(store, eid)
+    arrays = {}
+
+    def walk(group, prefix=""):
+        for name, node in group.members():
+            if isinstance(node, zarr.Array):
+                arrays[prefix + name] = node[...]
+            else:
+                walk(node, f"{prefix}{name}/")
+
+    walk(zarr.open_group(data, mode="r"))
+    metas = {os.path.relpath(p, data): Path(p).read_bytes() for p in glob.glob(f"{data}/**/zarr.json", recursive=True)}
+    metas["zarr.json"] = Path(data, "zarr.json").read_bytes()
+    objects = {os.path.relpath(p, store): Path(p).read_bytes() for p in glob.glob(f"{store}/objects/*/*/*")}
+    return {"arrays": arrays, "meta": metas, "objects": objects}
+
+
+def assert_same(pristine, store, eid, skip=()):
+    want = pristine[2]
+    got = _snapshot(store, eid)
+    assert sorted(got["arrays"]) == sorted(want["arrays"])
+    for name, values in want["arrays"].items():
+        if name not in skip:
+            np.testing.assert_array_equal(got["arrays"][name], values, err_msg=name)
+    assert got["objects"].keys() == want["objects"].keys()
+    for key, data in want["objects"].items():
+        assert got["objects"][key] == data, key
+    assert got["meta"] == want["meta"]
+
+
+def kinds(report, fixed=None):
+    return {p.kind for p in report.problems if fixed is None or p.fixed == fixed}
+
+
+def check_fix_check(store, eid, kind, client):
+    """doctor finds ``kind``; --fix repairs everything; a last check is clean."""
+    found = doctor(eid, store=store)
+    assert found.exit_code == 1 and kind in kinds(found), found.to_dict()
+    fixed = doctor(eid, store=store, fix=True, client=client)
+    assert fixed.exit_code == 0, fixed.to_dict()
+    assert kind in kinds(fixed, fixed=True)
+    assert fixed.experiments[0].actions
+    after = doctor(eid, store=store)
+    assert after.clean and after.exit_code == 0, after.to_dict()
+    return found, fixed
+
+
+def _array(store, eid, path):
+    return zarr.open_array(_data(store, eid), path=path, mode="r+")
+
+
+def _object_path(store, digest):
+    return os.path.join(store, "objects", digest[:2], digest[2:4], digest)
+
+
+def _output(store, eid, run, kind, nth=2):
+    """(step, digest) of the nth output of ``kind`` in ``run``."""
+    g = zarr.open_group(_data(store, eid), mode="r")
+    steps = [k for k, v in enumerate(g["kind"][run]) if v == kind]
+    return steps[nth], str(g["output_hash"][run, steps[nth]])
+
+
+def _flip(path, at):
+    data = bytearray(Path(path).read_bytes())
+    data[at] ^= 0xFF
+    Path(path).write_bytes(bytes(data))
+
+
+def cli(*args):
+    return subprocess.run(
+        [sys.executable, "-m", "panicflow", "doctor", *args], capture_output=True, text=True, timeout=300, check=False,
+        env={**os.environ, "PANICFLOW_TEST_MODELS": "1"},
+    )
+
+
+# ------------------------------------------------------------------------------- CLI, exit codes
+def test_clean_store_exits_0(pristine):
+    store, eid, _ = pristine
+    proc = cli("--store", store, "--json")
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    assert [e["id"] for e in out["experiments"]] == [eid]
+    assert out["experiments"][0]["problems"] == []
+    assert out["summary"]["clean"] is True and out["summary"]["problems"] == 0
+
+
+def test_user_errors_exit_2(pristine, tmp_path):
+    store, _, _ = pristine
+    proc = cli("no-such-experiment", "--store", store)
+    assert proc.returncode == 2 and "no experiment" in proc.stderr
+    proc = cli("--store", str(tmp_path / "nothing-here"))
+    assert proc.returncode == 2 and "no panicflow store" in proc.stderr
+
+
+def test_cli_finds_and_fixes_a_deleted_diagram_status(pristine, exp):
+    store, eid = exp
+    os.remove(os.path.join(_data(store, eid), "diagrams", "DummyVision", "status", "c", str(LENGTH)))
+    proc = cli(eid, "--store", store, "--json")
+    assert proc.returncode == 1, proc.stderr
+    [problem] = json.loads(proc.stdout)["experiments"][0]["problems"]
+    assert problem["kind"] == "diagram_missing" and problem["run"] == LENGTH and problem["model"] == "DummyVision"
+    assert problem["fixed"] is False
+    proc = cli(eid, "--store", store, "--fix", "--workers", "1", "--json")  # starts its own LocalCluster to resume
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    assert out["summary"] == {**out["summary"], "problems": 1, "fixed": 1, "remaining": 0, "clean": True}
+    assert doctor(eid, store=store).clean
+    assert_same(pristine, store, eid)
+    assert panicflow.experiment_status(eid, store=store).state == "complete"
+
+
+def test_cli_exit_1_when_a_problem_remains(exp):
+    store, eid = exp
+    os.remove(os.path.join(_data(store, eid), "started_at", "c", str(LENGTH), "0"))
+    proc = cli("--store", store, "--fix", "--json", "--workers", "1")
+    assert proc.returncode == 1, proc.stderr
+    [problem] = json.loads(proc.stdout)["experiments"][0]["problems"]
+    assert problem["kind"] == "run_gap" and problem["fixed"] is False
+    assert "cannot be rebuilt" in problem["detail"] and "journal" in problem["detail"]
+    human = cli(eid[:12], "--store", store)  # an id prefix; the table goes to stderr
+    assert human.returncode == 1 and "run_gap" in human.stderr and "started_at" in human.stderr
+
+
+# --------------------------------------------------------------------------------------- objects
+def test_image_object_with_a_flipped_byte_is_rebuilt_by_the_model(pristine, exp, client):
+    store, eid = exp
+    step, digest = _output(store, eid, LOOP, "image")
+    _flip(_object_path(store, digest), 40)
+    found, _ = check_fix_check(store, eid, "object_corrupt", client)
+    [p] = found.problems
+    assert (p.run, p.step, p.model) == (LOOP, step, "DummyT2I")
+    assert_same(pristine, store, eid)
+
+
+def test_text_object_with_a_flipped_byte_is_rewritten_from_the_text_array(pristine, exp, client):
+    store, eid = exp
+    _, digest = _output(store, eid, LENGTH, "text")
+    _flip(_object_path(store, digest), 3)
+    check_fix_check(store, eid, "object_corrupt", client)
+    assert_same(pristine, store, eid)
+
+
+@pytest.mark.parametrize("kind, run", [("image", UNSEEDED), ("text", LOOP)])
+def test_deleted_object_is_rebuilt(pristine, exp, client, kind, run):
+    store, eid = exp
+    _, digest = _output(store, eid, run, kind, nth=4)
+    os.remove(_object_path(store, digest))
+    check_fix_check(store, eid, "object_missing", client)
+    assert_same(pristine, store, eid)
+
+
+@pytest.mark.skipif(PARAMS is None, reason="no parameters_hash column in this layout")
+def test_deleted_parameters_object_is_rebuilt_from_the_model(pristine, exp, client):
+    store, eid = exp
+    digest = str(zarr.open_array(_data(store, eid), path=PARAMS, mode="r")[LOOP, 1])
+    os.remove(_object_path(store, digest))
+    found, _ = check_fix_check(store, eid, "object_missing", client)
+    assert "parameters object" in found.problems[0].detail
+    assert_same(pristine, store, eid)
+
+
+def test_image_that_the_model_does_not_reproduce_is_reported_unrepairable(pristine, exp):
+    # a different stored seed stands in for a non-deterministic model: the re-run gives another image
+    store, eid = exp
+    step, digest = _output(store, eid, UNSEEDED, "image")
+    os.remove(_object_path(store, digest))
+    seeds = _array(store, eid, "invocation_seed")
+    seeds[UNSEEDED, step] = int(seeds[UNSEEDED, step]) + 1
+    report = doctor(eid, store=store, fix=True)
+    assert report.exit_code == 1
+    [p] = [p for p in report.problems if p.kind == "object_missing"]
+    assert not p.fixed and "not deterministic" in p.detail
+    assert not os.path.exists(_object_path(store, digest))  # nothing wrong was written
+
+
+# ------------------------------------------------------------------------- embeddings, diagrams
+def test_deleted_embedding_chunk_is_recomputed_by_resume(pristine, exp, client):
+    store, eid = exp
+    os.remove(os.path.join(_data(store, eid), "embeddings", "DummyText", "vector", "c", str(LOOP), "0", "0"))
+    found, fixed = check_fix_check(store, eid, "embedding_rows", client)
+    [p] = [p for p in found.problems if p.kind == "embedding_rows"]
+    assert (p.run, p.model) == (LOOP, "DummyText")
+    assert any("resum" in a for a in fixed.experiments[0].actions)
+    assert_same(pristine, store, eid)
+    assert panicflow.experiment_status(eid, store=store).state == "complete"
+
+
+def test_entropy_that_disagrees_with_the_pairs_is_recomputed(pristine, exp, client):
+    store, eid = exp
+    _array(store, eid, "diagrams/DummyText/entropy")[UNSEEDED, 1] = 0.25
+    check_fix_check(store, eid, "diagram_inconsistent", client)
+    assert_same(pristine, store, eid)
+
+
+# -------------------------------------------------------------------------------- zarr metadata
+@pytest.mark.parametrize(
+    "node",
+    ["output_hash", "embeddings/DummyText/vector", "diagrams/DummyVision/birth", "embeddings/DummyText", ""],
+    ids=["root-array", "vector", "resizable-pairs", "group", "root-group"],
+)
+def test_truncated_zarr_json_is_regenerated(pristine, exp, client, node):
+    store, eid = exp
+    path = os.path.join(_data(store, eid), node, "zarr.json")
+    data = Path(path).read_bytes()
+    Path(path).write_bytes(data[: len(data) // 2])
+    found, _ = check_fix_check(store, eid, "metadata", client)
+    assert [p.kind for p in found.problems] == ["metadata"]  # nothing behind it is blamed
+    assert_same(pristine, store, eid)  # zarr.json byte for byte, chunks untouched
+
+
+# --------------------------------------------------------------------------- (run, step) arrays
+@pytest.mark.parametrize(
+    "array, run, kind",
+    [
+        ("output_hash", LOOP, "run_gap"),  # images re-run from the stored texts, texts hashed
+        ("output_hash", UNSEEDED, "run_gap"),  # with the stored per-step seeds
+        ("text", LENGTH, "run_gap"),  # read back from the text objects
+        ("kind", LENGTH, "run_gap"),  # from the config
+        ("length", LOOP, "stop_reason"),  # from the loop in the outputs
+        ("stop_reason", LENGTH, "run_unended"),
+        ("loop_start", LOOP, "stop_reason"),
+        *([(PARAMS, UNSEEDED, "run_gap")] if PARAMS else []),  # what the models report, if the store holds it
+    ],
+)
+def test_deleted_root_chunk_is_rebuilt(pristine, exp, client, array, run, kind):
+    store, eid = exp
+    chunk = os.path.join(_data(store, eid), array, "c", str(run))
+    os.remove(chunk if os.path.isfile(chunk) else os.path.join(chunk, "0"))
+    check_fix_check(store, eid, kind, client)
+    assert_same(pristine, store, eid)
+
+
+def test_outputs_and_texts_both_lost_are_rebuilt_from_step_0(pristine, exp, client):
+    store, eid = exp
+    for array in ("output_hash", "text"):
+        os.remove(os.path.join(_data(store, eid), array, "c", str(LOOP), "0"))
+    _, fixed = check_fix_check(store, eid, "run_gap", client)
+    assert any("re-ran step(s) 0-27" in a for a in fixed.experiments[0].actions)
+    assert_same(pristine, store, eid)
+
+
+@pytest.mark.parametrize("array, run", [("started_at", LOOP), ("invocation_seed", UNSEEDED)])
+def test_what_only_the_journal_held_is_reported_unrepairable(pristine, exp, array, run):
+    store, eid = exp
+    os.remove(os.path.join(_data(store, eid), array, "c", str(run), "0"))
+    report = doctor(eid, store=store, fix=True)
+    assert report.exit_code == 1
+    [p] = report.problems
+    assert (p.kind, p.run, p.path, p.fixed) == ("run_gap", run, array, False)
+    assert "cannot be rebuilt" in p.detail and "journal" in p.detail
+    assert_same(pristine, store, eid, skip={array})
+
+
+def test_seeded_run_invocation_seed_comes_from_the_config(pristine, exp, client):
+    store, eid = exp
+    os.remove(os.path.join(_data(store, eid), "invocation_seed", "c", str(LENGTH), "0"))
+    check_fix_check(store, eid, "run_gap", client)
+    assert_same(pristine, store, eid)
+
+
+@pytest.mark.parametrize(
+    "chunk", ["output_hash/c/2/0", "embeddings/DummyVision/vector/c/0/0/0", "diagrams/DummyText/status/c/1"]
+)
+def test_undecodable_chunk_is_replaced(pristine, exp, client, chunk):
+    store, eid = exp
+    Path(_data(store, eid), *chunk.split("/")).write_bytes(b"\x00not a chunk" * 5)
+    found, _ = check_fix_check(store, eid, "unreadable", client)
+    assert any(p.path == chunk for p in found.problems)
+    assert_same(pristine, store, eid)
+
+
+def test_stop_reason_that_disagrees_with_the_outputs(pristine, exp, client):
+    store, eid = exp
+    _array(store, eid, "loop_period")[LOOP] = 3
+    found, _ = check_fix_check(store, eid, "stop_reason", client)
+    assert "its outputs give (loop, 28, 1, 26)" in found.problems[0].detail
+    assert_same(pristine, store, eid)
+
+
+def test_a_run_that_went_on_after_its_loop_is_unrepairable(exp):
+    store, eid = exp
+    hashes = _array(store, eid, "output_hash")
+    hashes[LENGTH, 9] = hashes[LENGTH, 3]  # a seeded run must have stopped at this repeat
+    report = doctor(eid, store=store)
+    details = " ".join(p.detail for p in report.problems if p.kind == "stop_reason")
+    assert "went on after its output at step 9 repeated step 3" in details
+
+
+# ------------------------------------------------------------------------------ whole store
+def test_orphan_folder_and_damaged_experiment_json(pristine, exp):
+    store, eid = exp
+    os.makedirs(os.path.join(store, "experiments", "20200101-000000-abcdef", "data.zarr"))
+    broken = os.path.join(store, "experiments", "20200101-000001-broken")
+    shutil.copytree(os.path.join(store, "experiments", eid), broken)
+    Path(broken, "experiment.json").write_text("{")
+    report = doctor(store=store, fix=True)
+    by_id = {e.id: e for e in report.experiments}
+    assert [p.kind for p in by_id["20200101-000000-abcdef"].problems] == ["orphan"]
+    assert by_id["20200101-000000-abcdef"].problems[0].fixed
+    assert not os.path.exists(os.path.join(store, "experiments", "20200101-000000-abcdef"))
+    [p] = by_id["20200101-000001-broken"].problems
+    assert p.kind == "experiment" and not p.fixed and "damaged" in p.detail
+    assert by_id[eid].problems == []
+    assert report.exit_code == 1
+
+
+def test_running_experiment_is_checked_but_not_touched(exp):
+    store, eid = exp
+    e = panicflow.store.Store(store).experiment(eid)
+    e.write_state("running")  # this process: alive, fresh heartbeat
+    assert socket.gethostname() == e.read_state()["host"]
+    _, digest = _output(store, eid, LOOP, "text")
+    os.remove(_object_path(store, digest))
+    report = doctor(eid, store=store, fix=True)
+    [p] = report.problems
+    assert p.kind == "object_missing" and not p.fixed and "running" in p.detail
+    assert not os.path.exists(_object_path(store, digest))
