@@ -16,6 +16,7 @@ from typing import Any, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -34,10 +35,32 @@ StoreOpt = typer.Option(None, "--store", help="Store folder or fsspec URL [defau
 JsonOpt = typer.Option(False, "--json", help="Print machine-readable JSON on stdout.")
 SchedulerOpt = typer.Option(None, "--scheduler", help="Address of an existing Dask scheduler to use.")
 WorkersOpt = typer.Option(None, "--workers", help="Worker processes for the embedded LocalCluster [default: one per core].")
+GpusOpt = typer.Option(None, "--gpus", help="Start a dask-cuda LocalCUDACluster: one worker per GPU (needs panicflow[gpu]).")
+HostOpt = typer.Option("127.0.0.1", "--host", help="Interface the embedded LocalCluster listens on; 0.0.0.0 opens it to the network (docs/security.md).")
+DashboardOpt = typer.Option(None, "--dashboard-address", help="Dashboard of the embedded LocalCluster, HOST:PORT or PORT (default: --host, port 8787).")
+_PEM = dict(exists=True, dir_okay=False, readable=True)
+TlsCaOpt = typer.Option(None, "--tls-ca-file", help="CA certificate (PEM) to verify a tls:// scheduler.", **_PEM)
+TlsCertOpt = typer.Option(None, "--tls-cert", help="Client certificate (PEM) for a tls:// scheduler.", **_PEM)
+TlsKeyOpt = typer.Option(None, "--tls-key", help="Key of --tls-cert (PEM), unless the certificate file holds it.", **_PEM)
 
 
 def _store(store: Optional[str]) -> str:
     return store or default_location()
+
+
+def _security(ca_file: Optional[Path], cert: Optional[Path], key: Optional[Path]):
+    """A ``distributed.security.Security`` from the --tls-* options, or None without them."""
+    if ca_file is None and cert is None and key is None:
+        return None
+    if ca_file is None or cert is None:
+        raise UserError("--tls-ca-file: TLS needs both --tls-ca-file and --tls-cert (and --tls-key unless the certificate holds it)")
+    from distributed.security import Security
+
+    files = {"tls_ca_file": str(ca_file)}
+    for role in ("client", "scheduler", "worker"):  # scheduler, worker: an embedded cluster (no --scheduler) uses TLS too
+        files[f"tls_{role}_cert"] = str(cert)
+        files[f"tls_{role}_key"] = str(key) if key else None
+    return Security(require_encryption=True, **files)
 
 
 class _Bars:
@@ -51,8 +74,8 @@ class _Bars:
     def start(self, exp, client) -> None:
         if not self.enabled:
             return
-        err.print(f"experiment [bold]{exp.id}[/] in {exp.path_for_display()}")
-        err.print(f"Dask dashboard: {client.dashboard_link}")
+        err.print(f"experiment [bold]{escape(exp.id)}[/] in {escape(exp.path_for_display())}")
+        err.print(f"Dask dashboard: {escape(client.dashboard_link)}")
         self.progress = Progress(
             TextColumn("{task.description:<24}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
             console=err, transient=False,
@@ -78,16 +101,18 @@ class _Bars:
 
 
 def _print_summary(status: api.ExperimentStatus, wall: float | None = None) -> None:
-    table = Table(title=f"experiment {status.id}" + (f" ({status.name})" if status.name else ""), show_header=False)
+    # names, paths and errors are the user's text, not Rich markup
+    title = f"experiment {status.id}" + (f" ({status.name})" if status.name else "")
+    table = Table(title=escape(title), show_header=False)
     table.add_row("state", status.state)
-    table.add_row("results", f"{status.store} (panicflow.open_experiment({status.id!r}, store={status.store!r}))")
+    table.add_row("results", escape(f"{status.store} (panicflow.open_experiment({status.id!r}, store={status.store!r}))"))
     table.add_row("runs", f"{status.runs_complete} complete, {status.runs_failed} failed, {status.runs} in all")
     table.add_row("invocations", str(status.invocations))
-    table.add_row("stop reasons", ", ".join(f"{k}: {v}" for k, v in sorted(status.stop_reasons.items())) or "-")
+    table.add_row("stop reasons", escape(", ".join(f"{k}: {v}" for k, v in sorted(status.stop_reasons.items())) or "-"))
     table.add_row("embeddings (runs)", ", ".join(f"{k}: {v}" for k, v in status.embeddings.items()))
     table.add_row("persistence diagrams", ", ".join(f"{k}: {v}" for k, v in status.persistence_diagrams.items()))
     for run, error in list(status.errors.items())[:10]:
-        table.add_row(f"run {run} failed", error)
+        table.add_row(f"run {run} failed", escape(error))
     if wall is not None:
         table.add_row("wall time", f"{wall:.1f} s")
     err.print(table)
@@ -110,7 +135,13 @@ def run_cmd(
     store: Optional[str] = StoreOpt,
     scheduler: Optional[str] = SchedulerOpt,
     workers: Optional[int] = WorkersOpt,
+    gpus: Optional[int] = GpusOpt,
     as_json: bool = JsonOpt,
+    host: str = HostOpt,
+    dashboard_address: Optional[str] = DashboardOpt,
+    tls_ca_file: Optional[Path] = TlsCaOpt,
+    tls_cert: Optional[Path] = TlsCertOpt,
+    tls_key: Optional[Path] = TlsKeyOpt,
 ) -> None:
     """Run an experiment to the end; prints its id."""
     bars = _Bars(not as_json)
@@ -123,7 +154,8 @@ def run_cmd(
 
     try:
         eid = api.run_experiment(
-            config, store=_store(store), scheduler=scheduler, workers=workers, progress=bars.update, on_start=on_start
+            config, store=_store(store), scheduler=scheduler, workers=workers, progress=bars.update, on_start=on_start,
+            security=_security(tls_ca_file, tls_cert, tls_key), host=host, dashboard_address=dashboard_address, gpus=gpus,
         )
     finally:
         bars.stop()
@@ -136,8 +168,14 @@ def resume_cmd(
     store: Optional[str] = StoreOpt,
     scheduler: Optional[str] = SchedulerOpt,
     workers: Optional[int] = WorkersOpt,
+    gpus: Optional[int] = GpusOpt,
     retry_failed: bool = typer.Option(False, "--retry-failed", help="Also give failed runs another go."),
     as_json: bool = JsonOpt,
+    host: str = HostOpt,
+    dashboard_address: Optional[str] = DashboardOpt,
+    tls_ca_file: Optional[Path] = TlsCaOpt,
+    tls_cert: Optional[Path] = TlsCertOpt,
+    tls_key: Optional[Path] = TlsKeyOpt,
 ) -> None:
     """Finish an interrupted experiment."""
     bars = _Bars(not as_json)
@@ -146,6 +184,7 @@ def resume_cmd(
         eid = api.resume_experiment(
             experiment_id, store=_store(store), scheduler=scheduler, workers=workers, progress=bars.update,
             on_start=bars.start, retry_failed=retry_failed,
+            security=_security(tls_ca_file, tls_cert, tls_key), host=host, dashboard_address=dashboard_address, gpus=gpus,
         )
     finally:
         bars.stop()
@@ -173,15 +212,19 @@ def status_cmd(
 
 @experiment_app.command("list")
 def list_cmd(store: Optional[str] = StoreOpt, as_json: bool = JsonOpt) -> None:
-    """Every experiment in the store."""
+    """Every experiment in the store; a damaged one is listed as such (and the exit status is 2)."""
     experiments = api.list_experiments(_store(store))
     if as_json:
         print(json.dumps(experiments))
-        return
-    table = Table("id", "name", "state", "runs", "created")
-    for e in experiments:
-        table.add_row(e["id"], e["name"] or "", e["state"], str(e["runs"]), e["created_at"] or "")
-    Console().print(table)
+    else:
+        table = Table("id", "name", "state", "runs", "created")
+        for e in experiments:
+            row = (e["id"], e["name"] or "", e["state"], "" if e["runs"] is None else str(e["runs"]), e["created_at"] or "")
+            table.add_row(*map(escape, row))
+        Console().print(table)
+    damaged = [e["error"] for e in experiments if e["state"] == "damaged"]
+    if damaged:
+        raise UserError(*damaged)
 
 
 @app.command("models")
@@ -206,16 +249,44 @@ def models_cmd(as_json: bool = JsonOpt) -> None:
     Console().print(table)
 
 
+@app.command("doctor")
+def doctor_cmd(
+    experiment_id: Optional[str] = typer.Argument(None, help="Experiment id or prefix [default: every experiment]."),
+    fix: bool = typer.Option(False, "--fix", help="Repair what can be rebuilt from the store, and report what was done."),
+    store: Optional[str] = StoreOpt,
+    scheduler: Optional[str] = SchedulerOpt,
+    workers: Optional[int] = WorkersOpt,
+    as_json: bool = JsonOpt,
+) -> None:
+    """Check experiments against the store contract (objects, runs, embeddings, diagrams, metadata); exit 1 if problems remain."""
+    from .doctor import render
+
+    report = api.doctor(
+        experiment_id, store=_store(store), fix=fix, scheduler=scheduler, workers=workers,
+        say=lambda text: err.print(f"[dim]{escape(text)}[/]"),
+    )
+    if as_json:
+        print(json.dumps(report.to_dict()))
+    else:
+        render(report, err)
+    if report.exit_code:
+        # SystemExit, not typer.Exit: with standalone_mode=False click returns typer.Exit's code
+        # from app() instead of raising it, and main() would then exit 0
+        raise SystemExit(report.exit_code)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point: maps errors to exit codes (2: user error, 1: anything else)."""
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     for noisy in ("distributed", "bokeh", "tornado"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
     try:
-        app(args=argv, standalone_mode=False)
+        # with standalone_mode=False click returns the code of a typer.Exit (e.g. _finish's 1 for an
+        # experiment that did not complete) instead of raising it: pass it on, or failures exit 0
+        code = app(args=argv, standalone_mode=False)
     except UserError as exc:
         for line in exc.lines:
-            err.print(f"[red]error:[/] {line}", highlight=False, soft_wrap=True)
+            err.print(f"[red]error:[/] {escape(line)}", highlight=False, soft_wrap=True)
         return 2
     except typer.Exit as exc:
         return exc.exit_code
@@ -232,9 +303,10 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         if "Abort" in names:
             return 1
-        err.print(f"[red]error:[/] {type(exc).__name__}: {exc}", highlight=False)
+        # soft_wrap: one line however long (paths), as scripts and tests/test_faults.py read it
+        err.print(f"[red]error:[/] {type(exc).__name__}: {escape(str(exc))}", highlight=False, soft_wrap=True)
         return 1
-    return 0
+    return code if isinstance(code, int) else 0
 
 
 if __name__ == "__main__":

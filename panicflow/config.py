@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -20,6 +21,9 @@ from .errors import ConfigError
 from .models import REGISTRY, Kind
 
 UNSEEDED = -1
+MAX_SEED = 2**63 - 1  # seeds are stored as int64
+MAX_LENGTH = 1_000_000  # steps per run
+MAX_RUNS = 1_000_000  # networks x seeds x prompts
 
 
 class PersistenceConfig(BaseModel):
@@ -28,7 +32,7 @@ class PersistenceConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     maxdim: int = Field(2, ge=0, le=3)
     collapse_edges: bool | None = None  # None: the measured default in analysis.topology
-    memory_budget_gb: float | None = Field(None, gt=0)  # None: a share of the worker's memory limit
+    memory_budget_gb: float | None = Field(None, gt=0, allow_inf_nan=False)  # None: a share of the worker's memory limit
     fallback: Literal["skip", "h1", "subsample"] = "skip"
 
 
@@ -37,7 +41,7 @@ class RetryConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     max_attempts: int = Field(3, ge=1)
-    backoff_s: float = Field(1.0, ge=0)
+    backoff_s: float = Field(1.0, ge=0, allow_inf_nan=False)
 
 
 class ExperimentConfig(BaseModel):
@@ -80,11 +84,47 @@ class RunSpec:
         return self.network[step % len(self.network)]
 
 
+_SIMPLE_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*")
+
+
+def _show(value: Any, limit: int = 60) -> str:
+    """``repr(value)`` on one line, shortened; never fails (huge ints cannot be printed)."""
+    try:
+        text = repr(value)
+    except ValueError:
+        text = f"<{type(value).__name__} too large to print>"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _key(key: Any) -> str:
+    """A mapping key as it appears in a field path: bare if simple, else quoted on one line."""
+    return key if isinstance(key, str) and _SIMPLE_KEY.fullmatch(key) else _show(key)
+
+
 def _loc(parts: tuple) -> str:
     out = ""
-    for p in parts:
-        out += f"[{p}]" if isinstance(p, int) else (f".{p}" if out else str(p))
+    for i, p in enumerate(parts):
+        if p == "[key]":  # pydantic's tag for an error in a dict key itself
+            continue
+        if isinstance(p, int) and not isinstance(p, bool) and i > 0:
+            out += f"[{p}]"
+        else:
+            out += f".{_key(p)}" if out else _key(p)
     return out or "config"
+
+
+_SECTIONS: dict[tuple, type[BaseModel]] = {("persistence",): PersistenceConfig, ("retry",): RetryConfig}
+
+
+def _bad_text(text: str) -> str | None:
+    """Why a string cannot be stored (UTF-8 in Zarr and JSON), or None."""
+    if "\x00" in text:
+        return "must not contain NUL characters"
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return "is not valid Unicode (lone surrogate)"
+    return None
 
 
 def _semantic_problems(raw: dict[str, Any]) -> list[str]:
@@ -102,7 +142,12 @@ def _semantic_problems(raw: dict[str, Any]) -> list[str]:
             problems.append(f"{key}: must not be empty")
     max_length = raw.get("max_length")
     if isinstance(max_length, int) and not isinstance(max_length, bool) and max_length < 1:
-        problems.append(f"max_length: must be at least 1 (got {max_length})")
+        problems.append(f"max_length: must be at least 1 (got {_show(max_length)})")
+    if isinstance(max_length, int) and max_length > MAX_LENGTH:
+        problems.append(f"max_length: must be at most {MAX_LENGTH:_} (got {_show(max_length)})")
+    sizes = [raw.get(k) for k in ("networks", "seeds", "prompts")]
+    if all(isinstance(v, list) for v in sizes) and len(sizes[0]) * len(sizes[1]) * len(sizes[2]) > MAX_RUNS:
+        problems.append(f"networks: networks x seeds x prompts makes more than {MAX_RUNS:_} runs; split the experiment")
 
     output_kinds: list[set[Kind] | None] = []
     for n, net in enumerate(networks or []):
@@ -165,15 +210,21 @@ def _semantic_problems(raw: dict[str, Any]) -> list[str]:
         problems.append(f"seeds: {seed} is listed twice (identical runs); use -1 for repeated unseeded runs")
     for s in seeds:
         if s < UNSEEDED:
-            problems.append(f"seeds: {s} is negative; seeds are >= 0, or -1 for unseeded")
+            problems.append(f"seeds: {_show(s)} is negative; seeds are >= 0, or -1 for unseeded")
+        elif s > MAX_SEED:
+            problems.append(f"seeds: {_show(s)} is too large; seeds are at most 2**63 - 1")
     for p, prompt in enumerate(listof("prompts", str) or []):
         if not prompt.strip():
             problems.append(f"prompts[{p}]: must not be blank")
+        elif why := _bad_text(prompt):
+            problems.append(f"prompts[{p}]: {why}")
+    if isinstance(raw.get("name"), str) and (why := _bad_text(raw["name"])):
+        problems.append(f"name: {why}")
     for model, size in (raw.get("batch_size") or {}).items() if isinstance(raw.get("batch_size"), dict) else []:
         if model not in REGISTRY:
-            problems.append(f"batch_size.{model}: unknown model {model!r}")
+            problems.append(f"batch_size.{_key(model)}: unknown model {_show(model)}")
         elif isinstance(size, int) and size < 1:
-            problems.append(f"batch_size.{model}: must be at least 1 (got {size})")
+            problems.append(f"batch_size.{_key(model)}: must be at least 1 (got {_show(size)})")
     return problems
 
 
@@ -190,10 +241,12 @@ def validate_config(raw: Any) -> ExperimentConfig:
         config = None
         for err in exc.errors():
             if err["type"] == "extra_forbidden":
-                problems.append(f"{_loc(err['loc'])}: unknown key (allowed: {', '.join(ExperimentConfig.model_fields)})")
+                section = _SECTIONS.get(tuple(err["loc"][:-1]), ExperimentConfig)
+                problems.append(f"{_loc(err['loc'])}: unknown key (allowed: {', '.join(section.model_fields)})")
             else:
                 problems.append(f"{_loc(err['loc'])}: {err['msg']}")
-    problems += _semantic_problems(raw)
+    # On a valid config, check the values pydantic converted ("0" -> 0, -5.0 -> -5), not the raw ones.
+    problems += _semantic_problems(raw if config is None else config.model_dump())
     if problems:
         # several pydantic errors can name one field; keep the first of each line
         raise ConfigError(*dict.fromkeys(problems))
@@ -206,12 +259,24 @@ def load_config(source: ExperimentConfig | dict | str | Path) -> ExperimentConfi
     if isinstance(source, (ExperimentConfig, dict)):
         return validate_config(source)
     path = Path(source)
+    if path.is_dir():
+        raise ConfigError(f"config: {str(path)!r} is a folder, not a config file")
     if not path.is_file():
         raise ConfigError(f"config: no such file {str(path)!r}")
-    text = path.read_text(encoding="utf-8")
+    is_json = path.suffix.lower() == ".json"
     try:
-        raw = json.loads(text) if path.suffix.lower() == ".json" else yaml.safe_load(text)
-    except (json.JSONDecodeError, yaml.YAMLError) as exc:
-        first = str(exc).splitlines()[0]
-        raise ConfigError(f"config: {path} is not valid {'JSON' if path.suffix == '.json' else 'YAML'}: {first}") from None
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"config: {str(path)!r} is not UTF-8 text (byte {exc.start})") from None
+    except OSError as exc:
+        raise ConfigError(f"config: cannot read {str(path)!r}: {exc.strerror or exc}") from None
+    try:
+        raw = json.loads(text) if is_json else yaml.safe_load(text)
+    except (ValueError, yaml.YAMLError) as exc:  # ValueError: JSONDecodeError, or an int too long to convert
+        first = next((line for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
+        raise ConfigError(f"config: {str(path)!r} is not valid {'JSON' if is_json else 'YAML'}: {first}") from None
+    except RecursionError:
+        raise ConfigError(f"config: {str(path)!r} is nested too deeply") from None
+    if raw is None or (isinstance(raw, str) and not raw.strip()):
+        raise ConfigError(f"config: {str(path)!r} is empty")
     return validate_config(raw)

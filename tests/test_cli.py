@@ -104,6 +104,8 @@ def test_bad_config_exits_2_with_one_line_per_problem_and_writes_nothing(tmp_pat
         (["experiment", "run", "missing.yaml"], "no such file"),
         (["experiment", "run", "c.yaml", "--workers", "0"], "--workers: must be at least 1"),
         (["experiment", "status", "--bogus"], "No such option"),
+        (["experiment", "run", "c.yaml", "--gpus", "0"], "--gpus: must be at least 1"),
+        (["experiment", "run", "c.yaml", "--gpus", "1", "--workers", "2"], "--workers and --gpus: give one"),
     ],
 )
 def test_user_errors_exit_2(finished, tmp_path, args, message):
@@ -133,3 +135,15 @@ def test_bad_stores_exit_2(tmp_path):
     assert proc.returncode == 2 and "store format 99" in proc.stderr
     proc = cli("experiment", "list", "--store", str(tmp_path / "missing"))
     assert proc.returncode == 2 and "no panicflow store" in proc.stderr
+
+
+def test_gpus_without_dask_cuda_says_what_to_install(tmp_path):
+    import importlib.util
+
+    if importlib.util.find_spec("dask_cuda") is not None:
+        pytest.skip("dask-cuda is installed here")
+    (tmp_path / "c.yaml").write_text(
+        "networks: [[DummyT2I, DummyI2T]]\nseeds: [1]\nprompts: [hi]\nembedding_models: [DummyText]\nmax_length: 2\n")
+    proc = cli("experiment", "run", "c.yaml", "--gpus", "1", "--store", str(tmp_path / "s"), cwd=tmp_path)
+    assert proc.returncode == 2 and "pip install 'panicflow[gpu]'" in proc.stderr
+    assert not (tmp_path / "s").exists()

@@ -155,3 +155,45 @@ def test_resume_retry_failed_gives_failed_runs_another_go(client, store_dir, mon
     for i, seed in enumerate((5, 6)):
         expected = reference_run(("DummyT2I", "DummyI2T"), seed, "an apple", 4)
         assert list(root.output_hash[i, : len(expected.hashes)].values) == expected.hashes
+
+
+def test_every_invocation_records_its_generation_parameters(root, semantics_experiment):
+    import json
+
+    store, _ = semantics_experiment
+    n = int(root.length[0])
+    hashes = set(root.parameters_hash[0, :n].values.tolist())
+    assert "" not in hashes and len(hashes) == 2  # one JSON object per model of the network
+    params = [json.loads(panicflow.load_text(h, store=store)) for h in hashes]
+    assert {p["model"] for p in params} == set(SEMANTICS_CONFIG["networks"][0])
+    t2i = next(p for p in params if p["model"] == "DummyT2I")
+    assert (t2i["width"], t2i["height"]) == (256, 256)
+
+
+def test_placement_gpu_resource_and_resident_model_preference(semantics_experiment):
+    """GPU models need the GPU resource on a GPU cluster; a model's batches prefer its holders."""
+    from panicflow.models import ModelSpec, Role, register, REGISTRY
+    from panicflow.scheduler.coordinator import Coordinator
+    from panicflow.store import Store
+
+    class FakeClient:
+        def __init__(self, resources):
+            self.resources = resources
+
+        def nthreads(self):
+            return {"tcp://a": 1, "tcp://b": 1}
+
+        def scheduler_info(self, n_workers=-1):
+            return {"workers": {"tcp://a": {"resources": self.resources}, "tcp://b": {"resources": self.resources}}}
+
+    if "BigT2I" not in REGISTRY:
+        register(ModelSpec("BigT2I", Role.TEXT_TO_IMAGE, factory=lambda spec: None, extra={"approx_gpu_gb": 10}))
+    store, eid = semantics_experiment
+    st = Store(store)
+    gpu = Coordinator(FakeClient({"GPU": 1}), st, st.experiment(eid))
+    cpu = Coordinator(FakeClient({}), st, st.experiment(eid))
+    assert gpu._placement("BigT2I") == {"resources": {"GPU": 1}}
+    assert gpu._placement("DummyT2I") == {}  # a CPU dummy runs anywhere
+    assert cpu._placement("BigT2I") == {}  # no GPU resource declared: no constraint
+    gpu.holders["BigT2I"].add("tcp://b")
+    assert gpu._placement("BigT2I") == {"resources": {"GPU": 1}, "workers": ["tcp://b"], "allow_other_workers": True}

@@ -129,6 +129,12 @@ class Coordinator:
         # two batches per worker thread: one running, one queued so the worker never idles
         self.max_in_flight = max_in_flight or 2 * threads
         self.in_flight: dict[Future, _Task] = {}
+        # model -> workers that ran it: they hold it resident, so its batches go there first
+        self.holders: dict[str, set[str]] = defaultdict(set)
+        workers = client.scheduler_info(n_workers=-1).get("workers", {})
+        # a cluster whose workers declare a GPU resource (LocalCUDACluster, --gpus, or the user's):
+        # models that need a GPU run only there, one batch per GPU at a time
+        self.gpu_cluster = any("GPU" in (w.get("resources") or {}) for w in workers.values())
         self.runs: list[RunState] = []
         self._last_beat = 0.0
         self._last_progress = 0.0
@@ -204,10 +210,15 @@ class Coordinator:
         except BaseException as exc:
             for fut in self.in_flight:
                 fut.cancel()
-            if isinstance(exc, KeyboardInterrupt):
-                self.exp.write_state("interrupted")
-            else:
-                self.exp.write_state("failed", error=f"{type(exc).__name__}: {exc}")
+            try:
+                if isinstance(exc, KeyboardInterrupt):
+                    self.exp.write_state("interrupted")
+                else:
+                    self.exp.write_state("failed", error=f"{type(exc).__name__}: {exc}")
+            except OSError as state_exc:
+                # the store itself may be what failed (full, read-only): this write then fails too,
+                # and raising it would hide the original error; the dead pid reads as "interrupted"
+                log.debug("could not record the state of experiment %s: %s", self.exp.id, state_exc)
             raise
         snap = self.snapshot()
         failed = snap.stop_reasons.get("failed", 0)
@@ -282,6 +293,7 @@ class Coordinator:
         fut = self.client.submit(
             tasks.invoke_batch, self.store.location, model, inputs, seeds,
             key=f"invoke-{model}-{uuid.uuid4().hex}", pure=False, priority=PRIORITY["invoke"],
+            **self._placement(model),
         )
         self.in_flight[fut] = _Task("invoke", model, [st.spec.index for st in batch], seeds)
 
@@ -314,6 +326,8 @@ class Coordinator:
 
     def _invoke_done(self, task: _Task, result: dict[str, Any]) -> None:
         spec = REGISTRY[task.model]
+        if result.get("worker"):
+            self.holders[task.model].add(result["worker"])
         records = []
         for i, seed, (digest, text) in zip(task.runs, task.seeds, result["outputs"], strict=True):
             st = self.runs[i]
@@ -321,6 +335,7 @@ class Coordinator:
                 StepRecord(
                     run=i, step=len(st.steps), model=task.model, kind=spec.output_kind.value, hash=digest,
                     text=text, seed=seed, started_us=result["started_us"], ended_us=result["ended_us"],
+                    parameters_hash=result["parameters_hash"],
                 )
             )
         self.exp.journal.append(records)  # recorded before anything depends on it
@@ -386,10 +401,21 @@ class Coordinator:
             st.spec.index, model, st.end.length, options,
         )
 
+    def _placement(self, model: str) -> dict[str, Any]:
+        """Where a model's task may run: GPU workers for GPU models, its holders first."""
+        out: dict[str, Any] = {}
+        if self.gpu_cluster and float(REGISTRY[model].extra.get("approx_gpu_gb", 0) or 0) > 0:
+            out["resources"] = {"GPU": 1}
+        if self.holders.get(model):
+            out["workers"] = sorted(self.holders[model])
+            out["allow_other_workers"] = True  # a preference: an idle worker may still load it
+        return out
+
     def _submit(self, kind: str, model: str, st: RunState, fn, *args) -> None:
+        placement = self._placement(model) if kind == "embed" else {}
         fut = self.client.submit(
             fn, *args, key=f"{kind}-{model}-run{st.spec.index}-{uuid.uuid4().hex[:8]}", pure=False,
-            priority=PRIORITY[kind], retries=self.config.retry.max_attempts - 1,
+            priority=PRIORITY[kind], retries=self.config.retry.max_attempts - 1, **placement,
         )
         self.in_flight[fut] = _Task(kind, model, [st.spec.index])
 

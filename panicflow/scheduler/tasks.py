@@ -9,6 +9,7 @@ writes are its own and get the same values again.
 
 from __future__ import annotations
 
+import json
 from functools import lru_cache
 from typing import Any
 
@@ -51,7 +52,23 @@ def invoke_batch(store_url: str, model: str, inputs: list[str], seeds: list[int]
             results.append((store.objects.put_text(out), out))
         else:
             results.append((store.objects.put_image(out), None))
-    return {"outputs": results, "started_us": started, "ended_us": ended, "parameters": impl.parameters()}
+    # the generation parameters (model id, revision, size, steps, dtype...) as a JSON object in the
+    # store: identical for most calls, so content addressing keeps one copy
+    params = json.dumps({"model": model, **impl.parameters()}, sort_keys=True, default=str)
+    return {
+        "outputs": results, "started_us": started, "ended_us": ended,
+        "parameters_hash": store.objects.put_text(params), "worker": _worker_address(),
+    }
+
+
+def _worker_address() -> str | None:
+    """The worker running this task, so the coordinator can send it that model's next batches."""
+    try:
+        from distributed import get_worker
+
+        return get_worker().address
+    except ValueError:  # not on a worker (called directly)
+        return None
 
 
 def embed_run(store_url: str, experiment_id: str, run: int, model: str, length: int, batch_size: int) -> int:

@@ -31,7 +31,9 @@ def default_location() -> str:
 class Store:
     """A panicflow store at a local folder or fsspec URL."""
 
-    def __init__(self, location: str | os.PathLike | None = None, create: bool = False) -> None:
+    def __init__(self, location: str | os.PathLike | None = None, create: bool = False, *, lazy: bool = False) -> None:
+        """Open the store; ``create`` makes a new one where there is none (with ``lazy``, only
+        checked here and written by ``ensure_created``, so that a failure before it leaves nothing)."""
         location = str(location) if location is not None else default_location()
         if "://" not in location:
             path = Path(location).expanduser()
@@ -45,9 +47,10 @@ class Store:
             raise StoreError(f"store: {location!r} needs a package that is not installed: {exc}") from None
         self.location = location
         self.objects = ObjectStore(self.root)
-        self._check_marker(create)
+        self._pending_marker = False
+        self._check_marker(create, lazy)
 
-    def _check_marker(self, create: bool) -> None:
+    def _check_marker(self, create: bool, lazy: bool = False) -> None:
         try:
             raw = self.root.read_bytes(MARKER)
         except FileNotFoundError:
@@ -57,11 +60,9 @@ class Store:
                 ) from None
             if not create:
                 raise StoreError(f"store: no panicflow store at {self.location}; run an experiment there first or pass --store")
-            try:
-                marker = {"format": "panicflow-store", "version": STORE_FORMAT}
-                self.root.write_bytes(MARKER, json.dumps(marker).encode())
-            except OSError as exc:
-                raise StoreError(f"store: cannot write to {self.location}: {exc.strerror or exc}") from None
+            self._pending_marker = True
+            if not lazy:
+                self.ensure_created()
             return
         except (NotADirectoryError, PermissionError) as exc:
             raise StoreError(f"store: cannot read {self.location}: {exc}") from None
@@ -75,6 +76,17 @@ class Store:
                 f"store: {self.location} has store format {version}, this panicflow reads format {STORE_FORMAT}; "
                 "use the panicflow version that wrote it"
             )
+
+    def ensure_created(self) -> None:
+        """Write the format marker of a store opened with ``create=True, lazy=True``, if still missing."""
+        if not self._pending_marker:
+            return
+        try:
+            marker = {"format": "panicflow-store", "version": STORE_FORMAT}
+            self.root.write_bytes(MARKER, json.dumps(marker).encode())
+        except OSError as exc:
+            raise StoreError(f"store: cannot write to {self.location}: {exc.strerror or exc}") from None
+        self._pending_marker = False
 
     # ------------------------------------------------------------- experiments
     def experiment_ids(self) -> list[str]:

@@ -53,6 +53,7 @@ INVOCATION_ARRAYS: dict[str, tuple[Any, Any, dict]] = {
     "invocation_seed": ("int64", -1, {"description": "seed the model was called with"}),
     "started_at": ("int64", NO_TIME, {**TIME_ATTRS, "description": "start of the batched model call"}),
     "ended_at": ("int64", NO_TIME, {**TIME_ATTRS, "description": "end of the batched model call"}),
+    "parameters_hash": (str, "", {"description": "JSON object of the generation parameters (model id, revision, size, steps, dtype) in the object store"}),
 }
 # (run,) arrays written when a run ends; stop_reason last, as the run's marker
 RUN_END_ARRAYS: dict[str, tuple[Any, Any, dict]] = {
@@ -106,6 +107,8 @@ class Experiment:
             raise StoreError(f"experiment {self.id}: experiment.json is missing; `panicflow doctor` can clean it up") from None
         except ValueError:
             raise StoreError(f"experiment {self.id}: experiment.json is damaged (not JSON)") from None
+        if not isinstance(raw, dict):
+            raise StoreError(f"experiment {self.id}: experiment.json is damaged (not a JSON object)")
         if raw.get("format") != EXPERIMENT_FORMAT:
             raise StoreError(
                 f"experiment {self.id}: written in experiment format {raw.get('format')!r}, "
@@ -140,9 +143,12 @@ class Experiment:
     # -------------------------------------------------------------------- state
     def read_state(self) -> dict[str, Any]:
         try:
-            return json.loads(self.root.read_bytes(f"{self.prefix}/state.json"))
+            state = json.loads(self.root.read_bytes(f"{self.prefix}/state.json"))
         except (FileNotFoundError, ValueError):
             return {"state": "created"}
+        if not isinstance(state, dict) or not isinstance(state.get("state"), str):
+            return {"state": "created"}  # damaged: judged like one that never started
+        return state
 
     def write_state(self, state: str, **fields: Any) -> None:
         body = {"state": state, "updated_us": now_us(), "pid": os.getpid(), "host": socket.gethostname(), **fields}
@@ -153,7 +159,9 @@ class Experiment:
         state = self.read_state()
         if state["state"] in ("complete", "failed"):
             return state["state"]
-        if state["state"] == "running" and now_us() - state.get("updated_us", 0) < HEARTBEAT_STALE_S * 1e6:
+        updated = state.get("updated_us")
+        updated = updated if isinstance(updated, int) and not isinstance(updated, bool) else 0
+        if state["state"] == "running" and now_us() - updated < HEARTBEAT_STALE_S * 1e6:
             if state.get("host") == socket.gethostname() and not _pid_alive(state.get("pid")):
                 return "interrupted"  # its coordinator died on this machine: no need to wait for the heartbeat
             return "running"
@@ -161,7 +169,13 @@ class Experiment:
 
     # --------------------------------------------------------------------- zarr
     def group(self, read_only: bool = False) -> zarr.Group:
-        return zarr.open_group(store=self.root.zarr_store(self.data_key, read_only=read_only), mode="r" if read_only else "r+")
+        # zarr_format=3: never fall back to reading Zarr v2 metadata, whose codecs include one that unpickles
+        try:
+            return zarr.open_group(
+                store=self.root.zarr_store(self.data_key, read_only=read_only), mode="r" if read_only else "r+", zarr_format=3
+            )
+        except (FileNotFoundError, zarr.errors.BaseZarrError):
+            raise StoreError(f"experiment {self.id}: its data.zarr is missing or damaged") from None
 
     @classmethod
     def create(cls, root: StoreRoot, experiment_id: str, config: ExperimentConfig) -> "Experiment":
@@ -254,6 +268,7 @@ class ExperimentWriter:
             "invocation_seed": np.array([s.seed for s in steps], dtype="int64"),
             "started_at": np.array([s.started_us for s in steps], dtype="int64"),
             "ended_at": np.array([s.ended_us for s in steps], dtype="int64"),
+            "parameters_hash": np.array([s.parameters_hash for s in steps]),
         }
         for name, values in columns.items():
             self._a(name)[run, a:b] = values

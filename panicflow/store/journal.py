@@ -16,6 +16,7 @@ import uuid
 from dataclasses import asdict, dataclass
 from typing import Iterable, Iterator
 
+from ..errors import StoreError
 from .root import StoreRoot
 
 
@@ -30,6 +31,7 @@ class StepRecord:
     seed: int  # the seed the model was called with (drawn fresh for unseeded runs)
     started_us: int  # microseconds since the epoch, for the whole batch call
     ended_us: int
+    parameters_hash: str = ""  # JSON object in the object store: model id, revision, size, steps...
 
 
 @dataclass(frozen=True)
@@ -58,10 +60,19 @@ class Journal:
         for name in self.root.list(self.prefix):
             if not name.endswith(".jsonl"):
                 continue
-            for line in self.root.read_bytes(f"{self.prefix}/{name}").decode("utf-8").splitlines():
-                obj = json.loads(line)
-                kind = obj.pop("type")
-                yield StepRecord(**obj) if kind == "step" else RunEvent(**obj)
+            data = self.root.read_bytes(f"{self.prefix}/{name}")
+            for n, line in enumerate(data.split(b"\n"), 1):
+                if not line.strip():
+                    continue
+                try:
+                    obj = json.loads(line)  # plain JSON: nothing in the store is unpickled
+                    kind = obj.pop("type")
+                    rec = StepRecord(**obj) if kind == "step" else RunEvent(**obj)
+                except (ValueError, KeyError, TypeError, AttributeError):
+                    raise StoreError(
+                        f"journal {self.root.path_for_display(f'{self.prefix}/{name}')} is damaged at line {n}"
+                    ) from None
+                yield rec
 
     def clear(self) -> None:
         for name in self.root.list(self.prefix):
