@@ -254,7 +254,7 @@ def experiment_status(experiment_id: str, store: StoreLike = None) -> Experiment
     """Exact progress, derived from the journal and the Zarr markers."""
     st = _store(store)
     exp = st.experiment(experiment_id)
-    cfg = exp.config
+    exp.config  # a damaged stored config is a clear error here, not later
     markers = read_markers(exp)
     reasons = [str(r) for r in markers["stop_reason"]]
     steps: dict[int, int] = {}

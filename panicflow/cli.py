@@ -31,10 +31,10 @@ app.add_typer(experiment_app, name="experiment")
 
 err = Console(stderr=True)
 
-StoreOpt = typer.Option(None, "--store", help="Store folder or fsspec URL [default: $PANICFLOW_STORE or ./panicflow-store]")
+StoreOpt = typer.Option(None, "--store", help="Store folder or fsspec URL (default: $PANICFLOW_STORE or ./panicflow-store)")
 JsonOpt = typer.Option(False, "--json", help="Print machine-readable JSON on stdout.")
 SchedulerOpt = typer.Option(None, "--scheduler", help="Address of an existing Dask scheduler to use.")
-WorkersOpt = typer.Option(None, "--workers", help="Worker processes for the embedded LocalCluster [default: one per core].")
+WorkersOpt = typer.Option(None, "--workers", help="Worker processes for the embedded LocalCluster (default: one per core).")
 GpusOpt = typer.Option(None, "--gpus", help="Start a dask-cuda LocalCUDACluster: one worker per GPU (needs panicflow[gpu]).")
 HostOpt = typer.Option("127.0.0.1", "--host", help="Interface the embedded LocalCluster listens on; 0.0.0.0 opens it to the network (docs/security.md).")
 DashboardOpt = typer.Option(None, "--dashboard-address", help="Dashboard of the embedded LocalCluster, HOST:PORT or PORT (default: --host, port 8787).")
@@ -193,7 +193,7 @@ def resume_cmd(
 
 @experiment_app.command("status")
 def status_cmd(
-    experiment_id: Optional[str] = typer.Argument(None, help="Experiment id or prefix [default: the newest]."),
+    experiment_id: Optional[str] = typer.Argument(None, help="Experiment id or prefix (default: the newest)."),
     store: Optional[str] = StoreOpt,
     as_json: bool = JsonOpt,
 ) -> None:
@@ -251,7 +251,7 @@ def models_cmd(as_json: bool = JsonOpt) -> None:
 
 @app.command("doctor")
 def doctor_cmd(
-    experiment_id: Optional[str] = typer.Argument(None, help="Experiment id or prefix [default: every experiment]."),
+    experiment_id: Optional[str] = typer.Argument(None, help="Experiment id or prefix (default: every experiment)."),
     fix: bool = typer.Option(False, "--fix", help="Repair what can be rebuilt from the store, and report what was done."),
     store: Optional[str] = StoreOpt,
     scheduler: Optional[str] = SchedulerOpt,
