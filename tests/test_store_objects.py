@@ -422,3 +422,23 @@ def test_concurrent_writers(tmp_path):
     assert sorted(p.name for p in all_files(root_dir)) == sorted(expected)
     assert not list(root_dir.rglob(".tmp-*"))
     assert sum(p.stat().st_size for p in all_files(root_dir)) > 15 * 250_000
+
+
+def test_deferred_sync_writes_atomically_and_flushes_once(tmp_path, monkeypatch):
+    import panicflow.store.root as root_mod
+
+    root = root_mod.open_root(str(tmp_path / "r"))
+    store = ObjectStore(root)
+    fsyncs, syncfs = [], []
+    real_fsync = os.fsync
+    monkeypatch.setattr(root_mod.os, "fsync", lambda fd: (fsyncs.append(fd), real_fsync(fd))[1])
+    monkeypatch.setattr(root_mod, "_syncfs", lambda folder: syncfs.append(folder) or True)
+    with root.deferred_sync():
+        digests = [store.put_text(f"caption {i}") for i in range(5)]
+        with root.deferred_sync():  # nested blocks flush once, at the outer end
+            digests.append(store.put_text("nested"))
+        assert not syncfs
+    assert fsyncs == [] and syncfs == [root.path]
+    assert all(store.verify(d) for d in digests)
+    store.put_text("outside")  # outside a block: fsync per object, as before
+    assert len(fsyncs) == 1

