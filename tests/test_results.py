@@ -15,7 +15,7 @@ import panicflow
 from panicflow.analysis.topology import PersistenceOptions
 from panicflow.models import REGISTRY
 
-from conftest import SEMANTICS_CONFIG
+from semantics import SEMANTICS_CONFIG
 
 
 @pytest.fixture(scope="module")

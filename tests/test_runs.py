@@ -11,7 +11,7 @@ import panicflow
 from panicflow.models import REGISTRY
 from panicflow.store.objects import decode_image
 
-from conftest import SEMANTICS_CONFIG
+from semantics import SEMANTICS_CONFIG
 from oracle import reference_run
 
 

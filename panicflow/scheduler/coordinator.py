@@ -106,6 +106,7 @@ class _Task:
     model: str
     runs: list[int]
     seeds: list[int] = field(default_factory=list)
+    workers: frozenset[str] = frozenset()  # the holders it was (loosely) restricted to, if any
 
 
 class Coordinator:
@@ -204,10 +205,16 @@ class Coordinator:
                     done, _ = wait(list(self.in_flight), timeout=1.0, return_when="FIRST_COMPLETED")
                 except TimeoutError:  # nothing finished within the heartbeat interval
                     done = set()
+                    self._requeue_stranded()
                 finished = [f for f in done if f.status == "finished"]
                 # one round trip for every result of this round, not one per future
                 results = dict(zip(finished, self.client.gather(finished))) if finished else {}
                 for fut in done:
+                    if fut not in results and fut.status in ("lost", "pending"):
+                        # finished, but the worker holding its result died before we read it: Dask
+                        # computes it again (we still hold the future), so wait for it; handled as a
+                        # failure it made a diagram "error" for good (tests/test_faults.py, worker kill)
+                        continue
                     self._handle(fut, self.in_flight.pop(fut), results.get(fut))
                 self._tick()
         except BaseException as exc:
@@ -293,12 +300,40 @@ class Coordinator:
         inputs = [st.input_for_next() for st in batch]
         for st in batch:
             st.busy = True
+        placement = self._placement(model)
         fut = self.client.submit(
             tasks.invoke_batch, self.store.location, model, inputs, seeds,
             key=f"invoke-{model}-{uuid.uuid4().hex}", pure=False, priority=PRIORITY["invoke"],
-            **self._placement(model),
+            **placement,
         )
-        self.in_flight[fut] = _Task("invoke", model, [st.spec.index for st in batch], seeds)
+        self.in_flight[fut] = _Task(
+            "invoke", model, [st.spec.index for st in batch], seeds, frozenset(placement.get("workers", ()))
+        )
+
+    def _requeue_stranded(self) -> None:
+        """Submit again the tasks restricted to holders that are all gone.
+
+        Dask parks a task whose worker restrictions (even loose ones) cannot be met while no
+        worker runs, and never reconsiders it for workers that come back at new addresses (a
+        restarted worker): with the only worker, or all at once, killed, the experiment hung
+        for ever (tests/test_faults.py, worker kill).
+        """
+        tied = [(fut, task) for fut, task in self.in_flight.items() if task.workers]
+        if not tied:
+            return
+        alive = set(self.client.scheduler_info(n_workers=-1).get("workers", {}))
+        for holders in self.holders.values():
+            holders &= alive
+        for fut, task in tied:
+            if task.workers & alive:
+                continue
+            fut.cancel()
+            del self.in_flight[fut]
+            if task.kind == "invoke":  # never journaled: its runs are simply submitted again
+                for i in task.runs:
+                    self.runs[i].busy = False
+            else:
+                self._submit_embed(self.runs[task.runs[0]], task.model)
 
     # ----------------------------------------------------------------- results
     def _handle(self, fut: Future, task: _Task, result: Any = None) -> None:
@@ -389,12 +424,15 @@ class Coordinator:
                     self.writer.write_diagram(i, model, _failed_run_result(self.config, st.end.error))
                     st.diagrams.add(model)
             elif model not in st.embedded:
-                self._submit(
-                    "embed", model, st, tasks.embed_run, self.store.location, self.exp.id, i, model,
-                    st.end.length, self.config.batch_size_for(model),
-                )
+                self._submit_embed(st, model)
             else:
                 self._submit_diagram(st, model)
+
+    def _submit_embed(self, st: RunState, model: str) -> None:
+        self._submit(
+            "embed", model, st, tasks.embed_run, self.store.location, self.exp.id, st.spec.index, model,
+            st.end.length, self.config.batch_size_for(model),
+        )
 
     def _submit_diagram(self, st: RunState, model: str) -> None:
         if model in st.diagrams:
@@ -421,7 +459,7 @@ class Coordinator:
             fn, *args, key=f"{kind}-{model}-run{st.spec.index}-{uuid.uuid4().hex[:8]}", pure=False,
             priority=PRIORITY[kind], retries=self.config.retry.max_attempts - 1, **placement,
         )
-        self.in_flight[fut] = _Task(kind, model, [st.spec.index])
+        self.in_flight[fut] = _Task(kind, model, [st.spec.index], workers=frozenset(placement.get("workers", ())))
 
     # ----------------------------------------------------------------- summary
     def snapshot(self) -> Progress:
