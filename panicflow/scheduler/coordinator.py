@@ -324,8 +324,12 @@ class Coordinator:
         alive = set(self.client.scheduler_info(n_workers=-1).get("workers", {}))
         for holders in self.holders.values():
             holders &= alive
-        for fut, task in tied:
-            if task.workers & alive:
+        stranded = [(fut, task) for fut, task in tied if not task.workers & alive]
+        if not stranded:
+            return
+        running = {key for keys in self.client.processing().values() for key in keys}
+        for fut, task in stranded:
+            if fut.key in running or fut.status not in ("pending", "lost"):  # loose: may run or be done elsewhere
                 continue
             fut.cancel()
             del self.in_flight[fut]
