@@ -45,6 +45,7 @@ log = logging.getLogger(__name__)
 
 # Dask runs higher priorities first: keep the model calls flowing, then embed, then diagrams
 PRIORITY = {"invoke": 30, "embed": 20, "diagram": 10}
+GATHER_TIMEOUT_S = 10.0  # results are small: longer means one is being computed again (a worker died)
 
 
 @dataclass
@@ -207,10 +208,9 @@ class Coordinator:
                     done = set()
                     self._requeue_stranded()
                 finished = [f for f in done if f.status == "finished"]
-                # one round trip for every result of this round, not one per future
-                results = dict(zip(finished, self.client.gather(finished))) if finished else {}
+                results = self._gather(finished) if finished else {}
                 for fut in done:
-                    if fut not in results and fut.status in ("lost", "pending"):
+                    if fut not in results and fut.status in ("lost", "pending", "finished"):
                         # finished, but the worker holding its result died before we read it: Dask
                         # computes it again (we still hold the future), so wait for it; handled as a
                         # failure it made a diagram "error" for good (tests/test_faults.py, worker kill)
@@ -309,6 +309,20 @@ class Coordinator:
         self.in_flight[fut] = _Task(
             "invoke", model, [st.spec.index for st in batch], seeds, frozenset(placement.get("workers", ()))
         )
+
+    def _gather(self, futures: list[Future]) -> dict[Future, Any]:
+        """Their results in one round trip, or {} after GATHER_TIMEOUT_S.
+
+        A result lost with its worker makes ``gather`` wait until Dask has computed it again,
+        for ever if that task is stranded (see ``_requeue_stranded``): the loop must come back
+        to requeue it. Futures left out are handled in a later round.
+        """
+        try:
+            values = self.client.sync(self.client.gather, futures, callback_timeout=GATHER_TIMEOUT_S)
+        except TimeoutError:
+            log.warning("results of %d tasks not back in %s s (a worker died?); waiting for them", len(futures), GATHER_TIMEOUT_S)
+            return {}
+        return dict(zip(futures, values))
 
     def _requeue_stranded(self) -> None:
         """Submit again the tasks restricted to holders that are all gone.
