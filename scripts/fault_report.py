@@ -12,7 +12,8 @@ prints one row per kind of fault:
   before `complete`, during the journal cleanup, random delays), several kills per
   experiment (kill, resume, kill again...), then resumed to the end;
 * SIGKILL worker mid-batch: a worker process killed while it runs a model batch
-  (its nanny restarts it), twice in the runs stage and once while it embeds;
+  (its nanny restarts it), twice in the runs stage and once while it embeds; then
+  SIGKILL all workers mid-batch: both at once (they come back at new addresses);
 * FlakyT2I 5% + retries; PoisonT2I permanent failure (then resume --retry-failed);
 * 2 coordinators, 1 store + reader: two experiments written into one store at once,
   one of them read with panicflow.open_experiment all along;

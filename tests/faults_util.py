@@ -944,8 +944,7 @@ def read_consistent_prefix(store: str, eid: str, models: list[str]) -> dict[str,
 
 
 def check_look(look: dict[str, Any], final: dict[str, Any], models: list[str]) -> list[str]:
-    import numpy as np
-
+    """What in one reader's look is not the consistent prefix of the final store it should be."""
     if "error" in look:
         return [f"read failed: {look['error']}"]
     problems = []
@@ -987,8 +986,6 @@ def concurrent_trials(address: str, workdir: str, ref: dict[str, Any], config: d
                       log: Callable[[str], None] = lambda s: None) -> list[Trial]:
     """Two coordinators write two experiments into one store at once, while a reader keeps
     opening the first with panicflow.open_experiment."""
-    import numpy as np  # noqa: F401
-
     cfg_path = write_config(config, os.path.join(workdir, "config.json"))
     store = os.path.join(workdir, "shared-store")
     logs = os.path.join(workdir, "logs")

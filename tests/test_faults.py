@@ -63,6 +63,7 @@ def test_worker_sigkilled_mid_batch(reference, tmp_path):
     _report(trials)
     assert len(trials) >= 2, "no worker was caught running a batch"
     assert any(t.point.startswith("invoke") for t in trials)
+    assert any(t.fault == "SIGKILL all workers mid-batch" for t in trials), "both workers were never killed at once"
     _assert_clean(trials)
 
 
