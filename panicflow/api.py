@@ -5,8 +5,11 @@ Everything the CLI does goes through these functions.
 
 from __future__ import annotations
 
+import logging
 import os
-from dataclasses import dataclass
+import time
+from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
@@ -16,8 +19,9 @@ from distributed import Client
 from PIL import Image
 
 from .config import ExperimentConfig, load_config
-from .errors import PanicflowError, StoreError, UserError
-from .scheduler.cluster import LOCALHOST, check_security, connect
+from .errors import PanicflowError, RunsFailed, StoreError, UserError
+from .scheduler import dashboard
+from .scheduler.cluster import LOCALHOST, check_security, check_store_reachable, connect
 from .scheduler.coordinator import Coordinator, Progress
 from .store import Experiment, Store
 from .store.experiment import read_markers
@@ -26,6 +30,8 @@ from .store.objects import decode_image
 
 if TYPE_CHECKING:
     from distributed.security import Security
+
+log = logging.getLogger(__name__)
 
 StoreLike = str | os.PathLike | Store | None
 
@@ -47,6 +53,7 @@ def run_experiment(
     host: str = LOCALHOST,
     dashboard_address: str | int | None = None,
     gpus: int | None = None,
+    scheduler_file: str | os.PathLike | None = None,
 ) -> str:
     """Run an experiment to the end and return its id.
 
@@ -55,9 +62,16 @@ def run_experiment(
     started (and closed) here, listening on ``host`` (default 127.0.0.1) with
     its dashboard on ``dashboard_address`` (default ``host:8787``); with
     ``scheduler=`` an address, that cluster is used (``security=`` a
-    ``distributed.security.Security`` for a ``tls://`` one); with a
-    ``distributed.Client`` its cluster is used as is. ``store`` defaults to
-    ``$PANICFLOW_STORE`` or ``./panicflow-store``.
+    ``distributed.security.Security`` for a ``tls://`` one), or the one whose
+    address ``scheduler_file=`` holds (``dask scheduler --scheduler-file``); with
+    none of these, nor ``workers``/``gpus``, the ``DASK_SCHEDULER_ADDRESS`` one if
+    set; with a ``distributed.Client`` its cluster is used as is. ``store``
+    defaults to ``$PANICFLOW_STORE`` or ``./panicflow-store`` (a local path is
+    made absolute); every worker must reach it, which is checked before anything
+    is written (``StoreUnreachable``, docs/clusters.md).
+
+    Raises ``RunsFailed`` (with ``.experiment_id``) when the experiment finished
+    but some runs failed; ``resume_experiment(id, retry_failed=True)`` retries them.
     """
     cfg = load_config(config)
     if workers is not None and workers < 1:
@@ -66,7 +80,8 @@ def run_experiment(
     st = _store(store, create=True, lazy=True)
     # a new store and the experiment are written once a cluster is there: a bad --scheduler writes nothing
     with connect(client, scheduler=scheduler, workers=workers, dashboard_address=dashboard_address,
-                 host=host, security=security, gpus=gpus) as c:
+                 host=host, security=security, gpus=gpus, scheduler_file=scheduler_file) as c:
+        check_store_reachable(c, st)
         st.ensure_created()
         exp = Experiment.create(st.root, st.new_experiment_id(), cfg)
         _drive(st, exp, c, progress, on_start)
@@ -87,12 +102,13 @@ def resume_experiment(
     host: str = LOCALHOST,
     dashboard_address: str | int | None = None,
     gpus: int | None = None,
+    scheduler_file: str | os.PathLike | None = None,
 ) -> str:
     """Finish an interrupted experiment exactly as an uninterrupted run would have.
 
     ``retry_failed`` also gives runs that failed (their model kept raising)
     another go from the step that failed. The cluster arguments are those of
-    ``run_experiment``.
+    ``run_experiment``, and so is ``RunsFailed`` when runs are still failed at the end.
     """
     st = _store(store)
     exp = st.experiment(experiment_id)
@@ -104,7 +120,8 @@ def resume_experiment(
         )
     exp.config  # fail on a damaged stored config before starting a cluster
     with connect(client, scheduler=scheduler, workers=workers, dashboard_address=dashboard_address,
-                 host=host, security=security, gpus=gpus) as c:
+                 host=host, security=security, gpus=gpus, scheduler_file=scheduler_file) as c:
+        check_store_reachable(c, st)
         _drive(st, exp, c, progress, on_start, retry_failed)
     return exp.id
 
@@ -134,11 +151,36 @@ def _store_io_error(st: Store, exp: Experiment, exc: BaseException) -> StoreIOEr
     return None
 
 
+class _Publisher:
+    """The coordinator's progress callback: the caller's, and a snapshot for the scheduler's
+    panicflow page and /metrics every ``interval_s`` (scheduler/dashboard.py)."""
+
+    def __init__(self, client: Client, exp: Experiment, callback, interval_s: float = 1.0) -> None:
+        self.client, self.exp, self.callback, self.interval_s = client, exp, callback, interval_s
+        self.enabled = dashboard.register(client)
+        self.last = 0.0
+
+    def __call__(self, snap) -> None:
+        if self.callback:
+            self.callback(snap)
+        now = time.monotonic()
+        if self.enabled and now - self.last >= self.interval_s:
+            self.last = now
+            self.publish({**dashboard.snapshot_dict(snap), "name": self.exp.name or "", "state": "running"})
+
+    def publish(self, snapshot: dict[str, Any]) -> None:
+        try:
+            dashboard.publish_progress(self.client, self.exp.id, snapshot)
+        except Exception as exc:  # the page is a view: never let it stop an experiment
+            log.debug("progress not published: %r", exc)
+
+
 def _drive(st, exp, c, progress, on_start, retry_failed=False) -> None:
     if on_start:
         on_start(exp, c)
+    publisher = _Publisher(c, exp, progress)
     try:
-        Coordinator(c, st, exp, progress=progress, retry_failed=retry_failed).run()
+        Coordinator(c, st, exp, progress=publisher, retry_failed=retry_failed).run()
     except Exception as exc:
         # a full or read-only store surfaced as a raw OSError naming a temp file (tests/test_faults.py):
         # say which store failed, how, and that resume continues
@@ -146,6 +188,17 @@ def _drive(st, exp, c, progress, on_start, retry_failed=False) -> None:
         if err is None:
             raise
         raise err from exc
+    status = experiment_status(exp.id, store=st)
+    if publisher.enabled:  # the final numbers, read from the store as `panicflow experiment status` does
+        publisher.publish(dashboard.snapshot_dict(status))
+    if status.runs_failed:
+        first = min(status.errors) if status.errors else None
+        why = f"; run {first}: {status.errors[first].splitlines()[0]}" if first is not None and status.errors[first] else ""
+        raise RunsFailed(
+            f"experiment {exp.id}: {status.runs_failed} of {status.runs} runs failed{why}; "
+            f"`panicflow experiment resume {exp.id} --retry-failed` gives them another go",
+            exp.id, status.runs_failed, status.runs,
+        )
 
 
 def list_experiments(store: StoreLike = None) -> list[dict[str, Any]]:
@@ -243,6 +296,9 @@ class ExperimentStatus:
     errors: dict[int, str]
     store: str
     error: str | None = None
+    invocations_by_model: dict[str, int] = field(default_factory=dict)
+    # per embedding model: diagrams ok / fallback / skipped / failed (persistence_diagrams counts all four)
+    diagram_outcomes: dict[str, dict[str, int]] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         d = dict(self.__dict__)
@@ -262,9 +318,13 @@ def experiment_status(experiment_id: str, store: StoreLike = None) -> Experiment
         if isinstance(rec, StepRecord):
             steps[rec.run] = max(steps.get(rec.run, 0), rec.step + 1)
     lengths = markers["length"]
-    invocations = sum(
-        int(lengths[i]) if reasons[i] else steps.get(i, 0) for i in range(len(reasons))
-    )
+    done = [int(lengths[i]) if reasons[i] else steps.get(i, 0) for i in range(len(reasons))]
+    invocations = sum(done)
+    by_model: dict[str, int] = {}
+    for spec in exp.config.runs():  # step k of a run calls network[k % len(network)]
+        n, k = done[spec.index], len(spec.network)
+        for j, model in enumerate(spec.network):
+            by_model[model] = by_model.get(model, 0) + max(0, (n - j + k - 1) // k)
     g = exp.group(read_only=True)
     failed = [i for i, r in enumerate(reasons) if r == "failed"]
     errors = {i: str(g["error"][i]) for i in failed}
@@ -287,6 +347,8 @@ def experiment_status(experiment_id: str, store: StoreLike = None) -> Experiment
         errors=errors,
         store=st.location,
         error=state.get("error"),
+        invocations_by_model=by_model,
+        diagram_outcomes={m: _outcomes(v) for m, v in markers["diagram_status"].items()},
     )
 
 
@@ -313,4 +375,13 @@ def doctor(
 
     if workers is not None and workers < 1:
         raise UserError(f"--workers: must be at least 1 (got {workers})")
-    return run_doctor(experiment_id, _store(store), fix=fix, client=client, scheduler=scheduler, workers=workers, say=say)
+    return run_doctor(experiment_id, _store(store), fix=fix, client=client, scheduler=scheduler, workers=workers, say=say,
+                      resume=resume_experiment)  # passed in: the doctor package does not import the API
+
+
+def _outcomes(statuses) -> dict[str, int]:
+    from .analysis.topology import status_group
+
+    counts = Counter(status_group(str(s)) for s in statuses)
+    counts.pop("pending", None)
+    return {k: counts.get(k, 0) for k in ("ok", "fallback", "skipped", "failed")}

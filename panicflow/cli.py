@@ -21,8 +21,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from . import api
-from .errors import UserError
+from .errors import RunsFailed, UserError
 from .models import list_models
+from .scheduler.dashboard import page_url as dashboard_page
 from .store import default_location
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Generative models chained in a loop, at scale, on Dask.")
@@ -33,7 +34,10 @@ err = Console(stderr=True)
 
 StoreOpt = typer.Option(None, "--store", help="Store folder or fsspec URL (default: $PANICFLOW_STORE or ./panicflow-store)")
 JsonOpt = typer.Option(False, "--json", help="Print machine-readable JSON on stdout.")
-SchedulerOpt = typer.Option(None, "--scheduler", help="Address of an existing Dask scheduler to use.")
+SchedulerOpt = typer.Option(None, "--scheduler", help="Address of an existing Dask scheduler to use (default: $DASK_SCHEDULER_ADDRESS, if set).")
+SchedulerFileOpt = typer.Option(
+    None, "--scheduler-file", help="Use the Dask scheduler whose address this file holds (dask scheduler --scheduler-file PATH)."
+)
 WorkersOpt = typer.Option(None, "--workers", help="Worker processes for the embedded LocalCluster (default: one per core).")
 GpusOpt = typer.Option(None, "--gpus", help="Start a dask-cuda LocalCUDACluster: one worker per GPU (needs panicflow[gpu]).")
 HostOpt = typer.Option("127.0.0.1", "--host", help="Interface the embedded LocalCluster listens on; 0.0.0.0 opens it to the network (docs/security.md).")
@@ -76,6 +80,9 @@ class _Bars:
             return
         err.print(f"experiment [bold]{escape(exp.id)}[/] in {escape(exp.path_for_display())}")
         err.print(f"Dask dashboard: {escape(client.dashboard_link)}")
+        page = dashboard_page(client)
+        if page:
+            err.print(f"panicflow progress: {escape(page)} (and panicflow_* metrics on /metrics)")
         self.progress = Progress(
             TextColumn("{task.description:<24}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
             console=err, transient=False,
@@ -111,11 +118,20 @@ def _print_summary(status: api.ExperimentStatus, wall: float | None = None) -> N
     table.add_row("stop reasons", escape(", ".join(f"{k}: {v}" for k, v in sorted(status.stop_reasons.items())) or "-"))
     table.add_row("embeddings (runs)", ", ".join(f"{k}: {v}" for k, v in status.embeddings.items()))
     table.add_row("persistence diagrams", ", ".join(f"{k}: {v}" for k, v in status.persistence_diagrams.items()))
+    for model, outcome in status.diagram_outcomes.items():
+        if any(outcome.values()):
+            table.add_row(f"  {escape(model)}", ", ".join(f"{v} {k}" for k, v in outcome.items()))
     for run, error in list(status.errors.items())[:10]:
         table.add_row(f"run {run} failed", escape(error))
     if wall is not None:
         table.add_row("wall time", f"{wall:.1f} s")
     err.print(table)
+
+
+def _runs_failed(exc: RunsFailed, bars: _Bars) -> str:
+    bars.stop()
+    err.print(f"[red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
+    return exc.experiment_id
 
 
 def _finish(eid: str, store: str, as_json: bool, wall: float) -> None:
@@ -134,6 +150,7 @@ def run_cmd(
     config: Path = typer.Argument(..., help="Experiment config, JSON or YAML."),
     store: Optional[str] = StoreOpt,
     scheduler: Optional[str] = SchedulerOpt,
+    scheduler_file: Optional[Path] = SchedulerFileOpt,
     workers: Optional[int] = WorkersOpt,
     gpus: Optional[int] = GpusOpt,
     as_json: bool = JsonOpt,
@@ -156,7 +173,10 @@ def run_cmd(
         eid = api.run_experiment(
             config, store=_store(store), scheduler=scheduler, workers=workers, progress=bars.update, on_start=on_start,
             security=_security(tls_ca_file, tls_cert, tls_key), host=host, dashboard_address=dashboard_address, gpus=gpus,
+            scheduler_file=scheduler_file,
         )
+    except RunsFailed as exc:  # the summary (or JSON) still follows; _finish exits 1
+        eid = _runs_failed(exc, bars)
     finally:
         bars.stop()
     _finish(eid, _store(store), as_json, time.monotonic() - t0)
@@ -167,6 +187,7 @@ def resume_cmd(
     experiment_id: str = typer.Argument(..., help="Experiment id (or a unique prefix)."),
     store: Optional[str] = StoreOpt,
     scheduler: Optional[str] = SchedulerOpt,
+    scheduler_file: Optional[Path] = SchedulerFileOpt,
     workers: Optional[int] = WorkersOpt,
     gpus: Optional[int] = GpusOpt,
     retry_failed: bool = typer.Option(False, "--retry-failed", help="Also give failed runs another go."),
@@ -185,7 +206,10 @@ def resume_cmd(
             experiment_id, store=_store(store), scheduler=scheduler, workers=workers, progress=bars.update,
             on_start=bars.start, retry_failed=retry_failed,
             security=_security(tls_ca_file, tls_cert, tls_key), host=host, dashboard_address=dashboard_address, gpus=gpus,
+            scheduler_file=scheduler_file,
         )
+    except RunsFailed as exc:
+        eid = _runs_failed(exc, bars)
     finally:
         bars.stop()
     _finish(eid, _store(store), as_json, time.monotonic() - t0)

@@ -32,5 +32,37 @@ class UnknownExperiment(UserError):
     """No experiment with that id (or id prefix) in the store."""
 
 
-class UnknownModel(UserError):
-    """A model name that is not in the registry."""
+class PermanentError(PanicflowError):
+    """An error that retrying cannot heal: the store missing on a worker, a model not
+    installed or its weights missing, an unknown model. Raised on workers; the coordinator
+    fails the run at once instead of retrying it (check ``isinstance(exc, PermanentError)``
+    on the exception a future raises: Dask re-raises the worker's exception object)."""
+
+
+class UnknownModel(UserError, PermanentError):
+    """A model name that is not in the registry (of this process: a worker started without
+    the environment that registers it, e.g. PANICFLOW_TEST_MODELS, says so too)."""
+
+
+class StoreUnavailable(StoreError, PermanentError):
+    """The store cannot be opened here (no store at that path, or it is unreadable)."""
+
+
+class StoreUnreachable(StoreError):
+    """Some workers of the cluster cannot open the store (checked before anything is written)."""
+
+
+class RunsFailed(PanicflowError):
+    """An experiment finished, but some of its runs failed (their model kept raising).
+
+    ``experiment_id``, ``failed`` and ``runs`` say which and how many; the store holds
+    every error (``panicflow experiment status``) and resume with ``--retry-failed``
+    gives those runs another go.
+    """
+
+    def __init__(self, message: str, experiment_id: str = "", failed: int = 0, runs: int = 0) -> None:
+        super().__init__(message, experiment_id, failed, runs)
+        self.message, self.experiment_id, self.failed, self.runs = message, experiment_id, failed, runs
+
+    def __str__(self) -> str:
+        return self.message

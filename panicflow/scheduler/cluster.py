@@ -1,14 +1,24 @@
-"""Where the work runs: an embedded LocalCluster, or a cluster the user already has."""
+"""Where the work runs: an embedded LocalCluster, or a cluster the user already has.
+
+A cluster the user has is found as Dask users expect: ``--scheduler ADDRESS``,
+``--scheduler-file PATH`` (what ``dask scheduler --scheduler-file`` writes), or the
+``scheduler-address`` Dask setting (``DASK_SCHEDULER_ADDRESS``). Before anything is
+written, ``check_store_reachable`` makes sure every worker opens the same store.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import json
 import os
+import secrets
 from typing import TYPE_CHECKING, Iterator
 
+import dask.config
 from distributed import Client, LocalCluster
 
-from ..errors import UserError
+from ..errors import StoreError, StoreUnreachable, UserError
 
 if TYPE_CHECKING:
     from distributed.security import Security
@@ -56,8 +66,12 @@ def connect(
     host: str = LOCALHOST,
     security: Security | None = None,
     gpus: int | None = None,
+    scheduler_file: str | os.PathLike | None = None,
 ) -> Iterator[Client]:
-    """Yield a client: the one given, one connected to ``scheduler``, or a new LocalCluster's.
+    """Yield a client: the one given, one connected to ``scheduler`` (or to the address in
+    ``scheduler_file``), or a new LocalCluster's. With none of ``scheduler``, ``scheduler_file``,
+    ``workers`` and ``gpus``, the ``scheduler-address`` Dask setting (``DASK_SCHEDULER_ADDRESS``)
+    names the scheduler, if set.
 
     A cluster started here listens on ``host`` (default 127.0.0.1: this machine
     only), its dashboard on ``dashboard_address`` (default ``host:8787``), and is
@@ -70,22 +84,30 @@ def connect(
         yield client
         return
     check_security(security)
+    option = "--scheduler"
+    if scheduler and scheduler_file is not None:
+        raise UserError("--scheduler and --scheduler-file: give one")
+    if scheduler_file is not None:
+        scheduler, option = read_scheduler_file(scheduler_file), "--scheduler-file"
+    elif not scheduler and workers is None and gpus is None:
+        scheduler = dask.config.get("scheduler-address", None)
+        option = "DASK_SCHEDULER_ADDRESS"
     if scheduler:
         try:
             c = Client(scheduler, timeout="10s", security=security)
         except TypeError as exc:
             if "ssl_context" not in str(exc):
                 raise
-            raise UserError(f"--scheduler: {scheduler} is a TLS scheduler; {_TLS_HINT}") from None
+            raise UserError(f"{option}: {scheduler} is a TLS scheduler; {_TLS_HINT}") from None
         except RuntimeError as exc:
             if "encryption required" not in str(exc):
                 raise
-            raise UserError(f"--scheduler: TLS options were given, so the address must start with tls:// (got {scheduler})") from None
+            raise UserError(f"{option}: TLS options were given, so the address must start with tls:// (got {scheduler})") from None
         except ValueError as exc:  # e.g. an unknown scheme
-            raise UserError(f"--scheduler: cannot use {scheduler!r}: {_one_line(exc)}") from None
+            raise UserError(f"{option}: cannot use {scheduler!r}: {_one_line(exc)}") from None
         except (OSError, TimeoutError) as exc:
             hint = "" if security else f" (if it requires TLS, use its tls:// address and {_TLS_HINT})"
-            raise UserError(f"--scheduler: cannot connect to {scheduler}: {_one_line(exc)}{hint}") from None
+            raise UserError(f"{option}: cannot connect to {scheduler}: {_one_line(exc)}{hint}") from None
         with c:
             yield c
         return
@@ -123,3 +145,97 @@ def _cuda_cluster(gpus: int, workers: int | None, host: str, dashboard: str, tls
         CUDA_VISIBLE_DEVICES=list(range(gpus)), n_workers=gpus, threads_per_worker=1,
         resources={"GPU": 1}, host=host, dashboard_address=dashboard, **tls,
     )
+
+
+def read_scheduler_file(path: str | os.PathLike) -> str:
+    """The scheduler address in a file written by ``dask scheduler --scheduler-file PATH``."""
+    try:
+        with open(path) as f:
+            address = json.load(f)["address"]
+    except FileNotFoundError:
+        raise UserError(
+            f"--scheduler-file: {path} does not exist; start the scheduler with `dask scheduler --scheduler-file {path}` first"
+        ) from None
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise UserError(f"--scheduler-file: {path} is not a Dask scheduler file ({_one_line(exc)})") from None
+    if not isinstance(address, str) or not address:
+        raise UserError(f"--scheduler-file: {path} has no scheduler address")
+    return address
+
+
+async def _probe_store(location: str, key: str, token: str) -> str | None:
+    """On a worker, off its event loop: ``probe_root``'s answer."""
+    from ..store.root import probe_root
+
+    return await asyncio.to_thread(probe_root, location, key, token)
+
+
+def check_store_reachable(client: Client, store) -> None:
+    """Fail, before anything is written, unless every worker of ``client`` opens ``store``.
+
+    The client writes a probe file with a random token under the store; each worker must
+    read that token there (the same folder or bucket, not merely one with the same name)
+    and write and remove a file of its own. ``StoreUnreachable`` (a user error, exit 2)
+    names the store and the workers that cannot, and why. Workers that join later meet
+    the same store through their tasks, which raise ``StoreUnavailable`` (permanent).
+    A cluster with no worker yet (an adaptive one) is not checked.
+    """
+    from ..store.root import TMP_PREFIX, LocalRoot
+
+    workers = client.scheduler_info(n_workers=-1).get("workers", {})
+    if not workers:
+        return
+    root, location = store.root, store.location
+    token = secrets.token_hex(16)
+    key = f"{TMP_PREFIX}probe-{token[:12]}"
+    created = _missing_folders(root.path) if isinstance(root, LocalRoot) else []
+    try:
+        root.write_bytes(key, token.encode())
+    except OSError as exc:
+        _remove_folders(created)
+        raise StoreError(f"store: cannot write to {location}: {exc.strerror or exc}") from None
+    try:
+        answers = client.run(_probe_store, location, key, token, on_error="return")
+    finally:
+        root.delete(key)
+        _remove_folders(created)
+    bad = {}
+    for addr, answer in sorted(answers.items()):
+        if isinstance(answer, str):
+            bad[addr] = answer
+        elif isinstance(answer, BaseException) and not isinstance(answer, (OSError, asyncio.TimeoutError)):
+            # OSError: the worker left under the question (a comm error), not a store problem
+            bad[addr] = f"cannot run panicflow there: {type(answer).__name__}: {_one_line(answer)}"
+    if not bad:
+        return
+    shown = "; ".join(f"{addr} ({why})" for addr, why in list(bad.items())[:3])
+    more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""
+    if str(location).startswith("memory://"):
+        fix = ("memory:// lives in one process and works only with an in-process cluster "
+               "(LocalCluster(processes=False)); use a folder shared by every worker or object storage")
+    else:
+        fix = "every worker must reach the store: use a folder shared by all of them, or object storage (docs/clusters.md)"
+    raise StoreUnreachable(
+        f"store {location} cannot be used by {len(bad)} of {len(answers)} workers: {shown}{more}; {fix}"
+    )
+
+
+def _missing_folders(path: str) -> list[str]:
+    """The folders a write under ``path`` would create, deepest first."""
+    out = []
+    while not os.path.exists(path):
+        out.append(path)
+        parent = os.path.dirname(path)
+        if parent == path:
+            break
+        path = parent
+    return out
+
+
+def _remove_folders(folders: list[str]) -> None:
+    """Remove the folders a probe created (deepest first), as long as they are empty."""
+    for folder in folders:
+        try:
+            os.rmdir(folder)
+        except OSError:
+            return

@@ -14,10 +14,10 @@ import secrets
 from datetime import datetime, timezone
 from pathlib import Path
 
-from ..errors import StoreError, UnknownExperiment
+from ..errors import StoreError, StoreUnavailable, UnknownExperiment
 from .experiment import Experiment
 from .objects import ObjectStore
-from .root import StoreRoot, open_root
+from .root import LocalRoot, StoreRoot, open_root, probe_root
 
 STORE_FORMAT = 1
 MARKER = "panicflow-store.json"
@@ -45,7 +45,8 @@ class Store:
             raise StoreError(f"store: cannot use {location!r}: {exc}") from None
         except ImportError as exc:  # e.g. s3:// without s3fs
             raise StoreError(f"store: {location!r} needs a package that is not installed: {exc}") from None
-        self.location = location
+        # local paths absolute: workers started in another folder open this location too
+        self.location = self.root.path if isinstance(self.root, LocalRoot) else location
         self.objects = ObjectStore(self.root)
         self._pending_marker = False
         self._check_marker(create, lazy)
@@ -59,13 +60,13 @@ class Store:
                     f"store: {self.location} is not empty and has no {MARKER}; it is not a panicflow store, choose another --store"
                 ) from None
             if not create:
-                raise StoreError(f"store: no panicflow store at {self.location}; run an experiment there first or pass --store")
+                raise StoreUnavailable(f"store: no panicflow store at {self.location}; run an experiment there first or pass --store")
             self._pending_marker = True
             if not lazy:
                 self.ensure_created()
             return
         except (NotADirectoryError, PermissionError) as exc:
-            raise StoreError(f"store: cannot read {self.location}: {exc}") from None
+            raise StoreUnavailable(f"store: cannot read {self.location}: {exc}") from None
         try:
             marker = json.loads(raw)
             version = marker["version"]
@@ -110,4 +111,4 @@ class Store:
         return f"{stamp}-{secrets.token_hex(3)}"
 
 
-__all__ = ["Store", "StoreRoot", "ObjectStore", "Experiment", "open_root", "default_location"]
+__all__ = ["Store", "StoreRoot", "ObjectStore", "Experiment", "open_root", "probe_root", "default_location"]

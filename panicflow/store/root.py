@@ -17,6 +17,7 @@ import ctypes
 import errno
 import os
 import threading
+import time
 import uuid
 from abc import ABC, abstractmethod
 from typing import TYPE_CHECKING, Any, Iterator
@@ -375,4 +376,44 @@ def open_root(
     return LocalRoot(location)
 
 
-__all__ = ["FsspecRoot", "LocalRoot", "StoreRoot", "TMP_PREFIX", "check_key", "open_root"]
+def probe_root(location: str, key: str, token: str, *, attempts: int = 5, delay_s: float = 0.5) -> str | None:
+    """Run where a store will be used (a worker): None if ``location`` is the same root as the
+    caller's, found by reading the ``token`` it wrote under ``key``, and accepts writes (a probe
+    file written and removed next to it); else why not, as a short phrase for an error line.
+
+    A missing probe is read again ``attempts`` times, ``delay_s`` apart: a network filesystem
+    may show a new file to other machines a moment later.
+    """
+    try:
+        root = open_root(location)
+    except (ValueError, ImportError) as exc:
+        return f"cannot open it: {exc}"
+    for attempt in range(attempts):
+        try:
+            data = root.read_bytes(key)
+            break
+        except FileNotFoundError:
+            if attempt + 1 == attempts:
+                if isinstance(root, LocalRoot) and not os.path.isdir(root.path):
+                    return f"no folder {root.path} there"
+                return "it is another folder or bucket there (the probe file written by the client is not in it)"
+            time.sleep(delay_s)
+        except Exception as exc:  # object stores raise their own errors (no endpoint, no credentials...)
+            return f"cannot read it: {_one_line(exc)}"
+    if data != token.encode():
+        return "it is another store there (the probe file differs)"
+    own = f"{key}-{uuid.uuid4().hex[:8]}"
+    try:
+        root.write_bytes(own, b"")
+        root.delete(own)
+    except Exception as exc:
+        return f"cannot write to it: {_one_line(exc)}"
+    return None
+
+
+def _one_line(exc: BaseException) -> str:
+    text = (getattr(exc, "strerror", None) or str(exc)).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0]}" if text else type(exc).__name__
+
+
+__all__ = ["FsspecRoot", "LocalRoot", "StoreRoot", "TMP_PREFIX", "check_key", "open_root", "probe_root"]

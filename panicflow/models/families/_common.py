@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from ...errors import UserError
+from ...errors import PermanentError, UserError
 from ..base import ModelSpec
 
 #: The environment variables this module reads (all optional).
@@ -22,7 +22,7 @@ DEVICE_ENV = "PANICFLOW_DEVICE"
 EXTRA_HINT = "pip install 'panicflow[models]'"
 
 
-class ModelNotAvailable(UserError):
+class ModelNotAvailable(UserError, PermanentError):
     """A registered model whose weights (or libraries) are not on this machine."""
 
 
@@ -30,7 +30,7 @@ class MissingExtra(ModelNotAvailable):
     """The optional model libraries (torch, transformers, diffusers...) are not installed."""
 
 
-class RemoteCodeNotAllowed(UserError):
+class RemoteCodeNotAllowed(UserError, PermanentError):
     """A model that runs code from its repository, which the user has not allowed."""
 
 
