@@ -7,9 +7,11 @@ Runs are the cartesian product networks x seeds x prompts.
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import json
 import re
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -34,6 +36,8 @@ class PersistenceConfig(BaseModel):
     collapse_edges: bool | None = None  # None: the measured default in analysis.topology
     memory_budget_gb: float | None = Field(None, gt=0, allow_inf_nan=False)  # None: a share of the worker's memory limit
     fallback: Literal["skip", "h1", "subsample"] = "skip"
+    # a diagram still computing after this long is stopped and recorded as over_time (never wait for ever)
+    time_limit_s: float | None = Field(3600.0, gt=0, allow_inf_nan=False)
 
 
 class RetryConfig(BaseModel):
@@ -42,6 +46,24 @@ class RetryConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     max_attempts: int = Field(3, ge=1)
     backoff_s: float = Field(1.0, ge=0, allow_inf_nan=False)
+
+
+class BatchingConfig(BaseModel):
+    """Which runs share a model call (docs/config.md, "Batching and reproducibility").
+
+    ``deterministic``: fixed groups of runs (per network, in run order, ``group_size`` at a time)
+    advance together, so the batch a step is computed in depends on the config alone and a
+    fixed-seed run gives the same bytes on any cluster and after any resume. ``free``: whatever
+    runs are ready share a call (fastest to fill, but batched kernels make outputs depend on
+    the batch). ``auto``: deterministic for fixed-seed runs, free for unseeded ones.
+    ``invariant: per_item`` calls the model once per item inside a batch task: outputs never
+    depend on the batch at all, at the cost of the model's batching speed-up.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+    mode: Literal["auto", "deterministic", "free"] = "auto"
+    group_size: int | None = Field(None, ge=1)  # None: the smallest batch size of the network's models
+    invariant: Literal["none", "per_item"] = "none"
 
 
 class ExperimentConfig(BaseModel):
@@ -58,6 +80,7 @@ class ExperimentConfig(BaseModel):
     batch_size: dict[str, int] = Field(default_factory=dict)  # per model; defaults from the registry
     persistence: PersistenceConfig = Field(default_factory=PersistenceConfig)
     retry: RetryConfig = Field(default_factory=RetryConfig)
+    batching: BatchingConfig = Field(default_factory=BatchingConfig)
 
     def runs(self) -> list["RunSpec"]:
         """Every run, in the order networks x seeds x prompts."""
@@ -113,7 +136,9 @@ def _loc(parts: tuple) -> str:
     return out or "config"
 
 
-_SECTIONS: dict[tuple, type[BaseModel]] = {("persistence",): PersistenceConfig, ("retry",): RetryConfig}
+_SECTIONS: dict[tuple, type[BaseModel]] = {
+    ("persistence",): PersistenceConfig, ("retry",): RetryConfig, ("batching",): BatchingConfig,
+}
 
 
 def _bad_text(text: str) -> str | None:
@@ -127,13 +152,16 @@ def _bad_text(text: str) -> str | None:
     return None
 
 
-def _semantic_problems(raw: dict[str, Any]) -> list[str]:
-    """Checks pydantic cannot express; run on whatever parts of ``raw`` are well-formed."""
+def _semantic_problems(raw: dict[str, Any], typed: bool = False) -> list[str]:
+    """Checks pydantic cannot express; run on whatever parts of ``raw`` are well-formed
+    (``typed``: all of it, as pydantic dumped it). Linear in the number of seeds and prompts."""
     problems: list[str] = []
 
     def listof(key, typ):
         val = raw.get(key)
-        return val if isinstance(val, list) and all(isinstance(v, typ) for v in val) else None
+        if not isinstance(val, list):
+            return None
+        return val if typed or all(isinstance(v, typ) for v in val) else None
 
     networks = raw.get("networks")
     networks = networks if isinstance(networks, list) else None
@@ -145,9 +173,6 @@ def _semantic_problems(raw: dict[str, Any]) -> list[str]:
         problems.append(f"max_length: must be at least 1 (got {_show(max_length)})")
     if isinstance(max_length, int) and max_length > MAX_LENGTH:
         problems.append(f"max_length: must be at most {MAX_LENGTH:_} (got {_show(max_length)})")
-    sizes = [raw.get(k) for k in ("networks", "seeds", "prompts")]
-    if all(isinstance(v, list) for v in sizes) and len(sizes[0]) * len(sizes[1]) * len(sizes[2]) > MAX_RUNS:
-        problems.append(f"networks: networks x seeds x prompts makes more than {MAX_RUNS:_} runs; split the experiment")
 
     output_kinds: list[set[Kind] | None] = []
     for n, net in enumerate(networks or []):
@@ -202,13 +227,14 @@ def _semantic_problems(raw: dict[str, Any]) -> list[str]:
                     f"but networks[{n}] outputs no {spec.input_kind.value}"
                 )
     names = listof("embedding_models", str) or []
-    for name in {n for n in names if names.count(n) > 1}:
+    for name in [n for n, count in Counter(names).items() if count > 1]:
         problems.append(f"embedding_models: {name!r} is listed twice")
 
     seeds = listof("seeds", int) or []
-    for seed in sorted({s for s in seeds if s != UNSEEDED and seeds.count(s) > 1}):
-        problems.append(f"seeds: {seed} is listed twice (identical runs); use -1 for repeated unseeded runs")
-    for s in seeds:
+    if len(set(seeds)) < len(seeds):
+        for seed in sorted(s for s, count in Counter(seeds).items() if s != UNSEEDED and count > 1):
+            problems.append(f"seeds: {seed} is listed twice (identical runs); use -1 for repeated unseeded runs")
+    for s in seeds if seeds and (min(seeds) < UNSEEDED or max(seeds) > MAX_SEED) else []:
         if s < UNSEEDED:
             problems.append(f"seeds: {_show(s)} is negative; seeds are >= 0, or -1 for unseeded")
         elif s > MAX_SEED:
@@ -228,12 +254,29 @@ def _semantic_problems(raw: dict[str, Any]) -> list[str]:
     return problems
 
 
+def _too_many_runs(raw: dict[str, Any]) -> str | None:
+    """The run limit, checked on the raw lists before anything of their size is built or validated."""
+    sizes = [raw.get(k) for k in ("networks", "seeds", "prompts")]
+    if not all(isinstance(v, list) for v in sizes):
+        return None
+    n = len(sizes[0]) * len(sizes[1]) * len(sizes[2])
+    if n <= MAX_RUNS:
+        return None
+    return (f"networks: networks x seeds x prompts makes more than {MAX_RUNS:_} runs "
+            f"({len(sizes[0]):_} x {len(sizes[1]):_} x {len(sizes[2]):_} = {n:_}); split the experiment")
+
+
 def validate_config(raw: Any) -> ExperimentConfig:
-    """An ``ExperimentConfig`` from a mapping, or ``ConfigError`` listing every problem."""
+    """An ``ExperimentConfig`` from a mapping, or ``ConfigError`` listing every problem.
+
+    Linear in the size of the config; more than ``MAX_RUNS`` runs are refused at once, alone.
+    """
     if isinstance(raw, ExperimentConfig):
         return raw
     if not isinstance(raw, dict):
         raise ConfigError(f"config: must be a mapping of fields, got {type(raw).__name__}")
+    if too_many := _too_many_runs(raw):
+        raise ConfigError(too_many)  # before pydantic and the checks walk millions of items
     problems: list[str] = []
     try:
         config = ExperimentConfig.model_validate(raw, strict=False)
@@ -246,12 +289,40 @@ def validate_config(raw: Any) -> ExperimentConfig:
             else:
                 problems.append(f"{_loc(err['loc'])}: {err['msg']}")
     # On a valid config, check the values pydantic converted ("0" -> 0, -5.0 -> -5), not the raw ones.
-    problems += _semantic_problems(raw if config is None else config.model_dump())
+    problems += _semantic_problems(raw if config is None else config.model_dump(), typed=config is not None)
     if problems:
         # several pydantic errors can name one field; keep the first of each line
         raise ConfigError(*dict.fromkeys(problems))
     assert config is not None
     return config
+
+
+def config_digest(config: ExperimentConfig) -> str:
+    """sha256 of a validated config's JSON: recorded in experiment.json when it is created."""
+    return hashlib.sha256(config.model_dump_json().encode()).hexdigest()
+
+
+def validate_stored_config(raw: Any, digest: Any = None) -> ExperimentConfig:
+    """The config stored with an experiment, read by every status, list, resume and doctor.
+
+    One that pydantic parses into a config with the ``digest`` recorded when it was validated
+    at creation is not checked again (only its models are looked up: they come and go with
+    versions and PANICFLOW_TEST_MODELS); a 1,000,000-run config costs a third of a full
+    validation. Anything else (edited, damaged, recorded without a digest, or dumped differently
+    by another version) is validated in full, so damage still gives every problem, one line each.
+    """
+    if isinstance(raw, dict) and isinstance(digest, str) and not _too_many_runs(raw):
+        try:
+            config: ExperimentConfig | None = ExperimentConfig.model_validate(raw, strict=False)
+        except ValidationError:
+            config = None
+        if (
+            config is not None
+            and config_digest(config) == digest
+            and all(m in REGISTRY for m in itertools.chain(*config.networks, config.embedding_models, config.batch_size))
+        ):
+            return config
+    return validate_config(raw)
 
 
 def load_config(source: ExperimentConfig | dict | str | Path) -> ExperimentConfig:

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 import panicflow
+from panicflow.errors import RunsFailed
 from panicflow.models import REGISTRY
 from panicflow.store.objects import decode_image
 
@@ -109,7 +110,10 @@ def test_max_length_one_and_a_run_that_keeps_failing(client, store_dir):
         "max_length": 1,
         "retry": {"max_attempts": 2, "backoff_s": 0.01},
     }
-    eid = panicflow.run_experiment(cfg, store=store_dir, client=client)
+    with pytest.raises(RunsFailed) as failed:  # the API raises; the CLI exits 1
+        panicflow.run_experiment(cfg, store=store_dir, client=client)
+    eid = failed.value.experiment_id
+    assert eid in str(failed.value) and "--retry-failed" in str(failed.value)
     status = panicflow.experiment_status(eid, store=store_dir)
     assert status.state == "failed"  # finished, but with a failed run to look at
     assert status.runs_failed == 1 and status.runs_complete == 1
@@ -140,13 +144,16 @@ def test_resume_retry_failed_gives_failed_runs_another_go(client, store_dir, mon
 
     monkeypatch.setenv("PANICFLOW_TEST_FLAKY_RATE", "1.0")
     with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=":0") as c1, Client(c1) as cl:
-        eid = panicflow.run_experiment(cfg, store=store_dir, client=cl)
+        with pytest.raises(RunsFailed) as failed:
+            panicflow.run_experiment(cfg, store=store_dir, client=cl)
+    eid = failed.value.experiment_id
     status = panicflow.experiment_status(eid, store=store_dir)
     assert status.state == "failed" and status.runs_failed == 2
     assert all("simulated transient failure" in e for e in status.errors.values())
     monkeypatch.setenv("PANICFLOW_TEST_FLAKY_RATE", "0.0")
     with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=":0") as c2, Client(c2) as cl:
-        panicflow.resume_experiment(eid, store=store_dir, client=cl)  # without --retry-failed: nothing to do
+        with pytest.raises(RunsFailed):  # without --retry-failed: nothing to do, still failed
+            panicflow.resume_experiment(eid, store=store_dir, client=cl)
         assert panicflow.experiment_status(eid, store=store_dir).runs_failed == 2
         panicflow.resume_experiment(eid, store=store_dir, client=cl, retry_failed=True)
     status = panicflow.experiment_status(eid, store=store_dir)

@@ -8,7 +8,9 @@ float32 array of shape ``(batch, dim)``.
 Seeds: every item of a batch carries its own seed (an ``int >= 0``). The
 scheduler draws a fresh seed for runs configured with seed -1 and stores it,
 so a model never sees -1 and every output can be reproduced from its inputs.
-A model must give the same output for an item whatever else is in its batch.
+A model gives each item the output its seed determines, not one drawn from a
+stream shared with the batch; the last bits can still depend on the batch
+(batched kernels), which deterministic batching makes a function of the config.
 """
 
 from __future__ import annotations

@@ -11,6 +11,14 @@ starting its cluster.
 * ``FlakyT2I`` behaves like DummyT2I but raises on a fraction of calls
   (``PANICFLOW_TEST_FLAKY_RATE``, default 0.05), a stand-in for transient
   CUDA errors.
+* ``SleepT2I`` behaves like DummyT2I but each call sleeps
+  ``PANICFLOW_TEST_SLEEP_S`` seconds (default 0.2) and, on a cluster whose
+  workers declare a ``GPU`` resource, needs one: a stand-in for a GPU model.
+* ``TinySDXL``, ``TinyBLIP2``, ``TinyBertText``, ``TinyCLIPVision``: real
+  architectures (diffusers, transformers, sentence-transformers, CLIP) at a
+  tiny size with seeded random weights, built on the worker from their
+  configs (``families.random_init``): the real model code, offline, where
+  batched kernels make outputs depend on the batch (needs the models extra).
 """
 
 from __future__ import annotations
@@ -54,12 +62,34 @@ class FlakyT2I(DummyT2I):
         return super().generate(inputs, seeds)
 
 
+class SleepT2I(DummyT2I):
+    """DummyT2I that takes PANICFLOW_TEST_SLEEP_S seconds per call (a GPU model stand-in)."""
+
+    def generate(self, inputs, seeds):
+        import time
+
+        time.sleep(float(os.environ.get("PANICFLOW_TEST_SLEEP_S", "0.2")))
+        return super().generate(inputs, seeds)
+
+
+TINY_MODELS = {"TinySDXL": "sdxl", "TinyBLIP2": "blip2", "TinyBertText": "bert-embedder", "TinyCLIPVision": "clip-vision"}
+
+
 def specs() -> list[ModelSpec]:
-    return [
+    from .catalog import random_weights_spec
+
+    out = [
         ModelSpec(name=cls.__name__, role=cls.role, factory=(lambda c: lambda spec: c())(cls),
                   description=(cls.__doc__ or "test model").strip().splitlines()[0] + " (testing)")
         for cls in (ConstantT2I, PoisonT2I, FlakyT2I)
     ]
+    out.append(ModelSpec(name="SleepT2I", role=SleepT2I.role, factory=lambda spec: SleepT2I(),
+                         description="DummyT2I taking PANICFLOW_TEST_SLEEP_S per call; needs a GPU resource (testing)",
+                         extra={"approx_gpu_gb": 1}))
+    for name, architecture in TINY_MODELS.items():
+        # batch 4: small enough that a handful of runs makes several groups; no GPU memory to claim
+        out.append(random_weights_spec(name, architecture, "tiny", batch=4, approx_gpu_gb=0))
+    return out
 
 
 def enabled() -> bool:

@@ -20,13 +20,16 @@ import math
 import secrets
 import time
 import uuid
-from collections import Counter, defaultdict
+from collections import Counter, defaultdict, deque
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+import numpy as np
 from distributed import Client, Future, wait
 
 from ..config import UNSEEDED, ExperimentConfig, RunSpec
+from ..analysis.topology import status_group
+from ..errors import PermanentError
 from ..models import REGISTRY, Kind
 from ..store import Store
 from ..store.experiment import (
@@ -45,46 +48,60 @@ log = logging.getLogger(__name__)
 
 # Dask runs higher priorities first: keep the model calls flowing, then embed, then diagrams
 PRIORITY = {"invoke": 30, "embed": 20, "diagram": 10}
+CLUSTER_LOOK_S = 2.0  # how often the coordinator looks at the cluster's workers (they come and go)
 GATHER_TIMEOUT_S = 10.0  # results are small: longer means one is being computed again (a worker died)
 
 
 @dataclass
 class RunState:
+    """What the coordinator keeps of one run: only what its next step and loop detection need.
+
+    Steps live in the journal and, chunk by chunk, in Zarr; here only the last one and those
+    not yet materialised (at most a chunk, or what a resume read from the journal), so the
+    coordinator's memory does not grow with the length of the runs (issue 7 item 7).
+    """
+
     spec: RunSpec
     max_length: int
-    steps: list[StepRecord] = field(default_factory=list)
-    seen: dict[str, int] = field(default_factory=dict)  # output hash -> first step (seeded runs)
+    n_steps: int = 0
+    last: StepRecord | None = None
+    pending: list[StepRecord] = field(default_factory=list)  # recorded, not yet written to Zarr
     end: RunEnd | None = None
     flushed: int = 0  # steps already materialised in Zarr
     materialised: bool = False  # stop_reason written
     busy: bool = False  # a model call for this run is in flight
     attempts: int = 0  # failed attempts at the current step
     solo: bool = False  # retry alone after its batch kept failing
+    group: int | None = None  # deterministic batching: the fixed group it advances with; None: free
+    probing: bool = False  # deterministic: a solo call whose output is discarded, to find a failing input
+    probed_at: int = -1  # the step at which a solo probe of this run succeeded
     not_before: float = 0.0  # monotonic time before which it is not retried
     embedded: set[str] = field(default_factory=set)
     diagrams: set[str] = field(default_factory=set)
 
     @property
     def next_model(self) -> str:
-        return self.spec.model_at(len(self.steps))
+        return self.spec.model_at(self.n_steps)
 
-    def add(self, rec: StepRecord) -> None:
-        """Append one step and decide whether the run ends with it."""
-        self.steps.append(rec)
-        if self.spec.seed != UNSEEDED:
-            first = self.seen.get(rec.hash)
-            if first is not None:
-                self.end = RunEnd(len(self.steps), "loop", first, rec.step - first)
-                return
-            self.seen[rec.hash] = rec.step
-        if len(self.steps) >= self.max_length:
-            self.end = RunEnd(len(self.steps), "length")
+    def add(self, rec: StepRecord, first: int | None = None) -> None:
+        """Append one step and decide whether the run ends with it; ``first``: the earlier step
+        of a seeded run with the same output (see ``Coordinator._first_occurrence``)."""
+        self.n_steps += 1
+        self.last = rec
+        self.pending.append(rec)
+        if first is not None and self.spec.seed != UNSEEDED:
+            self.end = RunEnd(self.n_steps, "loop", first, rec.step - first)
+        elif self.n_steps >= self.max_length:
+            self.end = RunEnd(self.n_steps, "length")
+
+    def mark_flushed(self) -> None:
+        self.flushed = self.n_steps
+        self.pending = []
 
     def input_for_next(self) -> str:
-        if not self.steps:
+        if self.last is None:
             return self.spec.prompt
-        last = self.steps[-1]
-        return last.text if last.kind == Kind.TEXT.value else last.hash
+        return self.last.text if self.last.kind == Kind.TEXT.value else self.last.hash
 
 
 @dataclass
@@ -99,6 +116,8 @@ class Progress:
     diagrams: dict[str, int]  # runs with a diagram status per model
     stop_reasons: dict[str, int]
     runs_to_embed: int
+    invocations_by_model: dict[str, int] = field(default_factory=dict)
+    diagram_outcomes: dict[str, dict[str, int]] = field(default_factory=dict)  # model -> ok/fallback/skipped/failed
 
 
 @dataclass
@@ -108,6 +127,8 @@ class _Task:
     runs: list[int]
     seeds: list[int] = field(default_factory=list)
     workers: frozenset[str] = frozenset()  # the holders it was (loosely) restricted to, if any
+    batch_id: str = ""  # invoke: the id recorded with each of its invocations
+    probe: bool = False  # invoke: a solo probe whose output is discarded (deterministic batching)
 
 
 class Coordinator:
@@ -127,25 +148,58 @@ class Coordinator:
         self.config: ExperimentConfig = exp.config
         self.writer = ExperimentWriter(exp)
         self.progress_cb = progress
-        threads = sum(client.nthreads().values()) or 1
-        # two batches per worker thread: one running, one queued so the worker never idles
-        self.max_in_flight = max_in_flight or 2 * threads
+        self._fixed_in_flight = max_in_flight
         self.in_flight: dict[Future, _Task] = {}
         # model -> workers that ran it: they hold it resident, so its batches go there first
         self.holders: dict[str, set[str]] = defaultdict(set)
-        workers = client.scheduler_info(n_workers=-1).get("workers", {})
-        # a cluster whose workers declare a GPU resource (LocalCUDACluster, --gpus, or the user's):
-        # models that need a GPU run only there, one batch per GPU at a time
-        self.gpu_cluster = any("GPU" in (w.get("resources") or {}) for w in workers.values())
+        # CPU stages (diagrams, embedders without a GPU) wait here for a free CPU slot, so that
+        # model calls never queue behind them on a worker's threads (_drain_cpu_queue)
+        self.cpu_queue: deque[tuple[str, str, int]] = deque()
+        self._last_cluster_look = -math.inf
+        self._refresh_cluster()
         self.runs: list[RunState] = []
+        self.invocations_by_model: Counter[str] = Counter()
+        # per embedding model: diagrams ok / fallback / skipped / failed (analysis.topology.STATUS_GROUPS)
+        self.diagram_outcomes: dict[str, Counter[str]] = defaultdict(Counter)
         self._last_beat = 0.0
         self._last_progress = 0.0
+
+    # ------------------------------------------------------------------ cluster
+    def _refresh_cluster(self) -> None:
+        """Size the work in flight to the workers there now: clusters grow and shrink while an
+        experiment runs (adaptive clusters, dask-jobqueue, Kubernetes, a `dask worker` started
+        by hand), so nothing here is fixed when the experiment starts."""
+        now = time.monotonic()
+        if now - self._last_cluster_look < CLUSTER_LOOK_S:
+            return
+        self._last_cluster_look = now
+        workers = self.client.scheduler_info(n_workers=-1).get("workers", {})
+        threads = sum(int(w.get("nthreads", 1)) for w in workers.values()) or 1
+        gpu_workers = {a for a, w in workers.items() if "GPU" in (w.get("resources") or {})}
+        # a cluster whose workers declare a GPU resource (LocalCUDACluster, --gpus, or the user's):
+        # models that need a GPU run only there, one batch per GPU at a time
+        self.gpu_cluster = bool(gpu_workers)
+        self.cpu_workers = sorted(set(workers) - gpu_workers)
+        self.worker_threads = {a: int(w.get("nthreads", 1)) for a, w in workers.items()}
+        # two batches per worker thread: one running, one queued so the worker never idles
+        self.max_in_flight = self._fixed_in_flight or 2 * threads
+        # CPU-stage slots: the threads model calls do not need. On GPU workers one thread each
+        # feeds the GPU; on a CPU-only cluster half the threads while runs remain, all after
+        if gpu_workers:
+            self.cpu_slots = max(1, threads - len(gpu_workers))
+        else:
+            self.cpu_slots = max(1, threads // 2)
+        self.all_threads = threads
 
     # ------------------------------------------------------------------ loading
     def load(self) -> None:
         """Rebuild every run's state from the journal and the Zarr markers."""
         cfg = self.config
         self.runs = [RunState(spec, cfg.max_length) for spec in cfg.runs()]
+        self.invocations_by_model: Counter[str] = Counter()
+        self.diagram_outcomes = defaultdict(Counter)
+        for st, group in zip(self.runs, batch_groups(cfg)):
+            st.group = group
         markers = read_markers(self.exp)
         by_run: dict[int, dict[int, StepRecord]] = defaultdict(dict)
         failures: dict[int, RunEvent] = {}
@@ -158,27 +212,33 @@ class Coordinator:
                 failures.pop(rec.run, None)
         for st in self.runs:
             i = st.spec.index
-            records = by_run.get(i, {})
+            records = by_run.pop(i, {})
+            seen: dict[str, int] = {}  # the whole run is in the journal here: find its loop directly
             for step in range(len(records)):
                 if step not in records or st.end is not None:
                     break
-                st.add(records[step])
+                rec = records[step]
+                st.add(rec, seen.get(rec.hash))
+                seen.setdefault(rec.hash, step)
+                self.invocations_by_model[rec.model] += 1
             if st.end is None and i in failures:
-                st.end = RunEnd(len(st.steps), "failed", error=failures[i].error)
+                st.end = RunEnd(st.n_steps, "failed", error=failures[i].error)
             stored_reason = str(markers["stop_reason"][i])
             if stored_reason == "failed" and i not in failures:
                 stored_reason = ""  # retried after it failed: the journal's retry event wins
             if stored_reason:
                 st.materialised = True
-                st.flushed = len(st.steps)
+                st.mark_flushed()
                 if st.end is None:  # journal already cleared: trust the materialised run
                     st.end = RunEnd(int(markers["length"][i]), stored_reason)
-            # else st.flushed stays 0: rewriting from the start is idempotent and heals a torn flush
+            # else st.flushed stays 0 and every step is pending: rewriting from the start is
+            # idempotent and heals a torn flush
             for m in cfg.embedding_models:
                 if markers["embedded"][m][i]:
                     st.embedded.add(m)
-                if str(markers["diagram_status"][m][i]):
+                if status := str(markers["diagram_status"][m][i]):
                     st.diagrams.add(m)
+                    self.diagram_outcomes[m][status_group(status)] += 1
 
     @property
     def _step_chunk(self) -> int:
@@ -196,6 +256,7 @@ class Coordinator:
                     self._on_run_end(st)
             while True:
                 self._submit_model_calls()
+                self._drain_cpu_queue()
                 if not self.in_flight:
                     waiting = [st.not_before for st in self._waiting_runs()]
                     if not waiting:
@@ -245,15 +306,17 @@ class Coordinator:
         failed = [st for st in self.runs if st.end is not None and st.end.stop_reason == "failed"]
         if not failed:
             return
-        self.exp.journal.append([RunEvent(st.spec.index, "retry", len(st.steps)) for st in failed])
+        self.exp.journal.append([RunEvent(st.spec.index, "retry", st.n_steps) for st in failed])
         for st in failed:
-            st.end, st.materialised, st.flushed, st.attempts, st.solo = None, False, 0, 0, False
+            # its steps stay in Zarr (materialised when it failed): only the markers are undone
+            st.end, st.materialised, st.attempts, st.solo = None, False, 0, False
             self.writer.clear_run_end(st.spec.index)
             for model in list(st.diagrams):
                 self.writer.clear_diagram_status(st.spec.index, model)
             st.diagrams.clear()
 
     def _tick(self) -> None:
+        self._refresh_cluster()
         now = time.monotonic()
         if now - self._last_beat > HEARTBEAT_S:
             self.exp.write_state("running", started_us=now_us())
@@ -262,7 +325,7 @@ class Coordinator:
 
     def _report(self, force: bool = False) -> None:
         now = time.monotonic()
-        if self.progress_cb and (force or now - self._last_progress > 0.2):
+        if self.progress_cb and (force or now - self._last_progress > 0.5):
             self._last_progress = now
             self.progress_cb(self.snapshot())
 
@@ -272,12 +335,27 @@ class Coordinator:
     def _submit_model_calls(self) -> None:
         now = time.monotonic()
         ready: dict[str, list[RunState]] = defaultdict(list)
-        for st in self._waiting_runs():
-            if st.not_before <= now:
+        groups: dict[tuple[int, int], list[RunState]] = defaultdict(list)  # (group, step) -> its runs
+        blocked: set[tuple[int, int]] = set()
+        for st in self.runs:
+            if st.end is not None:
+                continue
+            if st.group is not None:
+                key = (st.group, st.n_steps)
+                if st.busy or st.not_before > now:
+                    blocked.add(key)  # wait for the whole (group, step): a probe or a backoff
+                else:
+                    groups[key].append(st)
+            elif not st.busy and st.not_before <= now:
                 ready[st.next_model].append(st)
+        for key in sorted(groups):
+            if key in blocked:
+                continue
+            if self._free_slots() <= 0:
+                return
+            self._submit_group(groups[key])
         while ready:
-            invokes = sum(1 for t in self.in_flight.values() if t.kind == "invoke")
-            free = self.max_in_flight - invokes
+            free = self._free_slots()
             if free <= 0:
                 return
             model = max(ready, key=lambda m: len(ready[m]))  # the model most runs are waiting for
@@ -294,20 +372,45 @@ class Coordinator:
                 del ready[model]
             self._submit_invoke(model, batch)
 
-    def _submit_invoke(self, model: str, batch: list[RunState]) -> None:
+    def _free_slots(self) -> int:
+        return self.max_in_flight - sum(1 for t in self.in_flight.values() if t.kind == "invoke")
+
+    def _submit_group(self, runs: list[RunState]) -> None:
+        """One (group, step) of deterministic batching: the same batches on any cluster, after any resume.
+
+        The group's runs at this step, in run order, in one call. A run whose solo call is a probe (its batch kept failing) is called alone and its output
+        discarded; the batch then goes on without the runs whose probe failed.
+        """
+        runs = sorted(runs, key=lambda st: st.spec.index)
+        model = runs[0].next_model
+        step = runs[0].n_steps
+        probes = [st for st in runs if st.solo]
+        if probes:
+            for st in probes:
+                # a second failure of the batch after every probe passed: the failure is not one
+                # input's; commit solo outputs (recorded as batches of 1) rather than loop for ever
+                st.probing = st.probed_at != step
+                self._submit_invoke(model, [st], probe=st.probing)
+            return
+        self._submit_invoke(model, runs)  # a group never exceeds a batch of its models (batch_groups)
+
+    def _submit_invoke(self, model: str, batch: list[RunState], probe: bool = False) -> None:
         # unseeded runs get a fresh seed per invocation, recorded with it
         seeds = [secrets.randbelow(2**31) if st.spec.seed == UNSEEDED else st.spec.seed for st in batch]
         inputs = [st.input_for_next() for st in batch]
         for st in batch:
             st.busy = True
         placement = self._placement(model)
+        batch_id = uuid.uuid4().hex
+        stage = "t2i" if REGISTRY[model].output_kind is Kind.IMAGE else "i2t"
         fut = self.client.submit(
-            tasks.invoke_batch, self.store.location, model, inputs, seeds,
-            key=f"invoke-{model}-{uuid.uuid4().hex}", pure=False, priority=PRIORITY["invoke"],
+            tasks.invoke_batch, self.store.location, model, inputs, seeds, self.config.batching.invariant,
+            key=task_key(stage, model, batch_id), pure=False, priority=PRIORITY["invoke"],
             **placement,
         )
         self.in_flight[fut] = _Task(
-            "invoke", model, [st.spec.index for st in batch], seeds, frozenset(placement.get("workers", ()))
+            "invoke", model, [st.spec.index for st in batch], seeds, frozenset(placement.get("workers", ())),
+            batch_id=batch_id, probe=probe,
         )
 
     def _gather(self, futures: list[Future]) -> dict[Future, Any]:
@@ -363,8 +466,7 @@ class Coordinator:
             if task.kind == "diagram":  # e.g. a worker killed for memory: record it, go on
                 st = self.runs[task.runs[0]]
                 error = f"{type(exc).__name__}: {exc}"
-                self.writer.write_diagram(st.spec.index, task.model, _failed_run_result(self.config, error, "error"))
-                st.diagrams.add(task.model)
+                self._record_diagram(st, task.model, _failed_run_result(self.config, error, "error"))
                 return
             raise RuntimeError(f"{task.kind} task for run {task.runs[0]} / {task.model} failed: {exc!r}") from exc
         if result is None:
@@ -378,33 +480,40 @@ class Coordinator:
             self._submit_diagram(st, task.model)
         else:
             st = self.runs[task.runs[0]]
-            self.writer.write_diagram(st.spec.index, task.model, result)
-            st.diagrams.add(task.model)
+            self._record_diagram(st, task.model, result)
 
     def _invoke_done(self, task: _Task, result: dict[str, Any]) -> None:
         spec = REGISTRY[task.model]
         if result.get("worker"):
             self.holders[task.model].add(result["worker"])
+        if task.probe:  # the input is sound; its step is computed again with its group
+            st = self.runs[task.runs[0]]
+            st.busy, st.attempts, st.solo, st.probing, st.probed_at = False, 0, False, False, st.n_steps
+            return
         records = []
-        for i, seed, (digest, text) in zip(task.runs, task.seeds, result["outputs"], strict=True):
+        n = len(task.runs)
+        new = result.get("new") or [False] * n  # False: look in the run's history
+        for pos, (i, seed, (digest, text)) in enumerate(zip(task.runs, task.seeds, result["outputs"], strict=True)):
             st = self.runs[i]
             records.append(
                 StepRecord(
-                    run=i, step=len(st.steps), model=task.model, kind=spec.output_kind.value, hash=digest,
+                    run=i, step=st.n_steps, model=task.model, kind=spec.output_kind.value, hash=digest,
                     text=text, seed=seed, started_us=result["started_us"], ended_us=result["ended_us"],
-                    parameters_hash=result["parameters_hash"],
+                    parameters_hash=result["parameters_hash"], batch_id=task.batch_id, batch_size=n,
+                    batch_position=pos,
                 )
             )
         self.exp.journal.append(records)  # recorded before anything depends on it
-        for rec in records:
+        self.invocations_by_model[task.model] += len(records)
+        for rec, created in zip(records, new):
             st = self.runs[rec.run]
             st.busy, st.attempts, st.solo = False, 0, False
-            st.add(rec)
+            st.add(rec, self._first_occurrence(st, rec, created))
             if st.end is not None:
                 self._on_run_end(st)
-            elif len(st.steps) % self._step_chunk == 0:
-                self.writer.write_steps(rec.run, st.steps[st.flushed :])
-                st.flushed = len(st.steps)
+            elif st.n_steps % self._step_chunk == 0:
+                self.writer.write_steps(rec.run, st.pending)
+                st.mark_flushed()
 
     def _invoke_failed(self, task: _Task, exc: BaseException) -> None:
         retry = self.config.retry
@@ -412,35 +521,71 @@ class Coordinator:
         for st in batch:
             st.busy = False
             st.attempts += 1
+            st.probing = False
         exhausted = max(st.attempts for st in batch) >= retry.max_attempts
         log.warning("%s failed for runs %s (attempt %d): %r", task.model, task.runs, batch[0].attempts, exc)
+        if isinstance(exc, PermanentError):
+            # retrying cannot heal it (a model not installed, the store missing on a worker), and
+            # the cause is the model or the worker, not one input: every run of the call fails now
+            self._fail_runs(batch, task.model, exc)
+            return
         if exhausted and len(batch) > 1:
             for st in batch:  # find the culprit: every run tries again on its own
                 st.solo, st.attempts, st.not_before = True, 0, 0.0
             return
         if exhausted:
-            st = batch[0]
-            error = f"{task.model} at step {len(st.steps)}: {type(exc).__name__}: {exc}"
-            self.exp.journal.append([RunEvent(st.spec.index, "failed", len(st.steps), error)])
-            st.end = RunEnd(len(st.steps), "failed", error=error)
-            self._on_run_end(st)
+            self._fail_runs(batch, task.model, exc)
             return
         delay = retry.backoff_s * 2 ** (batch[0].attempts - 1)
         for st in batch:
             st.not_before = time.monotonic() + delay
 
+    def _first_occurrence(self, st: RunState, rec: StepRecord, created: bool) -> int | None:
+        """The earlier step of this seeded run whose output is ``rec``'s, or None.
+
+        An output whose object this call created was never stored before, so it cannot repeat
+        anything (every earlier output of the run is in the store before it is journaled). Any
+        other is looked up in the run's history: the steps not yet in Zarr, then its Zarr row,
+        instead of a per-run set of every hash kept in memory.
+        """
+        if st.spec.seed == UNSEEDED or created:
+            return None
+        for earlier in st.pending:
+            if earlier.hash == rec.hash:
+                return earlier.step
+        if st.flushed:
+            hits = np.flatnonzero(self.writer.read_hashes(st.spec.index, st.flushed) == rec.hash)
+            if hits.size:
+                return int(hits[0])
+        return None
+
+    def _record_diagram(self, st: RunState, model: str, result) -> None:
+        self.writer.write_diagram(st.spec.index, model, result)
+        st.diagrams.add(model)
+        self.diagram_outcomes[model][status_group(result.status)] += 1
+
+    def _fail_runs(self, batch: list[RunState], model: str, exc: BaseException) -> None:
+        events, ended = [], []
+        for st in batch:
+            error = f"{model} at step {st.n_steps}: {type(exc).__name__}: {exc}"
+            events.append(RunEvent(st.spec.index, "failed", st.n_steps, error))
+            st.end = RunEnd(st.n_steps, "failed", error=error)
+            ended.append(st)
+        self.exp.journal.append(events)  # recorded before anything depends on it
+        for st in ended:
+            self._on_run_end(st)
+
     def _on_run_end(self, st: RunState) -> None:
         i = st.spec.index
         if not st.materialised:
-            self.writer.write_steps(i, st.steps[st.flushed :])
-            st.flushed = len(st.steps)
+            self.writer.write_steps(i, st.pending)
+            st.mark_flushed()
             self.writer.write_run_end(i, st.end)
             st.materialised = True
         for model in self.config.embedding_models:
             if st.end.stop_reason == "failed":
                 if model not in st.diagrams:
-                    self.writer.write_diagram(i, model, _failed_run_result(self.config, st.end.error))
-                    st.diagrams.add(model)
+                    self._record_diagram(st, model, _failed_run_result(self.config, st.end.error))
             elif model not in st.embedded:
                 self._submit_embed(st, model)
             else:
@@ -466,18 +611,60 @@ class Coordinator:
         out: dict[str, Any] = {}
         if self.gpu_cluster and float(REGISTRY[model].extra.get("approx_gpu_gb", 0) or 0) > 0:
             out["resources"] = {"GPU": 1}
-        if self.holders.get(model):
-            out["workers"] = sorted(self.holders[model])
-            out["allow_other_workers"] = True  # a preference: an idle worker may still load it
+        holders = self.holders.get(model)
+        if holders:
+            # its holders first, while they have a thread for it: Dask queues a loosely restricted
+            # task on a busy holder rather than run it elsewhere, so a preference kept regardless
+            # left workers that joined later idle (issue 7 item 4: 4 workers, 2 calls at a time)
+            room = sum(self.worker_threads.get(w, 1) for w in holders)
+            busy = sum(1 for t in self.in_flight.values() if t.model == model and t.kind != "diagram")
+            if busy < room:
+                out["workers"] = sorted(holders)
+                out["allow_other_workers"] = True  # a preference: an idle worker may still load it
         return out
 
     def _submit(self, kind: str, model: str, st: RunState, fn, *args) -> None:
+        if self._is_cpu_stage(kind, model):
+            self.cpu_queue.append((kind, model, st.spec.index))
+            self._drain_cpu_queue()
+            return
+        self._submit_now(kind, model, st, fn, *args)
+
+    def _submit_now(self, kind: str, model: str, st: RunState, fn, *args) -> None:
         placement = self._placement(model) if kind == "embed" else {}
+        if self._is_cpu_stage(kind, model) and self.gpu_cluster and self.cpu_workers:
+            placement = {"workers": self.cpu_workers, "allow_other_workers": True}  # keep GPU threads free
         fut = self.client.submit(
-            fn, *args, key=f"{kind}-{model}-run{st.spec.index}-{uuid.uuid4().hex[:8]}", pure=False,
+            fn, *args, key=task_key(kind, model, f"run{st.spec.index}", uuid.uuid4().hex[:8]), pure=False,
             priority=PRIORITY[kind], retries=self.config.retry.max_attempts - 1, **placement,
         )
         self.in_flight[fut] = _Task(kind, model, [st.spec.index], workers=frozenset(placement.get("workers", ())))
+
+    def _is_cpu_stage(self, kind: str, model: str) -> bool:
+        if kind == "diagram":
+            return True
+        return kind == "embed" and not (self.gpu_cluster and float(REGISTRY[model].extra.get("approx_gpu_gb", 0) or 0) > 0)
+
+    def _drain_cpu_queue(self) -> None:
+        """Submit queued CPU-stage tasks while CPU slots are free (all threads once runs are done)."""
+        if not self.cpu_queue:
+            return
+        runs_left = any(st.end is None for st in self.runs)
+        slots = self.cpu_slots if runs_left else max(self.cpu_slots, self.all_threads)
+        busy = sum(1 for t in self.in_flight.values() if self._is_cpu_stage(t.kind, t.model))
+        while self.cpu_queue and busy < slots:
+            kind, model, i = self.cpu_queue.popleft()
+            st = self.runs[i]
+            if kind == "embed":
+                args = (tasks.embed_run, self.store.location, self.exp.id, i, model, st.end.length,
+                        self.config.batch_size_for(model))
+            else:
+                if model in st.diagrams:
+                    continue
+                args = (tasks.diagram_run, self.store.location, self.exp.id, i, model, st.end.length,
+                        self.config.persistence.model_dump())
+            self._submit_now(kind, model, st, *args)
+            busy += 1
 
     # ----------------------------------------------------------------- summary
     def snapshot(self) -> Progress:
@@ -486,13 +673,53 @@ class Coordinator:
         return Progress(
             runs=len(self.runs),
             runs_ended=len(ended),
-            invocations=sum(len(st.steps) for st in self.runs),
+            invocations=sum(self.invocations_by_model.values()),
             invocations_max=sum(st.end.length if st.end else st.max_length for st in self.runs),
             embeddings={m: sum(m in st.embedded for st in self.runs) for m in models},
             diagrams={m: sum(m in st.diagrams for st in self.runs) for m in models},
             stop_reasons=dict(Counter(st.end.stop_reason for st in ended)),
             runs_to_embed=sum(1 for st in self.runs if not (st.end and st.end.stop_reason == "failed")),
+            invocations_by_model=dict(self.invocations_by_model),
+            diagram_outcomes={m: dict(self.diagram_outcomes[m]) for m in models},
         )
+
+
+def batch_groups(config: ExperimentConfig) -> list[int | None]:
+    """Per run, its deterministic batching group, or None where it is batched freely.
+
+    Runs of one network, in run order, ``group_size`` at a time, at most the smallest batch
+    size of the network's models (the default), so a group is always one model call: were it
+    cut into several calls, runs ending at different steps would shift the cuts depending on
+    timing. A function of the config alone: that is what makes a fixed-seed run's batches the
+    same everywhere.
+    """
+    batching = config.batching
+    out: list[int | None] = []
+    counters: dict[tuple[str, ...], int] = defaultdict(int)
+    group_ids: dict[tuple[tuple[str, ...], int], int] = {}
+    for spec in config.runs():
+        deterministic = batching.mode == "deterministic" or (batching.mode == "auto" and spec.seed != UNSEEDED)
+        if not deterministic:
+            out.append(None)
+            continue
+        largest = min(config.batch_size_for(m) for m in spec.network)
+        size = min(batching.group_size or largest, largest)
+        k = counters[spec.network]
+        counters[spec.network] += 1
+        out.append(group_ids.setdefault((spec.network, k // size), len(group_ids)))
+    return out
+
+
+# Dask's key_split (the dashboard's task-group names) keeps the first "-"-separated word whole and
+# stops at the first later word with a digit: "invoke-DummyT2I2-<id>" showed as "invoke". The stage
+# and the model therefore share the first word, joined by U+2010 HYPHEN, which reads as "-" on the
+# dashboard; a model's own "-" (all-MiniLM-L6-v2) becomes U+2010 too.
+KEY_HYPHEN = "\u2010"
+
+
+def task_key(stage: str, model: str, *parts: str) -> str:
+    """``<stage>-<model>-<parts...>``, named so that ``key_split`` gives ``<stage>-<model>``."""
+    return "-".join([f"{stage}{KEY_HYPHEN}{model.replace('-', KEY_HYPHEN)}", *parts])
 
 
 def _failed_run_result(config: ExperimentConfig, error: str, status: str = "run_failed"):

@@ -15,9 +15,10 @@ from typing import Any
 
 import numpy as np
 
-from ..models import REGISTRY, Kind
+from ..models import REGISTRY, Kind, get_spec
 from ..models.cache import get_model
 from ..store import Store
+from ..store.objects import encode_image
 from ..store.experiment import Experiment, now_us, write_embedding_rows
 
 
@@ -26,39 +27,53 @@ def _store(url: str) -> Store:
     return Store(url)
 
 
-def invoke_batch(store_url: str, model: str, inputs: list[str], seeds: list[int]) -> dict[str, Any]:
+def invoke_batch(
+    store_url: str, model: str, inputs: list[str], seeds: list[int], invariant: str = "none"
+) -> dict[str, Any]:
     """One batched model call: decode inputs, generate, store outputs.
 
     ``inputs`` are texts for text-input models and object hashes for image
-    inputs, so the model always sees outputs exactly as stored.
+    inputs, so the model always sees outputs exactly as stored. ``invariant``
+    ``per_item`` calls the model once per input (the model stays resident):
+    each output is then what the model gives that input alone, whatever the
+    batch, at the cost of the batched kernels' speed.
     """
     store = _store(store_url)
-    spec = REGISTRY[model]
+    spec = get_spec(model)  # UnknownModel (a PermanentError), not KeyError, on a worker without it
     if spec.input_kind is Kind.IMAGE:
         decoded = [store.objects.get_image(h) for h in inputs]
     else:
         decoded = list(inputs)
     impl = get_model(model)
     started = now_us()
-    outputs = impl.generate(decoded, list(seeds))
+    if invariant == "per_item":
+        outputs = [out for item, seed in zip(decoded, seeds) for out in impl.generate([item], [int(seed)])]
+    else:
+        outputs = impl.generate(decoded, list(seeds))
     ended = now_us()
     if len(outputs) != len(inputs):
         raise RuntimeError(f"{model} returned {len(outputs)} outputs for {len(inputs)} inputs")
     results = []
     # the generation parameters (model id, revision, size, steps, dtype...) as a JSON object in the
     # store: identical for most calls, so content addressing keeps one copy
-    params = json.dumps({"model": model, **impl.parameters()}, sort_keys=True, default=str)
+    extra = {"batch_invariant": invariant} if invariant != "none" else {}
+    params = json.dumps({"model": model, **impl.parameters(), **extra}, sort_keys=True, default=str)
+    new: list[bool] = []
     with store.root.deferred_sync():  # one flush for the batch; durable before we return
         params_hash = store.objects.put_text(params)
         for out in outputs:
             if spec.output_kind is Kind.TEXT:
                 if not isinstance(out, str):
                     raise TypeError(f"{model} returned {type(out).__name__}, expected str")
-                results.append((store.objects.put_text(out), out))
+                digest, created = store.objects.put(out.encode("utf-8"))
+                results.append((digest, out))
             else:
-                results.append((store.objects.put_image(out), None))
+                digest, created = store.objects.put(encode_image(out))
+                results.append((digest, None))
+            # created: these bytes were never in the store, so they repeat no earlier step (loop check)
+            new.append(created)
     return {
-        "outputs": results, "started_us": started, "ended_us": ended,
+        "outputs": results, "new": new, "started_us": started, "ended_us": ended,
         "parameters_hash": params_hash, "worker": _worker_address(),
     }
 
@@ -82,7 +97,7 @@ def embed_run(store_url: str, experiment_id: str, run: int, model: str, length: 
     store = _store(store_url)
     exp = Experiment(store.root, experiment_id)
     g = exp.group(read_only=True)
-    spec = REGISTRY[model]
+    spec = get_spec(model)  # UnknownModel (a PermanentError), not KeyError, on a worker without it
     kinds = g["kind"][run, :length]
     steps = [i for i, k in enumerate(kinds) if k == spec.input_kind.value]
     vectors = np.full((length, spec.dim), np.nan, dtype=np.float32)
@@ -107,27 +122,44 @@ def embed_run(store_url: str, experiment_id: str, run: int, model: str, length: 
 
 
 def _memory_budget_gb(configured: float | None) -> float | None:
+    """The memory one diagram may use: as configured, else a share of this worker's limit.
+
+    Each of a worker's threads may run a diagram at once (each in its own child
+    process, which Dask's memory monitor does not see), so the share is half the
+    worker's memory limit divided by its threads; the other half is for what the
+    worker itself holds. None (no limit) off a worker or on a worker without a limit.
+    """
     if configured is not None:
         return configured
     try:
         from distributed import get_worker
 
-        limit = get_worker().memory_manager.memory_limit
+        worker = get_worker()
+        limit = worker.memory_manager.memory_limit
+        nthreads = max(1, int(worker.state.nthreads))
     except (ImportError, ValueError, AttributeError):
         return None
-    # leave half the worker's limit for everything else it holds
-    return limit / 2**30 * 0.5 if limit else None
+    return limit / 1e9 * 0.5 / nthreads if limit else None
 
 
 def diagram_run(store_url: str, experiment_id: str, run: int, model: str, length: int, options: dict[str, Any]):
-    """Persistence diagram of one (run, embedding model) point cloud."""
+    """Persistence diagram of one (run, embedding model) point cloud.
+
+    giotto-ph runs in a child process of this thread (``analysis.diagram_process``):
+    several threads of a worker never share it, ``time_limit_s`` stops it (status
+    ``over_time``), and a child killed for memory is recorded (status ``error``)
+    instead of taking the worker down. These outcomes are returned, not raised, so
+    Dask does not retry them.
+    """
     from ..analysis.topology import PersistenceOptions, compute_diagram
 
     store = _store(store_url)
     exp = Experiment(store.root, experiment_id)
     vectors = exp.group(read_only=True)[f"embeddings/{model}/vector"][run, :length]
-    points = vectors[~np.isnan(vectors).any(axis=1)]
-    opts = {k: v for k, v in options.items() if v is not None}  # None: the module's default
+    steps = np.flatnonzero(~np.isnan(vectors).any(axis=1))
+    opts = {k: v for k, v in options.items() if v is not None}  # None: the module's default (no time limit)
     opts["memory_budget_gb"] = _memory_budget_gb(options.get("memory_budget_gb"))
     # the stored float32 vectors, exactly as a direct giotto-ph call on the store would see them
-    return compute_diagram(points, PersistenceOptions(**opts), rng_seed=run)
+    result = compute_diagram(vectors[steps], PersistenceOptions(**opts), rng_seed=run)
+    result.steps = steps
+    return result

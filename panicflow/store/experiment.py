@@ -30,13 +30,14 @@ from typing import Any
 import numpy as np
 import zarr
 
-from ..config import ExperimentConfig, validate_config
+from ..config import ExperimentConfig, config_digest, validate_stored_config
 from ..errors import StoreError
 from ..models import REGISTRY, Kind
 from .journal import Journal, StepRecord
 from .root import StoreRoot
 
-EXPERIMENT_FORMAT = 1
+EXPERIMENT_FORMAT = 2
+READABLE_FORMATS = (1, 2)  # format 1 lacks the batch_* arrays; resume adds them (Experiment.upgrade)
 STEP_CHUNK = 1024  # steps per chunk: a 1024 x 768 float32 embedding chunk is 3 MiB
 PAIR_CHUNK = 4096
 HEARTBEAT_S = 5.0
@@ -54,7 +55,14 @@ INVOCATION_ARRAYS: dict[str, tuple[Any, Any, dict]] = {
     "started_at": ("int64", NO_TIME, {**TIME_ATTRS, "description": "start of the batched model call"}),
     "ended_at": ("int64", NO_TIME, {**TIME_ATTRS, "description": "end of the batched model call"}),
     "parameters_hash": (str, "", {"description": "JSON object of the generation parameters (model id, revision, size, steps, dtype) in the object store"}),
+    # the model call an output was computed in: with batched kernels an output depends on its batch,
+    # so these let any output be replayed exactly (docs/config.md, "Batching and reproducibility")
+    "batch_id": (str, "", {"description": "id of the batched model call; the invocations sharing it were computed together"}),
+    "batch_size": ("int32", 0, {"description": "number of inputs in that model call"}),
+    "batch_position": ("int32", -1, {"description": "position of this input in that model call"}),
 }
+# arrays added after format 1: an older experiment gets them (empty) when it is resumed
+ADDED_IN_FORMAT_2 = ("batch_id", "batch_size", "batch_position")
 # (run,) arrays written when a run ends; stop_reason last, as the run's marker
 RUN_END_ARRAYS: dict[str, tuple[Any, Any, dict]] = {
     "length": ("int32", -1, {"description": "number of invocations; -1 until the run ends"}),
@@ -63,6 +71,15 @@ RUN_END_ARRAYS: dict[str, tuple[Any, Any, dict]] = {
     "error": (str, "", {"description": "why the run failed"}),
     "stop_reason": (str, "", {"description": "length | loop | failed; empty while running"}),
 }
+
+
+def chunk_compressors(dtype: Any) -> list:
+    """Every chunk ends with a crc32c checksum of its bytes, which ``panicflow doctor`` verifies
+    (a changed byte is found); float32 vectors are not compressed (ratio ~1.1, writes 3-15x slower),
+    the rest with zstd, as zarr's default."""
+    from zarr.codecs import Crc32cCodec, ZstdCodec
+
+    return [Crc32cCodec()] if dtype == "float32" else [ZstdCodec(level=0, checksum=False), Crc32cCodec()]
 
 
 def _pid_alive(pid: Any) -> bool:
@@ -109,19 +126,47 @@ class Experiment:
             raise StoreError(f"experiment {self.id}: experiment.json is damaged (not JSON)") from None
         if not isinstance(raw, dict):
             raise StoreError(f"experiment {self.id}: experiment.json is damaged (not a JSON object)")
-        if raw.get("format") != EXPERIMENT_FORMAT:
+        if raw.get("format") not in READABLE_FORMATS:
             raise StoreError(
                 f"experiment {self.id}: written in experiment format {raw.get('format')!r}, "
-                f"this panicflow reads format {EXPERIMENT_FORMAT}; use a matching panicflow version"
+                f"this panicflow reads formats {', '.join(map(str, READABLE_FORMATS))}; use a matching panicflow version"
             )
         return raw
+
+    def upgrade(self) -> None:
+        """Bring an experiment of an older format to the current one before writing to it.
+
+        Format 1 -> 2 adds the empty batch_* arrays and the diagrams' provenance arrays. Idempotent and crash-safe: arrays are
+        created only where missing, and experiment.json says format 2 only after they exist.
+        """
+        if self.meta.get("format") == EXPERIMENT_FORMAT:
+            return
+        g = self.group()
+        n_runs, n_steps = g["output_hash"].shape
+        step_chunk = g["output_hash"].chunks[1]
+        for name in ADDED_IN_FORMAT_2:
+            if name not in g:
+                dtype, fill, attrs = INVOCATION_ARRAYS[name]
+                g.create_array(name, shape=(n_runs, n_steps), chunks=(1, step_chunk), dtype=dtype, fill_value=fill,
+                               dimension_names=["run", "step"], attributes=attrs)
+        maxdim = self.config.persistence.maxdim
+        for model in self.config.embedding_models:
+            d = g[f"diagrams/{model}"]
+            for name, (dims, shape, chunks, dtype, fill, attrs) in diagram_provenance_arrays(n_runs, n_steps, maxdim).items():
+                if name not in d:
+                    d.create_array(name, shape=shape, chunks=chunks, dtype=dtype, fill_value=fill,
+                                   dimension_names=dims, attributes=attrs)
+        meta = {**self.meta, "format": EXPERIMENT_FORMAT}
+        self.root.write_bytes(f"{self.prefix}/experiment.json", json.dumps(meta, indent=2).encode())
+        self.__dict__.pop("meta", None)
 
     @cached_property
     def config(self) -> ExperimentConfig:
         from ..errors import ConfigError
 
         try:
-            return validate_config(self.meta["config"])
+            # validated at creation: while it still hashes to the recorded digest only parsed again
+            return validate_stored_config(self.meta["config"], self.meta.get("config_sha256"))
         except (ConfigError, KeyError) as exc:
             raise StoreError(f"experiment {self.id}: its stored config is invalid: {str(exc).splitlines()[0]}") from None
 
@@ -190,7 +235,7 @@ class Experiment:
         def arr(group, name, dims, shape, chunks, dtype, fill, attrs, data=None):
             a = group.create_array(
                 name, shape=shape, chunks=chunks, dtype=dtype, fill_value=fill,
-                dimension_names=dims, attributes=attrs, compressors=None if dtype == "float32" else "auto",
+                dimension_names=dims, attributes=attrs, compressors=chunk_compressors(dtype),
             )
             if data is not None:
                 a[...] = data
@@ -220,15 +265,21 @@ class Experiment:
             d = g.require_group("diagrams").create_group(model)
             d.attrs.update({"model": model, "maxdim": maxdim})
             arr(d, "status", ["run"], (n_runs,), (1,), str, "",
-                {"description": "ok | ok_h1_fallback | ok_subsampled | over_budget | too_few_points | run_failed; empty: pending"})
+                {"description": "ok | ok_h1_fallback | ok_subsampled (fallbacks) | over_budget | over_time | "
+                                "too_few_points (skipped) | error | run_failed (failed); empty: pending"})
             arr(d, "reason", ["run"], (n_runs,), (1,), str, "", {})
-            arr(d, "n_points", ["run"], (n_runs,), (1,), "int32", -1, {"description": "points in the cloud"})
+            for name, (dims, shape, chunks, dtype, fill, attrs) in diagram_provenance_arrays(n_runs, n_steps, maxdim).items():
+                arr(d, name, dims, shape, chunks, dtype, fill, attrs)
             arr(d, "entropy", ["run", "homology_dim"], (n_runs, maxdim + 1), (1, maxdim + 1), "float64", np.nan,
-                {"description": "persistent entropy per homology dimension (natural log, infinite bars dropped)"})
+                {"description": "persistent entropy per homology dimension (natural log, infinite bars dropped); "
+                                "NaN where not computed or without a finite bar, 0.0 for one finite bar"})
+            # The pair axis starts at this width and grows to exactly the largest diagram written (never by
+            # doubling), so its width is a function of the results, not of the order they arrived in.
             cap = max(16, min(n_steps, PAIR_CHUNK))
             for name, dtype, fill in (("birth", "float64", np.nan), ("death", "float64", np.nan), ("dimension", "int8", -1)):
                 arr(d, name, ["run", "pair"], (n_runs, cap), (1, min(cap, PAIR_CHUNK)), dtype, fill,
-                    {"description": "persistence pairs of each run, padded; death inf = essential class"})
+                    {"description": "persistence pairs of each run, padded with NaN / -1; death inf = essential "
+                                    "class; float32 values from giotto-ph, stored as float64"})
 
         meta = {
             "format": EXPERIMENT_FORMAT,
@@ -237,6 +288,7 @@ class Experiment:
             "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "config": json.loads(config.to_json()),
         }
+        meta["config_sha256"] = config_digest(config)  # validated now: readers need not repeat it
         root.write_bytes(f"{exp.prefix}/experiment.json", json.dumps(meta, indent=2).encode())
         return exp
 
@@ -269,9 +321,16 @@ class ExperimentWriter:
             "started_at": np.array([s.started_us for s in steps], dtype="int64"),
             "ended_at": np.array([s.ended_us for s in steps], dtype="int64"),
             "parameters_hash": np.array([s.parameters_hash for s in steps]),
+            "batch_id": np.array([s.batch_id for s in steps]),
+            "batch_size": np.array([s.batch_size for s in steps], dtype="int32"),
+            "batch_position": np.array([s.batch_position for s in steps], dtype="int32"),
         }
         for name, values in columns.items():
             self._a(name)[run, a:b] = values
+
+    def read_hashes(self, run: int, n: int) -> np.ndarray:
+        """The output hashes of a run's first ``n`` (materialised) steps: its history for loop checks."""
+        return self._a("output_hash")[run, :n]
 
     def write_run_end(self, run: int, end: RunEnd) -> None:
         self._a("length")[run] = end.length
@@ -295,7 +354,13 @@ class ExperimentWriter:
         self._a(f"embeddings/{model}/done")[run] = True
 
     def write_diagram(self, run: int, model: str, result) -> None:
-        """Pairs, entropy and counts of one (run, model); ``status`` last, as the marker."""
+        """Pairs, entropy, provenance and counts of one (run, model); ``status`` last, as the marker.
+
+        The pair axis grows to exactly the pairs this diagram needs, never more, so its
+        width ends as max(initial width, largest diagram written): the same whatever
+        order the diagrams finished in. Only the coordinator writes these arrays, so
+        resizing cannot race, and every chunk still has one writer.
+        """
         d = f"diagrams/{model}"
         births, deaths, dims = [], [], []
         for k, dgm in enumerate(result.diagrams):
@@ -305,26 +370,61 @@ class ExperimentWriter:
         birth = np.concatenate(births) if births else np.zeros(0)
         n = len(birth)
         arrays = [self._a(f"{d}/{name}") for name in ("birth", "death", "dimension")]
-        if n > arrays[0].shape[1]:  # only the coordinator writes these, so resizing cannot race
-            new = max(n, 2 * arrays[0].shape[1])
-            for a in arrays:
-                a.resize((a.shape[0], new))
+        for a in arrays:  # each separately: a crash between two resizes leaves each as wide as it must be
+            if n > a.shape[1]:
+                a.resize((a.shape[0], n))
         if n:
             arrays[0][run, :n] = birth
             arrays[1][run, :n] = np.concatenate(deaths)
             arrays[2][run, :n] = np.concatenate(dims)
         # clear what a previous, longer write may have left (idempotent rewrite)
-        cap = arrays[0].shape[1]
-        if n < cap:
-            arrays[0][run, n:] = np.nan
-            arrays[1][run, n:] = np.nan
-            arrays[2][run, n:] = -1
+        for a, fill in zip(arrays, (np.nan, np.nan, -1)):
+            if n < a.shape[1]:
+                a[run, n:] = fill
         entropy = np.full(self._a(f"{d}/entropy").shape[1], np.nan)
         entropy[: len(result.entropy)] = result.entropy
         self._a(f"{d}/entropy")[run] = entropy
         self._a(f"{d}/n_points")[run] = result.n_points
+        if f"{d}/point_used" in self._present():  # absent in experiments created before them
+            used = result.used_indices()
+            steps = np.asarray(result.steps if result.steps is not None else np.arange(result.n_points), dtype=np.int64)
+            row = np.zeros(self._a(f"{d}/point_used").shape[1], dtype=bool)
+            row[steps[used]] = True
+            computed = np.arange(self._a(f"{d}/computed").shape[1]) <= result.maxdim_used
+            self._a(f"{d}/point_used")[run] = row
+            self._a(f"{d}/n_points_used")[run] = result.n_points_used
+            self._a(f"{d}/computed")[run] = computed
+            self._a(f"{d}/subsample_seed")[run] = result.subsample_seed
         self._a(f"{d}/reason")[run] = result.reason
         self._a(f"{d}/status")[run] = result.status
+
+    def _present(self) -> set[str]:
+        """Paths of the diagrams' provenance arrays that this experiment has (looked up once)."""
+        if not hasattr(self, "_provenance"):
+            self._provenance = {
+                f"diagrams/{m}/{name}" for m in self.config.embedding_models
+                for name in DIAGRAM_PROVENANCE if name in self.g[f"diagrams/{m}"]
+            }
+        return self._provenance
+
+
+DIAGRAM_PROVENANCE = ("n_points", "n_points_used", "computed", "subsample_seed", "point_used")
+
+
+def diagram_provenance_arrays(n_runs: int, n_steps: int, maxdim: int) -> dict[str, tuple]:
+    """What each diagram was computed from: name -> (dims, shape, chunks, dtype, fill, attrs)."""
+    step_chunk = min(n_steps, STEP_CHUNK)
+    return {
+        "n_points": (["run"], (n_runs,), (1,), "int32", -1, {"description": "points in the cloud: the steps with an embedding"}),
+        "n_points_used": (["run"], (n_runs,), (1,), "int32", -1,
+                          {"description": "points the diagram was computed from (fewer when subsampled; 0: not computed)"}),
+        "computed": (["run", "homology_dim"], (n_runs, maxdim + 1), (1, maxdim + 1), "bool", False,
+                     {"description": "homology dimension computed (False: skipped, failed, or above an H1 fallback)"}),
+        "subsample_seed": (["run"], (n_runs,), (1,), "int64", -1,
+                           {"description": "seed of the subsample (numpy default_rng(seed).choice, sorted); -1: none"}),
+        "point_used": (["run", "step"], (n_runs, n_steps), (1, step_chunk), "bool", False,
+                       {"description": "the step's embedding is one of the points the diagram was computed from"}),
+    }
 
 
 def write_embedding_rows(exp: Experiment, run: int, model: str, vectors: np.ndarray) -> None:

@@ -7,12 +7,25 @@ loses at most the calls in flight, never a recorded step, and a step is
 recorded once because the next step of a run is only submitted after the
 previous one is in the journal. Zarr arrays are materialised from it; the
 journal is removed once the experiment is complete and everything is in Zarr.
+
+Files are read in the order they were written, because events such as
+``failed`` and ``retry`` of one run only mean something in order. A file is
+named ``<session>-<seq>-<token>.jsonl``: ``session`` is one more than the
+highest session already in the journal, taken once by each coordinator
+process (so a resumed coordinator's files sort after its predecessor's
+whatever the clocks say: two coordinators never drive one experiment at
+once), ``seq`` counts that process's files, ``token`` keeps two writers that
+broke that rule from replacing each other's files. Files of older journals
+(``<uuid>.jsonl``, written in no recorded order) are read first, by name.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
-import uuid
+import re
+import secrets
+import threading
 from dataclasses import asdict, dataclass
 from typing import Iterable, Iterator
 
@@ -32,6 +45,9 @@ class StepRecord:
     started_us: int  # microseconds since the epoch, for the whole batch call
     ended_us: int
     parameters_hash: str = ""  # JSON object in the object store: model id, revision, size, steps...
+    batch_id: str = ""  # the model call it was computed in (journals before format 2 lack these)
+    batch_size: int = 0
+    batch_position: int = -1
 
 
 @dataclass(frozen=True)
@@ -42,10 +58,30 @@ class RunEvent:
     error: str = ""
 
 
+# <session>-<seq>-<token>.jsonl; zero-padded so that a listing sorted by name is in write order
+_NAME = re.compile(r"(\d{8,})-(\d{10,})-([0-9a-f]{6})\.jsonl")
+
+
+def _order(name: str) -> tuple:
+    """Sort key: older unordered files (any other name) first, by name; then in write order."""
+    m = _NAME.fullmatch(name)
+    return (1, int(m[1]), int(m[2]), m[3]) if m else (0, name)
+
+
 class Journal:
     def __init__(self, root: StoreRoot, prefix: str) -> None:
         self.root = root
         self.prefix = prefix
+        self._session: int | None = None  # taken at the first append
+        self._seq = itertools.count()
+        self._token = secrets.token_hex(3)
+        self._lock = threading.Lock()
+
+    def _next_name(self) -> str:
+        with self._lock:
+            if self._session is None:
+                self._session = 1 + max((int(m[1]) for n in self.names() if (m := _NAME.fullmatch(n))), default=0)
+            return f"{self._session:08d}-{next(self._seq):010d}-{self._token}.jsonl"
 
     def append(self, records: Iterable[StepRecord | RunEvent]) -> None:
         lines = []
@@ -54,25 +90,37 @@ class Journal:
             lines.append(json.dumps({"type": kind, **asdict(rec)}, ensure_ascii=False))
         if lines:
             data = ("\n".join(lines) + "\n").encode("utf-8")
-            self.root.write_bytes(f"{self.prefix}/{uuid.uuid4().hex}.jsonl", data)
+            self.root.write_bytes(f"{self.prefix}/{self._next_name()}", data)
+
+    def names(self) -> list[str]:
+        """The journal's files, in the order they were written (older unordered ones first)."""
+        return sorted((n for n in self.root.list(self.prefix) if n.endswith(".jsonl")), key=_order)
+
+    def read_file(self, name: str) -> list[StepRecord | RunEvent]:
+        """The records of one file; ``StoreError`` naming the file and line if one does not parse."""
+        data = self.root.read_bytes(f"{self.prefix}/{name}")
+        records: list[StepRecord | RunEvent] = []
+        for n, line in enumerate(data.split(b"\n"), 1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)  # plain JSON: nothing in the store is unpickled
+                kind = obj.pop("type")
+                records.append(StepRecord(**obj) if kind == "step" else RunEvent(**obj))
+            except (ValueError, KeyError, TypeError, AttributeError):
+                raise StoreError(
+                    f"journal {self.root.path_for_display(f'{self.prefix}/{name}')} is damaged at line {n}"
+                ) from None
+        return records
 
     def read(self) -> Iterator[StepRecord | RunEvent]:
-        for name in self.root.list(self.prefix):
-            if not name.endswith(".jsonl"):
-                continue
-            data = self.root.read_bytes(f"{self.prefix}/{name}")
-            for n, line in enumerate(data.split(b"\n"), 1):
-                if not line.strip():
-                    continue
-                try:
-                    obj = json.loads(line)  # plain JSON: nothing in the store is unpickled
-                    kind = obj.pop("type")
-                    rec = StepRecord(**obj) if kind == "step" else RunEvent(**obj)
-                except (ValueError, KeyError, TypeError, AttributeError):
-                    raise StoreError(
-                        f"journal {self.root.path_for_display(f'{self.prefix}/{name}')} is damaged at line {n}"
-                    ) from None
-                yield rec
+        """Every record, in the order written."""
+        for name in self.names():
+            try:
+                records = self.read_file(name)
+            except FileNotFoundError:
+                continue  # deleted by a clear() meanwhile
+            yield from records
 
     def clear(self) -> None:
         for name in self.root.list(self.prefix):

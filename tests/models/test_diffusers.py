@@ -26,21 +26,26 @@ def t2i(request, tiny_saved, local_model):
     return f"tiny-{arch}"
 
 
-def test_batch_equals_one_at_a_time(t2i):
-    model = cache.get_model(t2i)
+def test_a_batch_reproduces_bit_for_bit_across_loads(t2i):
+    """What deterministic batching relies on: the same batch (prompts, seeds, order) gives the same
+    bytes after the model is loaded again. A batch and a lone call may differ in the last bit of a
+    pixel (batched kernels: seen on a 2-core AMD EPYC), so no test compares those: a fixed-seed
+    run's batches are fixed by the config instead (tests/test_reproducible_batching.py)."""
     seeds = [11, 12, 13]
-    batch = model.generate(PROMPTS, seeds)
+    batch = cache.get_model(t2i).generate(PROMPTS, seeds)
     assert [im.size for im in batch] == [(32, 24)] * 3 and all(im.mode == "RGB" for im in batch)
-    for image, prompt, seed in zip(batch, PROMPTS, seeds):
-        (single,) = model.generate([prompt], [seed])
-        assert np.abs(pixels(image) - pixels(single)).max() <= 1
+    cache.clear()
+    again = cache.get_model(t2i).generate(PROMPTS, seeds)
+    for first, second in zip(batch, again):
+        assert np.array_equal(pixels(first), pixels(second))
 
 
 def test_seeds_reproduce_across_loads_and_differ_between_seeds(t2i):
     first = cache.get_model(t2i).generate(PROMPTS[:1] * 2, [5, 6])
     cache.clear()
-    again = cache.get_model(t2i).generate(PROMPTS[:1], [5])
+    again = cache.get_model(t2i).generate(PROMPTS[:1] * 2, [5, 6])
     assert np.array_equal(pixels(first[0]), pixels(again[0]))
+    assert np.array_equal(pixels(first[1]), pixels(again[1]))
     assert np.abs(pixels(first[0]) - pixels(first[1])).max() > 10
 
 

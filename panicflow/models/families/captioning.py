@@ -6,8 +6,11 @@ the other items of its batch. ``TransformersCaptioner`` samples instead with
 the Gumbel-max trick: after temperature and top-k/top-p, each row gets Gumbel
 noise drawn from its own ``torch.Generator`` (seeded with the item's seed) and
 decoding takes the argmax, which is an exact draw from the same distribution.
-Row ``i`` draws one noise vector per step in a batch or alone, so batching does
-not change its caption. With ``do_sample: False`` decoding is greedy (or beam
+Row ``i`` draws one noise vector per step in a batch or alone, so the other
+items never change its noise; its logits can still differ in the last bits
+with the batch (padding to the longest input, batched kernels), which can
+flip a sampled token: fixed-seed runs are therefore batched deterministically
+(``batching`` in docs/config.md). With ``do_sample: False`` decoding is greedy (or beam
 search with ``num_beams``) and the seed is not used.
 """
 

@@ -4,8 +4,9 @@ One class for every diffusers model: ``DiffusionPipeline.from_pretrained``
 picks the pipeline class from the weights' ``model_index.json``. Each batch
 gets one ``torch.Generator`` per item, seeded with that item's seed, so the
 initial latents and any per-step noise of item ``i`` come from its own
-generator: batching never changes a run's outputs (up to the floating-point
-differences of batched kernels).
+generator. Batched kernels can still change the last bit of a pixel with the
+batch's size (seen on CPUs), so fixed-seed runs are batched deterministically:
+the same batch on any cluster (``batching`` in docs/config.md).
 """
 
 from __future__ import annotations

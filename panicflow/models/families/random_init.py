@@ -333,17 +333,25 @@ def _make(cls, *args, **kwargs):
     return module.to(dtype) if dtype is not None else module
 
 
-def build(architecture: str, scale: str = "tiny", device: str | None = None, dtype=None):
-    """Build ``architecture`` at ``scale``, module weights on ``device`` (default: CPU) in ``dtype``."""
+def build(architecture: str, scale: str = "tiny", device: str | None = None, dtype=None, seed: int = 0):
+    """Build ``architecture`` at ``scale``, module weights on ``device`` (default: CPU) in ``dtype``,
+    drawn from ``seed``."""
     if scale not in SCALES:
         raise ValueError(f"scale must be one of {SCALES}")
     try:
         builder = BUILDERS[architecture]
     except KeyError:
         raise ValueError(f"unknown architecture {architecture!r}; known: {', '.join(BUILDERS)}") from None
+    import torch
+
     _target.update(device=device, dtype=dtype)
+    # seeded, without touching the caller's RNG: every worker that builds an entry gets the same
+    # weights, so a fixed-seed experiment with random-weight models reproduces across processes
+    devices = [device] if device is not None and str(device).startswith("cuda") else []
     try:
-        return builder(scale)
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(seed)
+            return builder(scale)
     finally:
         _target.update(device=None, dtype=None)
 
