@@ -104,10 +104,10 @@ class TransformersCaptioner(GenerativeModel):
         device = pick_device(spec)
         dtype = pick_dtype(spec, device)
         if spec.extra.get("random_init"):
-            from .random_init import build
+            from .random_init import build_for_spec
 
-            model, processor = build(spec.extra["random_init"], spec.extra.get("random_scale", "full"), device, dtype)
-            return cls(spec, model.to(device=device, dtype=dtype), processor, device, dtype)
+            model, processor = build_for_spec(spec, device, dtype)
+            return cls(spec, model, processor, device, dtype)
         trust = check_remote_code(spec)
         path = str(resolve_weights(spec))
         model_class = getattr(transformers, spec.extra.get("model_class", "AutoModelForImageTextToText"))

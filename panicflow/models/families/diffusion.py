@@ -44,11 +44,9 @@ class DiffusersTextToImage(GenerativeModel):
         device = pick_device(spec)
         dtype = pick_dtype(spec, device)
         if spec.extra.get("random_init"):
-            from .random_init import build
+            from .random_init import build_for_spec
 
-            pipeline = build(spec.extra["random_init"], spec.extra.get("random_scale", "full"), device, dtype)
-            pipeline.to(device=device, dtype=dtype)
-            return cls(spec, pipeline, device, dtype)
+            return cls(spec, build_for_spec(spec, device, dtype), device, dtype)
         from diffusers import DiffusionPipeline
 
         trust = check_remote_code(spec)

@@ -95,10 +95,9 @@ class SentenceTransformerEmbedder(_Embedder):
         device = pick_device(spec)
         dtype = pick_dtype(spec, device)
         if spec.extra.get("random_init"):
-            from .random_init import build
+            from .random_init import build_for_spec
 
-            model = build(spec.extra["random_init"], spec.extra.get("random_scale", "full"), device, dtype)
-            return cls(spec, model.to(device=device, dtype=dtype), device, dtype)
+            return cls(spec, build_for_spec(spec, device, dtype), device, dtype)
         from sentence_transformers import SentenceTransformer
 
         trust = check_remote_code(spec)
@@ -149,10 +148,10 @@ class ClipEmbedder(_Embedder):
         device = pick_device(spec)
         dtype = pick_dtype(spec, device)
         if spec.extra.get("random_init"):
-            from .random_init import build
+            from .random_init import build_for_spec
 
-            model, processor = build(spec.extra["random_init"], spec.extra.get("random_scale", "full"), device, dtype)
-            return cls(spec, model.to(device=device, dtype=dtype), processor, device, dtype)
+            model, processor = build_for_spec(spec, device, dtype)
+            return cls(spec, model, processor, device, dtype)
         trust = check_remote_code(spec)
         path = str(resolve_weights(spec))
         model = transformers.AutoModel.from_pretrained(

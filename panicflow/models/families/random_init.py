@@ -356,6 +356,16 @@ def build(architecture: str, scale: str = "tiny", device: str | None = None, dty
         _target.update(device=None, dtype=None)
 
 
+def build_for_spec(spec, device, dtype):
+    """What a registry entry with ``extra['random_init']`` builds, its modules moved to ``device``
+    in ``dtype``: the one random-weight branch of every family's ``from_spec``."""
+    built = build(spec.extra["random_init"], spec.extra.get("random_scale", "full"), device, dtype,
+                  seed=int(spec.extra.get("random_seed", 0)))
+    parts = built if isinstance(built, tuple) else (built,)
+    parts[0].to(device=device, dtype=dtype)  # the model or pipeline; a processor stays as it is
+    return built
+
+
 def save(obj, directory) -> None:
     """Save what ``build`` returned so that ``from_pretrained(directory)`` loads it back."""
     parts = obj if isinstance(obj, tuple) else (obj,)
