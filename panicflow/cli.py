@@ -30,6 +30,20 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, help="Generative m
 experiment_app = typer.Typer(no_args_is_help=True, help="Run, resume and inspect experiments.")
 app.add_typer(experiment_app, name="experiment")
 
+
+
+def _register_analysis() -> None:
+    """``panicflow analyse ...`` and ``panicflow export tables`` (panicflow/analysis/cli.py)."""
+    from .analysis.cli import analyse_app, export_tables_cmd
+
+    app.add_typer(analyse_app, name="analyse")
+    export_app = typer.Typer(no_args_is_help=True, help="Export experiment data.")
+    export_app.command("tables")(export_tables_cmd)
+    app.add_typer(export_app, name="export")
+
+
+_register_analysis()
+
 err = Console(stderr=True)
 
 StoreOpt = typer.Option(None, "--store", help="Store folder or fsspec URL (default: $PANICFLOW_STORE or ./panicflow-store)")

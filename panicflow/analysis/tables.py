@@ -1,0 +1,195 @@
+"""Tidy tables of an experiment, streamed from Zarr a block of runs at a time.
+
+Tables (columns in docs/tables.md): ``runs``, ``invocations``, ``embeddings``, ``bars``,
+``entropies``, ``drift``, ``clusters``, ``assignments``. Each is produced as a stream of
+``pyarrow.RecordBatch`` (``iter_table``), so exporting a million invocations holds one block
+of runs in memory; ``table`` collects one into a pandas DataFrame; ``export_tables`` writes
+them all as Parquet or CSV files (in CSV the embedding vector is a JSON list in a string).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import pyarrow as pa
+
+from ..errors import UserError
+from .results import ANALYSIS, list_results, open_store
+
+TABLES = ("runs", "invocations", "embeddings", "bars", "entropies", "drift", "clusters", "assignments")
+RUNS_PER_BLOCK = 64
+
+_TS = pa.timestamp("us", tz="UTC")
+SCHEMAS = {
+    "runs": pa.schema([("experiment_id", pa.string()), ("run", pa.int64()), ("network", pa.string()), ("seed", pa.int64()),
+                       ("prompt", pa.string()), ("length", pa.int32()), ("stop_reason", pa.string()),
+                       ("loop_start", pa.int32()), ("loop_period", pa.int32()), ("error", pa.string())]),
+    "invocations": pa.schema([("experiment_id", pa.string()), ("run", pa.int64()), ("step", pa.int64()), ("model", pa.string()),
+                              ("kind", pa.string()), ("output_hash", pa.string()), ("text", pa.string()),
+                              ("invocation_seed", pa.int64()), ("started_at", _TS), ("ended_at", _TS)]),
+    "embeddings": pa.schema([("experiment_id", pa.string()), ("run", pa.int64()), ("step", pa.int64()),
+                             ("embedding_model", pa.string()), ("vector", pa.list_(pa.float32()))]),
+    "bars": pa.schema([("experiment_id", pa.string()), ("run", pa.int64()), ("embedding_model", pa.string()),
+                       ("homology_dim", pa.int8()), ("birth", pa.float64()), ("death", pa.float64()), ("persistence", pa.float64())]),
+    "entropies": pa.schema([("experiment_id", pa.string()), ("run", pa.int64()), ("embedding_model", pa.string()),
+                            ("homology_dim", pa.int8()), ("entropy", pa.float64()), ("status", pa.string())]),
+    "drift": pa.schema([("experiment_id", pa.string()), ("run", pa.int64()), ("step", pa.int64()), ("embedding_model", pa.string()),
+                        ("cosine_distance", pa.float32()), ("unit_euclidean_distance", pa.float32())]),
+    "clusters": pa.schema([("experiment_id", pa.string()), ("clustering", pa.string()), ("embedding_model", pa.string()),
+                           ("cluster_id", pa.int32()), ("size", pa.int64()), ("medoid_experiment", pa.string()),
+                           ("medoid_run", pa.int64()), ("medoid_step", pa.int64())]),
+    "assignments": pa.schema([("experiment_id", pa.string()), ("clustering", pa.string()), ("embedding_model", pa.string()),
+                              ("run", pa.int64()), ("step", pa.int64()), ("label", pa.int32()), ("probability", pa.float32())]),
+}
+
+
+def _exp(experiment_id: str, store: str | None):
+    from ..store import default_location
+
+    return open_store(str(store) if store is not None else default_location()).experiment(experiment_id)
+
+
+def iter_table(name: str, experiment_id: str, store: str | None = None, *, vectors: bool = True,
+               runs_per_block: int = RUNS_PER_BLOCK) -> Iterator[pa.RecordBatch]:
+    """The table ``name`` of one experiment as record batches of at most ``runs_per_block`` runs.
+
+    ``vectors=False`` leaves the ``vector`` column out of ``embeddings``.
+    """
+    if name not in TABLES:
+        raise UserError(f"table: unknown table {name!r}; choose from {', '.join(TABLES)}")
+    exp = _exp(experiment_id, store)
+    g = exp.group(read_only=True)
+    n_runs = g["run"].shape[0]
+    schema = SCHEMAS[name] if vectors or name != "embeddings" else SCHEMAS[name].remove(SCHEMAS[name].get_field_index("vector"))
+    models = list(exp.config.embedding_models)
+    lengths = np.where(g["stop_reason"][:] != "", g["length"][:], 0).astype(np.int64)
+    for a in range(0, n_runs, runs_per_block):
+        b = min(n_runs, a + runs_per_block)
+        cols = _block(name, exp, g, models, lengths, a, b, vectors)
+        for c in cols:
+            if len(c["run"]):
+                c["experiment_id"] = np.full(len(c["run"]), exp.id)
+                yield pa.RecordBatch.from_pydict({f.name: c[f.name] for f in schema}, schema=schema)
+
+
+def _block(name, exp, g, models, lengths, a, b, vectors) -> list[dict]:
+    runs = np.arange(a, b)
+    if name == "runs":
+        return [{"run": runs, "network": g["network"][a:b], "seed": g["seed"][a:b], "prompt": g["prompt"][a:b],
+                 "length": g["length"][a:b], "stop_reason": g["stop_reason"][a:b], "loop_start": g["loop_start"][a:b],
+                 "loop_period": g["loop_period"][a:b], "error": g["error"][a:b]}]
+    steps_n = g["output_hash"].shape[1]
+    valid = np.arange(steps_n)[None, :] < lengths[a:b, None]
+    r, s = np.nonzero(valid)
+    if name == "invocations":
+        c = {"run": runs[r], "step": s}
+        for k in ("model", "kind", "output_hash", "text", "invocation_seed"):
+            c[k] = g[k][a:b][r, s]
+        for k in ("started_at", "ended_at"):
+            t = np.asarray(g[k][a:b][r, s], dtype=np.int64)  # microseconds since 1970; int64 min = not recorded
+            c[k] = pa.array(t, pa.int64(), mask=t == np.iinfo(np.int64).min).cast(_TS)
+        return [c]
+    if name == "embeddings":
+        out = []
+        for m in models:
+            v = g[f"embeddings/{m}/vector"][a:b]
+            done = g[f"embeddings/{m}/done"][a:b]
+            ok = valid & done[:, None] & ~np.isnan(v).any(axis=2)
+            rr, ss = np.nonzero(ok)
+            c = {"run": runs[rr], "step": ss, "embedding_model": np.full(len(rr), m)}
+            if vectors:
+                flat = v[rr, ss].astype(np.float32)
+                c["vector"] = pa.FixedSizeListArray.from_arrays(pa.array(flat.reshape(-1)), flat.shape[1]).cast(pa.list_(pa.float32()))
+            out.append(c)
+        return out
+    if name in ("bars", "entropies"):
+        out = []
+        for m in models:
+            d = g[f"diagrams/{m}"]
+            status = d["status"][a:b]
+            okr = np.array([str(x).startswith("ok") for x in status])
+            if name == "entropies":
+                e = d["entropy"][a:b]
+                rr, kk = np.nonzero(np.broadcast_to(status[:, None] != "", e.shape))
+                out.append({"run": runs[rr], "embedding_model": np.full(len(rr), m), "homology_dim": kk.astype(np.int8),
+                            "entropy": e[rr, kk], "status": status[rr]})
+            else:
+                birth, death, dim = d["birth"][a:b], d["death"][a:b], d["dimension"][a:b]
+                rr, pp = np.nonzero((dim >= 0) & okr[:, None])
+                bi, de = birth[rr, pp], death[rr, pp]
+                out.append({"run": runs[rr], "embedding_model": np.full(len(rr), m), "homology_dim": dim[rr, pp].astype(np.int8),
+                            "birth": bi, "death": de, "persistence": de - bi})
+        return out
+    if name == "drift":
+        out = []
+        for m, _ in list_results(exp, "drift").items():
+            grp = g[f"{ANALYSIS}/drift/{m}"]
+            cos, euc = grp["cosine_distance"][a:b], grp["unit_euclidean_distance"][a:b]
+            rr, ss = np.nonzero(~np.isnan(cos))
+            out.append({"run": runs[rr], "step": ss, "embedding_model": np.full(len(rr), m),
+                        "cosine_distance": cos[rr, ss], "unit_euclidean_distance": euc[rr, ss]})
+        return out
+    out = []
+    for cname, attrs in list_results(exp, "clusters").items():
+        grp = g[f"{ANALYSIS}/clusters/{cname}"]
+        model = attrs["parameters"]["model"]
+        if name == "clusters":
+            if a:  # per clustering, not per run: once
+                continue
+            ids = grp["cluster_id"][:]
+            out.append({"run": ids, "clustering": np.full(len(ids), cname), "embedding_model": np.full(len(ids), model),
+                        "cluster_id": ids, "size": grp["size"][:], "medoid_experiment": grp["medoid_experiment"][:],
+                        "medoid_run": grp["medoid_run"][:], "medoid_step": grp["medoid_step"][:]})
+        else:
+            lab, prob = grp["label"][a:b], grp["probability"][a:b]
+            rr, ss = np.nonzero(lab >= -1)
+            out.append({"run": runs[rr], "step": ss, "clustering": np.full(len(rr), cname), "embedding_model": np.full(len(rr), model),
+                        "label": lab[rr, ss], "probability": prob[rr, ss]})
+    return out
+
+
+def table(name: str, experiment_id: str, store: str | None = None, *, vectors: bool = True):
+    """One table as a pandas DataFrame."""
+    schema = SCHEMAS[name] if name in SCHEMAS else None
+    batches = list(iter_table(name, experiment_id, store, vectors=vectors))
+    if not batches:
+        if schema is not None and not vectors and name == "embeddings":
+            schema = schema.remove(schema.get_field_index("vector"))
+        return pa.Table.from_batches([], schema=schema).to_pandas()
+    return pa.Table.from_batches(batches).to_pandas()
+
+
+def export_tables(experiment_id: str, out: str | os.PathLike, fmt: str = "parquet", store: str | None = None, *,
+                  vectors: bool = True, tables: tuple[str, ...] = TABLES) -> dict[str, str]:
+    """Write each table to ``out/<table>.<fmt>``, streamed; returns table -> path."""
+    import pyarrow.csv as pacsv
+    import pyarrow.parquet as pq
+
+    if fmt not in ("parquet", "csv"):
+        raise UserError(f"--format: choose parquet or csv, not {fmt!r}")
+    folder = Path(out)
+    folder.mkdir(parents=True, exist_ok=True)
+    written = {}
+    for name in tables:
+        path = folder / f"{name}.{fmt}"
+        tmp = folder / f".{name}.{fmt}.tmp"
+        schema = SCHEMAS[name] if vectors or name != "embeddings" else SCHEMAS[name].remove(SCHEMAS[name].get_field_index("vector"))
+        if fmt == "csv" and "vector" in schema.names:
+            schema = schema.set(schema.get_field_index("vector"), pa.field("vector", pa.string()))
+        writer = pq.ParquetWriter(tmp, schema) if fmt == "parquet" else pacsv.CSVWriter(tmp, schema)
+        try:
+            for batch in iter_table(name, experiment_id, store, vectors=vectors):
+                if fmt == "csv" and "vector" in batch.schema.names:
+                    i = batch.schema.get_field_index("vector")
+                    text = pa.array([json.dumps(v) for v in batch.column(i).to_pylist()], pa.string())
+                    batch = pa.RecordBatch.from_arrays([text if j == i else batch.column(j) for j in range(batch.num_columns)], schema=schema)
+                writer.write_batch(batch)
+        finally:
+            writer.close()
+        os.replace(tmp, path)  # a finished file only
+        written[name] = str(path)
+    return written
