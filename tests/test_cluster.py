@@ -200,3 +200,14 @@ def test_progress_snapshots_use_the_status_names_and_give_rates():
     assert exp.rates() == {"A": 5.0, "B": 5.0, "all": 10.0}
     page = dashboard.render_page({"e<1>": {**d, "name": "<b>n</b>", "invocations_per_second": exp.rates(), "updated": 0}})
     assert "e&lt;1&gt;" in page and "&lt;b&gt;n&lt;/b&gt;" in page and "<b>n</b>" not in page
+
+
+@pytest.mark.parametrize("host", ["", "  ", "127.0.0.1\n"])
+def test_an_empty_host_is_refused_before_any_cluster_starts(host):
+    """`--host ""` (an unset shell variable) would make Dask listen on every interface (issue 8 item 8)."""
+    from panicflow.errors import UserError
+    from panicflow.scheduler.cluster import connect
+
+    with pytest.raises(UserError, match="--host"):
+        with connect(host=host, workers=1):
+            pass

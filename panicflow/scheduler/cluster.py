@@ -56,6 +56,16 @@ def _one_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
+def check_host(host: str) -> None:
+    """Refuse a listening address that would bind every interface by accident: an empty
+    ``--host`` (an unset shell variable is enough) makes Dask listen on all of them."""
+    if not isinstance(host, str) or not host.strip() or any(ch.isspace() or not ch.isprintable() for ch in host):
+        raise UserError(
+            f"--host: {host!r} is not an address to listen on; give 127.0.0.1 (this machine only, the default) "
+            "or this machine's address on the cluster's network"
+        )
+
+
 @contextlib.contextmanager
 def connect(
     client: Client | None = None,
@@ -113,6 +123,7 @@ def connect(
         return
     if workers is not None and workers < 1:
         raise UserError(f"--workers: must be at least 1 (got {workers})")
+    check_host(host)
     tls = {"security": security, "protocol": "tls://"} if security is not None else {}
     if gpus is not None:
         with _cuda_cluster(gpus, workers, host, dashboard_bind(dashboard_address, host), tls) as cluster, \
