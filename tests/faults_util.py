@@ -22,7 +22,9 @@ Counting:
 
 Also runnable: ``python tests/faults_util.py inject ERRNO_NAME N STORE -- ARGS...``
 runs ``panicflow ARGS...`` with every write into STORE after the first N
-failing with that OS error (os.replace / os.link raise), in that process only.
+failing with that OS error (os.replace / os.link raise), in that process only;
+``python tests/faults_util.py pause CONTROL SPEC -- ARGS...`` runs it stopping at
+the points of SPEC until the test says go (see ``PAUSES``).
 """
 
 from __future__ import annotations
@@ -179,13 +181,15 @@ class Cli:
     """One ``python -m panicflow ...`` coordinator subprocess, output to files."""
 
     def __init__(self, args: list[str], logdir: str, env: dict[str, str] | None = None,
-                 inject: tuple[str, int, str] | None = None) -> None:
+                 inject: tuple[str, int, str] | None = None, pause: tuple[str, str] | None = None) -> None:
         os.makedirs(logdir, exist_ok=True)
         stamp = f"{time.monotonic_ns()}"
         self.out_path = os.path.join(logdir, f"cli-{stamp}.out")
         self.err_path = os.path.join(logdir, f"cli-{stamp}.err")
         if inject:
             cmd = [PYTHON, str(HERE / "faults_util.py"), "inject", inject[0], str(inject[1]), inject[2], "--", *args]
+        elif pause:
+            cmd = [PYTHON, str(HERE / "faults_util.py"), "pause", pause[0], pause[1], "--", *args]
         else:
             cmd = [PYTHON, "-m", "panicflow", *args]
         self.args = args
@@ -606,6 +610,27 @@ class Trial:
     experiment: str = ""  # trials of one experiment share it (several kills, then one final resume)
 
 
+def _finished(trial: Trial, res: CliResult, what: str = "") -> bool:
+    """Whether the coordinator ``res`` completed its experiment; if so ``trial`` is completed."""
+    trial.completed = res.rc == 0 and bool(res.stdout.strip()) and res.json["state"] == "complete"
+    if not trial.completed:
+        trial.problems.append(f"{what}rc {res.rc}: {res.stderr[-1500:]}")
+    return trial.completed
+
+
+def judge(trial: Trial, store: str, eid: str, ref: dict[str, Any], config: dict[str, Any], records: list[dict],
+          compare_models: bool = True) -> dict[str, Any]:
+    """Charge ``trial`` with what the final store lacks against the reference and the journal
+    ``records``; the final store's snapshot."""
+    got = snapshot(store, eid, config["embedding_models"])
+    v = compare_to_reference(got, ref, config, store, compare_models)
+    j = check_journal(records, got)
+    trial.lost += v.lost + j.lost
+    trial.duplicated += v.duplicated + j.duplicated
+    trial.problems += v.problems + j.problems
+    return got
+
+
 # ------------------------------------------------------- 1. SIGKILL coordinator
 def sigkill_coordinator_trials(address: str, workdir: str, ref: dict[str, Any], *, seed: int = 1234,
                                kills: int = 22, per_experiment: int = 11, config: dict[str, Any] = CONFIG,
@@ -683,6 +708,10 @@ def sigkill_coordinator_trials(address: str, workdir: str, ref: dict[str, Any], 
 
 
 # ------------------------------------------------------- 2. worker killed
+# how the coordinator's task keys start: model calls are named by their stage (t2i, i2t; "invoke" before)
+TASK_PREFIXES = {"invoke": ("invoke", "t2i", "i2t"), "embed": ("embed",)}
+
+
 class SlowModels(WorkerPlugin):
     """A worker plugin: the named models take ``delay`` s more per batch (same outputs),
     so that a worker killed while invocations run is killed mid-batch."""
@@ -748,7 +777,7 @@ def worker_kill_trials(workdir: str, ref: dict[str, Any], *, kills: int = 2, con
                        log: Callable[[str], None] = lambda s: None, timeout: float = 240) -> list[Trial]:
     """A real cluster (`dask scheduler` and two `dask worker --nworkers 1 --nthreads 1`, each with
     its nanny, as processes). SIGKILL a worker while it executes a model batch, ``kills`` times
-    over the runs stage, once while it embeds, then both workers at once mid-batch; the nannies
+    over the runs stage, then both workers at once mid-batch, then one while it embeds; the nannies
     restart them (at new addresses) each time."""
     total = total_steps(ref, config)
     cfg_path = write_config(config, os.path.join(workdir, "config.json"))
@@ -759,8 +788,9 @@ def worker_kill_trials(workdir: str, ref: dict[str, Any], *, kills: int = 2, con
         watch = Watch(store)
         proc = Cli(["experiment", "run", cfg_path, "--store", store, "--scheduler", cluster.address, "--json"],
                    os.path.join(workdir, "logs"))
+        # the embed kill last: embedding tasks run until after the last model call, not the other way round
         targets = [("invoke", int(total * f), "one") for f in (0.15, 0.4)[:kills]]
-        targets += [("embed", 0, "one"), ("invoke", int(total * 0.6), "all")]
+        targets += [("invoke", int(total * 0.6), "all"), ("embed", 0, "one")]
         for prefix, steps, which in targets:
             busy: list[str] = []
             deadline = time.monotonic() + 120
@@ -771,7 +801,8 @@ def worker_kill_trials(workdir: str, ref: dict[str, Any], *, kills: int = 2, con
                         stacks = client.call_stack()
                     except OSError:  # a worker just died or restarted under the question: ask again
                         stacks = {}
-                    busy = sorted(w for w, running in stacks.items() if any(str(k).startswith(prefix) for k in running))
+                    busy = sorted(w for w, running in stacks.items()
+                                  if any(str(k).startswith(TASK_PREFIXES[prefix]) for k in running))
                     if busy:
                         break
                 time.sleep(0.01)
@@ -802,16 +833,11 @@ def worker_kill_trials(workdir: str, ref: dict[str, Any], *, kills: int = 2, con
         for t in trials:
             t.problems.append(f"the experiment did not finish in {timeout} s; scheduler tasks: {stuck}")
         return trials
-    eid = watch.experiment_id()
-    got = snapshot(store, eid, config["embedding_models"])
-    v = compare_to_reference(got, ref, config, store)
-    j = check_journal(watch.records(), got)
-    ok = res.rc == 0 and res.json["state"] == "complete"
-    for t in trials:
-        t.completed = ok
-    if trials:
-        trials[-1].lost, trials[-1].duplicated = v.lost + j.lost, v.duplicated + j.duplicated
-        trials[-1].problems += v.problems + j.problems + ([] if ok else [f"rc {res.rc}: {res.stderr[-1500:]}"])
+    if trials:  # what the final store shows is charged to the last kill
+        if _finished(trials[-1], res):
+            judge(trials[-1], store, watch.experiment_id(), ref, config, watch.records())
+        for t in trials:
+            t.completed = trials[-1].completed
     return trials
 
 
@@ -833,19 +859,11 @@ def flaky_trials(address: str, workdir: str, ref: dict[str, Any],
     log(f"flaky: rc {res.rc}, {failures} failed FlakyT2I calls retried")
     trial = Trial("FlakyT2I 5% + retries", f"{failures} failed calls", False, 0, 0, [], {"failed_calls": failures},
                   "flaky")
-    if res.rc != 0 or not res.stdout.strip() or res.json["state"] != "complete":
-        trial.problems.append(f"rc {res.rc}: {res.stderr[-1500:]}")
-        return [trial]
-    trial.completed = True
-    eid = res.json["id"]
-    got = snapshot(store, eid, config["embedding_models"])
-    v = compare_to_reference(got, ref, config, store, compare_models=False)
-    j = check_journal(watch.records(), got)
-    expected_models = ["FlakyT2I" if m == "DummyT2I" else m for m in ref["model"].ravel()]
-    if list(got["model"].ravel()) != expected_models:
-        v.problems.append("model names differ from the reference's (FlakyT2I for DummyT2I)")
-    trial.lost, trial.duplicated = v.lost + j.lost, v.duplicated + j.duplicated
-    trial.problems += v.problems + j.problems
+    if _finished(trial, res):
+        got = judge(trial, store, res.json["id"], ref, config, watch.records(), compare_models=False)
+        expected_models = ["FlakyT2I" if m == "DummyT2I" else m for m in ref["model"].ravel()]
+        if list(got["model"].ravel()) != expected_models:
+            trial.problems.append("model names differ from the reference's (FlakyT2I for DummyT2I)")
     return [trial]
 
 
@@ -919,12 +937,18 @@ def poison_trials(address: str, workdir: str, log: Callable[[str], None] = lambd
 
 
 # ------------------------------------------------------- 4. concurrent writers and a reader
-def read_consistent_prefix(store: str, eid: str, models: list[str]) -> dict[str, Any]:
-    """One reader's look, as a user takes it: open_experiment, then load every node."""
+def read_consistent_prefix(store: str, eid: str, models: list[str],
+                           opened: Callable[[], None] = lambda: None) -> dict[str, Any]:
+    """One reader's look, as a user takes it: open_experiment, then load every node.
+    ``opened`` is called once open_experiment has returned (or failed): a paused writer goes on
+    then, so that the loads run while it writes."""
     import panicflow
 
     try:
-        tree = panicflow.open_experiment(eid, store=store)
+        try:
+            tree = panicflow.open_experiment(eid, store=store)
+        finally:
+            opened()
         root = tree["/"].ds.load()
         look: dict[str, Any] = {name: root[name].values for name in ("stop_reason", "length", "output_hash")}
         for m in models:
@@ -982,56 +1006,71 @@ def check_look(look: dict[str, Any], final: dict[str, Any], models: list[str]) -
     return sorted(set(problems))
 
 
+# Where the first coordinator of concurrent_trials stops until the reader has opened the experiment:
+# after these many journaled steps (of 504), embedding markers and diagrams (of 12 each).
+PAUSES = "steps=60,250,450;embedded=1,7;diagrams=1,7"
+PAUSE_COUNT = sum(len(p.split("=")[1].split(",")) for p in PAUSES.split(";"))
+
+
 def concurrent_trials(address: str, workdir: str, ref: dict[str, Any], config: dict[str, Any] = CONFIG,
                       log: Callable[[str], None] = lambda s: None) -> list[Trial]:
     """Two coordinators write two experiments into one store at once, while a reader keeps
-    opening the first with panicflow.open_experiment."""
+    opening the first with panicflow.open_experiment.
+
+    How many looks fit in while the writers run depends on the machine's load (50 unloaded, 6
+    with four busy loops on two cores: a look then takes 15 s). So the first coordinator also
+    stops at the ``PAUSES`` points until a look has opened the experiment: those ``PAUSE_COUNT``
+    looks land in every stage whatever the speeds, and load while the writers go on; the others
+    are taken whenever the reader is free."""
     cfg_path = write_config(config, os.path.join(workdir, "config.json"))
     store = os.path.join(workdir, "shared-store")
     logs = os.path.join(workdir, "logs")
+    control = os.path.join(workdir, "control")
     os.makedirs(store)
+    os.makedirs(control)
     import panicflow
 
     panicflow.api._store(store, create=True)  # the marker first: two creators racing on it is another test
-    procs = [Cli(["experiment", "run", cfg_path, "--store", store, "--scheduler", address, "--json"], logs)
-             for _ in range(2)]
+    args = ["experiment", "run", cfg_path, "--store", store, "--scheduler", address, "--json"]
+    procs = [Cli(args, logs, pause=(control, PAUSES)), Cli(args, logs)]
     models = config["embedding_models"]
     looks: list[dict[str, Any]] = []
+    answered: list[str] = []
     eid = None
     watches: dict[str, Watch] = {}
     while any(p.poll() is None for p in procs):
         ids = sorted(Path(p).parent.name for p in glob.glob(os.path.join(store, "experiments", "*", "experiment.json")))
         for i in ids:
             watches.setdefault(i, Watch(store, i)).tap()
-        if ids and eid is None:
-            eid = ids[0]
+        waiting = [n for n in os.listdir(control) if n.startswith("pause-") and n not in answered]
+        if waiting:  # the paused writer waits for this look to open the experiment
+            point = json.loads(Path(control, waiting[0]).read_text())
+            eid = point["experiment"]
+            looks.append(read_consistent_prefix(store, eid, models, opened=Path(control, f"go-{point['point']}").touch))
+            answered.append(waiting[0])
+            continue
         if eid:
             looks.append(read_consistent_prefix(store, eid, models))
-        time.sleep(0.05)
+        time.sleep(0.02)
     results = [p.wait() for p in procs]
+    held = len(answered)
     trials = []
     for k, res in enumerate(results):
         trial = Trial("2 coordinators, 1 store + reader", f"experiment {k + 1} of 2", False, 0, 0,
                       experiment=f"concurrent-{k}")
-        if res.rc != 0 or not res.stdout.strip() or res.json["state"] != "complete":
-            trial.problems.append(f"rc {res.rc}: {res.stderr[-1500:]}")
-            trials.append(trial)
+        trials.append(trial)
+        if not _finished(trial, res):
             continue
-        trial.completed = True
         this = res.json["id"]
-        got = snapshot(store, this, models)
-        v = compare_to_reference(got, ref, config, store)
-        j = check_journal(watches[this].records() if this in watches else [], got)
-        trial.lost, trial.duplicated = v.lost + j.lost, v.duplicated + j.duplicated
-        trial.problems += v.problems + j.problems
+        got = judge(trial, store, this, ref, config, watches[this].records() if this in watches else [])
         if this == eid:
             bad = [(n, p) for n, look in enumerate(looks) for p in check_look(look, got, models)]
-            trial.detail["reads"] = len(looks)
-            trial.detail["inconsistent_reads"] = len({n for n, _ in bad})
+            trial.detail.update(reads=len(looks), held_reads=held, inconsistent_reads=len({n for n, _ in bad}))
             trial.problems += [f"read {n}: {p}" for n, p in bad[:20]]
-            trial.point += f" + {len(looks)} reads while written"
-        trials.append(trial)
-    log(f"concurrent: {len(looks)} reads; {[t.problems[:3] for t in trials]}")
+            trial.point += f" + {len(looks)} reads while written ({held} at pauses)"
+            if held != PAUSE_COUNT:
+                trial.problems.append(f"the first coordinator paused at {held} of {PAUSE_COUNT} points")
+    log(f"concurrent: {len(looks)} reads ({held} at pauses); {[t.problems[:3] for t in trials]}")
     return trials
 
 
@@ -1051,29 +1090,31 @@ def store_fault_trials(address: str, workdir: str, ref: dict[str, Any], faults: 
                       experiment=f"store-{code}-{after}")
         res = cli(["experiment", "run", cfg_path, "--store", store, "--scheduler", address, "--json"], logs,
                   inject=(code, after, store))
-        trial.problems += judge_store_error(res, store, code)
-        eid = watch.experiment_id()
-        if eid is None:
-            trial.problems.append("the experiment was not created")
-            trials.append(trial)
-            continue
-        state = experiment_status(store, eid)["state"]
-        trial.detail = {"rc": res.rc, "stderr": res.stderr.strip()[-400:], "state": state, "at": watch.point()}
-        if state not in ("interrupted", "failed"):
-            trial.problems.append(f"state after the fault: {state!r}")
-        done = cli(["experiment", "resume", eid, "--store", store, "--scheduler", address, "--json"], logs)
-        if done.rc != 0 or done.json["state"] != "complete":
-            trial.problems.append(f"resume after the fault: rc {done.rc}: {done.stderr[-1500:]}")
-        else:
-            trial.completed = True
-            got = snapshot(store, eid, config["embedding_models"])
-            v = compare_to_reference(got, ref, config, store)
-            j = check_journal(watch.records(), got)
-            trial.lost, trial.duplicated = v.lost + j.lost, v.duplicated + j.duplicated
-            trial.problems += v.problems + j.problems
+        resume_after_store_fault(trial, res, code, watch, address, logs, ref, config)
         log(f"store fault {code} after {after}: {trial.detail} {trial.problems[:3]}")
         trials.append(trial)
     return trials
+
+
+def resume_after_store_fault(trial: Trial, res: CliResult, code: str, watch: Watch, address: str, logs: str,
+                             ref: dict[str, Any], config: dict[str, Any], at: dict[str, Any] | None = None,
+                             lift: Callable[[], Any] = lambda: None) -> None:
+    """The coordinator ``res`` was stopped by a store fault ``code``: one clear line and a resumable
+    state; once ``lift`` has lifted the fault, resume must finish the experiment like the reference."""
+    store = watch.store
+    trial.problems += judge_store_error(res, store, code)
+    eid = watch.experiment_id()
+    if eid is None:
+        trial.problems.append("the experiment was not created")
+        return
+    state = experiment_status(store, eid)["state"]
+    trial.detail = {"rc": res.rc, "stderr": res.stderr.strip()[-400:], "state": state, "at": at or watch.point()}
+    if state not in ("interrupted", "failed"):
+        trial.problems.append(f"state after the fault: {state!r}")
+    lift()
+    done = cli(["experiment", "resume", eid, "--store", store, "--scheduler", address, "--json"], logs)
+    if _finished(trial, done, "resume after the fault: "):
+        judge(trial, store, eid, ref, config, watch.records())
 
 
 def judge_store_error(res: CliResult, store: str, code: str) -> list[str]:
@@ -1128,23 +1169,8 @@ def read_only_mount_trials(address: str, workdir: str, ref: dict[str, Any], conf
         res = proc.wait(120)
         trial = Trial("store read-only (bind mount, all processes)", f"at {at['journaled_steps']} steps", False, 0, 0,
                       experiment="ro-mount")
-        trial.problems += judge_store_error(res, mnt, "EROFS")
-        eid = watch.experiment_id()
-        state = experiment_status(mnt, eid)["state"]
-        trial.detail = {"rc": res.rc, "stderr": res.stderr.strip()[-400:], "state": state, "at": at}
-        if state not in ("interrupted", "failed"):
-            trial.problems.append(f"state after the fault: {state!r}")
-        subprocess.run(["mount", "-o", "remount,rw,bind", mnt], check=True)
-        done = cli(["experiment", "resume", eid, "--store", mnt, "--scheduler", address, "--json"], logs)
-        if done.rc != 0 or done.json["state"] != "complete":
-            trial.problems.append(f"resume after the fault: rc {done.rc}: {done.stderr[-1500:]}")
-        else:
-            trial.completed = True
-            got = snapshot(mnt, eid, config["embedding_models"])
-            v = compare_to_reference(got, ref, config, mnt)
-            j = check_journal(watch.records(), got)
-            trial.lost, trial.duplicated = v.lost + j.lost, v.duplicated + j.duplicated
-            trial.problems += v.problems + j.problems
+        resume_after_store_fault(trial, res, "EROFS", watch, address, logs, ref, config, at=at,
+                                 lift=lambda: subprocess.run(["mount", "-o", "remount,rw,bind", mnt], check=True))
         log(f"read-only mount: {trial.detail} {trial.problems[:3]}")
         return [trial]
     finally:
@@ -1213,7 +1239,56 @@ def _inject_main(argv: list[str]) -> int:
             Path(os.environ["PANICFLOW_FAULTS_COUNT_FILE"]).write_text(str(count))
 
 
+# -------------------------------------------------------------------- pause
+def _pause_main(argv: list[str]) -> int:
+    """``pause CONTROL SPEC -- ARGS``: panicflow ARGS, stopping at each point of SPEC (``PAUSES``)
+    until the test has taken its look: at a point it writes CONTROL/pause-<point> (JSON: the point
+    and the experiment id) and waits for CONTROL/go-<point>. A point is reached when the count of
+    journaled steps, embedding markers or diagrams written by this process first reaches it."""
+    control, spec = argv[0], argv[1]
+    args = argv[argv.index("--") + 1 :]
+    points = {kind: [int(n) for n in values.split(",")] for kind, values in (p.split("=") for p in spec.split(";"))}
+    counts: dict[str, int] = dict.fromkeys(("steps", "embedded", "diagrams"), 0)
+    from panicflow.store.experiment import ExperimentWriter
+    from panicflow.store.journal import Journal, StepRecord
+
+    def passed(kind: str, n: int, experiment: str) -> None:
+        before = counts[kind]
+        counts[kind] += n
+        for at in points.get(kind, ()):
+            if before < at <= counts[kind]:
+                name = f"{kind}-{at}"
+                tmp = Path(control, f".tmp-{name}")
+                tmp.write_text(json.dumps({"point": name, "experiment": experiment}))
+                tmp.rename(Path(control, f"pause-{name}"))
+                deadline = time.monotonic() + 600  # a test that died must not hold it for ever
+                while not Path(control, f"go-{name}").exists() and time.monotonic() < deadline:
+                    time.sleep(0.005)
+
+    real_append, real_embedded, real_diagram = Journal.append, ExperimentWriter.mark_embedded, ExperimentWriter.write_diagram
+
+    def append(self, records):
+        records = list(records)
+        real_append(self, records)
+        passed("steps", sum(isinstance(r, StepRecord) for r in records), self.prefix.split("/")[1])
+
+    def mark_embedded(self, *a, **kw):
+        real_embedded(self, *a, **kw)
+        passed("embedded", 1, self.exp.id)
+
+    def write_diagram(self, *a, **kw):
+        real_diagram(self, *a, **kw)
+        passed("diagrams", 1, self.exp.id)
+
+    Journal.append, ExperimentWriter.mark_embedded, ExperimentWriter.write_diagram = append, mark_embedded, write_diagram
+    from panicflow.cli import main
+
+    return main(args)
+
+
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "inject":
         sys.exit(_inject_main(sys.argv[2:]))
-    sys.exit(f"usage: {sys.argv[0]} inject ERRNO_NAME N STORE -- PANICFLOW_ARGS...")
+    if len(sys.argv) > 1 and sys.argv[1] == "pause":
+        sys.exit(_pause_main(sys.argv[2:]))
+    sys.exit(f"usage: {sys.argv[0]} inject ERRNO_NAME N STORE | pause CONTROL SPEC -- PANICFLOW_ARGS...")

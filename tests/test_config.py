@@ -103,3 +103,77 @@ def test_unreadable_config_files(tmp_path):
     (tmp_path / "list.yaml").write_text("- 1\n- 2\n")
     with pytest.raises(ConfigError, match="must be a mapping"):
         load_config(tmp_path / "list.yaml")
+
+
+# ------------------------------------------------------------- size limits, cost
+def test_more_runs_than_the_limit_are_refused_before_anything_is_built(monkeypatch):
+    """2,000,000 runs: one line at once, before pydantic or the checks walk the lists (they would
+    take minutes; issue 8 item 3). Shown by making every later stage fail, not by timing."""
+    import panicflow.config as config
+
+    def never(*args, **kwargs):
+        raise AssertionError("the config was validated item by item before its size was checked")
+
+    monkeypatch.setattr(config.ExperimentConfig, "model_validate", never)
+    monkeypatch.setattr(config, "_semantic_problems", never)
+    monkeypatch.setattr(config.ExperimentConfig, "runs", never)
+    lines = problems(seeds=list(range(2_000_000)))
+    assert lines == ["networks: networks x seeds x prompts makes more than 1_000_000 runs "
+                     "(1 x 2_000_000 x 1 = 2_000_000); split the experiment"]
+
+
+def test_duplicate_and_bad_seeds_among_many_are_each_reported_once():
+    """Linear in the number of seeds (seeds.count(s) in a loop took minutes at 40,000 seeds)."""
+    seeds = list(range(50_000)) + [7, 7, -5]
+    lines = problems(seeds=seeds, embedding_models=["DummyText", "DummyText"])
+    assert lines.count("seeds: 7 is listed twice (identical runs); use -1 for repeated unseeded runs") == 1
+    assert sum(line.startswith("seeds: -5 is negative") for line in lines) == 1
+    assert lines.count("embedding_models: 'DummyText' is listed twice") == 1
+    assert len(validate_config({**GOOD, "seeds": list(range(50_000)) + [-1, -1]}).seeds) == 50_002
+
+
+def _stored(tmp_path, raw):
+    from panicflow.store import Store
+    from panicflow.store.experiment import Experiment
+
+    store = Store(str(tmp_path / "store"), create=True)
+    exp = Experiment.create(store.root, "20250101-000000-abcdef", validate_config(raw))
+    return store, exp
+
+
+def test_a_stored_config_is_not_validated_again_unless_it_changed(tmp_path, monkeypatch):
+    import panicflow.config as config
+    from panicflow.errors import StoreError
+    from panicflow.store.experiment import Experiment
+
+    store, exp = _stored(tmp_path, GOOD)
+    meta_path = tmp_path / "store" / "experiments" / exp.id / "experiment.json"
+    checks = []
+    real = config._semantic_problems
+    monkeypatch.setattr(config, "_semantic_problems", lambda *a, **k: checks.append(1) or real(*a, **k))
+    assert Experiment(store.root, exp.id).config == validate_config(GOOD)
+    assert checks == [1]  # the validate_config(GOOD) above, not the stored config
+    # edited by hand (the recorded digest no longer matches): validated in full, a clear error
+    meta = json.loads(meta_path.read_text())
+    meta["config"]["seeds"] = [3, 3]
+    meta_path.write_text(json.dumps(meta))
+    with pytest.raises(StoreError, match="its stored config is invalid: seeds: 3 is listed twice"):
+        Experiment(store.root, exp.id).config
+    # an experiment written before digests were recorded: validated in full, as before
+    meta["config"]["seeds"] = [3, 4]
+    del meta["config_sha256"]
+    meta_path.write_text(json.dumps(meta))
+    checks.clear()
+    assert Experiment(store.root, exp.id).config.seeds == [3, 4]
+    assert checks == [1]
+
+
+def test_a_stored_config_naming_a_model_this_process_lacks_is_an_error(tmp_path, monkeypatch):
+    from panicflow.errors import StoreError
+    from panicflow.models import REGISTRY
+    from panicflow.store.experiment import Experiment
+
+    store, exp = _stored(tmp_path, GOOD)
+    monkeypatch.delitem(REGISTRY, "DummyI2T")  # as a test model is without PANICFLOW_TEST_MODELS
+    with pytest.raises(StoreError, match=r"its stored config is invalid: networks\[0\]\[1\]: unknown model 'DummyI2T'"):
+        Experiment(store.root, exp.id).config

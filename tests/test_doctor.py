@@ -375,3 +375,109 @@ def test_running_experiment_is_checked_but_not_touched(exp):
     [p] = report.problems
     assert p.kind == "object_missing" and not p.fixed and "running" in p.detail
     assert not os.path.exists(_object_path(store, digest))
+
+
+# ----------------------------------------------------------------------- checksums (issue 8 item 5)
+def _vector_chunk(store, eid, run=LOOP, model="DummyText"):
+    return os.path.join(_data(store, eid), "embeddings", model, "vector", "c", str(run), "0", "0")
+
+
+def _edit_a_value(path):
+    """Replace the first non-NaN float32 of an uncompressed vector chunk by a plausible other value."""
+    data = bytearray(Path(path).read_bytes())
+    values = np.frombuffer(bytes(data[:-4]), dtype="<f4")  # the last 4 bytes are the crc32c
+    at = int(np.flatnonzero(~np.isnan(values))[0])
+    data[4 * at: 4 * at + 4] = np.float32(values[at] + 0.125).tobytes()
+    Path(path).write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("damage", ["flipped-byte", "edited-value"])
+def test_a_changed_embedding_chunk_fails_its_checksum(pristine, exp, client, damage):
+    """Vectors are stored uncompressed: before chunks had checksums, either change read back as
+    another valid float and doctor was clean."""
+    store, eid = exp
+    path = _vector_chunk(store, eid)
+    if damage == "flipped-byte":
+        _flip(path, 100)
+    else:
+        _edit_a_value(path)
+    found, _ = check_fix_check(store, eid, "unreadable", client)
+    [p] = [p for p in found.problems if p.kind == "unreadable"]
+    assert p.path == f"embeddings/DummyText/vector/c/{LOOP}/0/0" and p.run == LOOP
+    assert "no longer match their crc32c checksum" in p.detail
+    assert_same(pristine, store, eid)
+
+
+def _strip_checksums(store, eid):
+    """Make the experiment look created before chunks had checksums: no crc32c codec in any
+    zarr.json, no 4-byte checksum at the end of any chunk."""
+    data = _data(store, eid)
+    for meta in glob.glob(f"{data}/**/zarr.json", recursive=True):
+        doc = json.loads(Path(meta).read_text())
+        if doc.get("node_type") != "array":
+            continue
+        doc["codecs"] = [c for c in doc["codecs"] if c["name"] != "crc32c"]
+        Path(meta).write_text(json.dumps(doc, indent=2))
+        for chunk in Path(meta).parent.glob("c/**/*"):
+            if chunk.is_file():
+                chunk.write_bytes(chunk.read_bytes()[:-4])
+
+
+def test_a_store_without_checksums_still_opens_and_doctor_says_so(exp, tmp_path):
+    store, eid = exp
+    _strip_checksums(store, eid)
+    tree = panicflow.open_experiment(eid, store=store)
+    assert list(tree["/"].ds.stop_reason.values) == ["loop", "length", "length"]
+    report = doctor(eid, store=store)
+    assert report.clean, report.to_dict()
+    [note] = report.experiments[0].notes
+    assert "created without chunk checksums" in note
+    proc = cli(eid, "--store", store)
+    assert proc.returncode == 0 and "without chunk checksums" in proc.stderr
+
+
+def test_a_truncated_zarr_json_of_a_store_without_checksums_is_regenerated_without(exp, client):
+    store, eid = exp
+    _strip_checksums(store, eid)
+    path = Path(_data(store, eid), "output_hash", "zarr.json")
+    before = path.read_bytes()
+    path.write_bytes(before[:40])
+    check_fix_check(store, eid, "metadata", client)
+    assert json.loads(path.read_bytes())["codecs"] == json.loads(before)["codecs"]
+
+
+# -------------------------------------------------------------- unfinished experiments (item 6)
+def test_markers_cleared_by_a_killed_fix_say_to_resume(pristine, exp, client):
+    """doctor --fix clears markers, marks the experiment interrupted and resumes; if that resume
+    dies, the next doctor must not be clean (it was: nothing is missing while not finished)."""
+    from panicflow.doctor import run_doctor
+
+    store, eid = exp
+    _array(store, eid, "diagrams/DummyText/entropy")[UNSEEDED, 1] = 0.25
+
+    def killed(*args, **kwargs):
+        raise RuntimeError("killed")
+
+    fixing = run_doctor(eid, store, fix=True, client=client, resume=killed)
+    assert fixing.exit_code == 1
+    report = doctor(eid, store=store)
+    [p] = report.problems
+    assert p.kind == "interrupted" and report.exit_code == 1
+    assert f"run `panicflow experiment resume {eid}`" in p.detail
+    assert "1 diagram marker(s) to write" in p.detail
+    panicflow.resume_experiment(eid, store=store, client=client)
+    assert doctor(eid, store=store).clean
+    assert_same(pristine, store, eid)
+
+
+def test_a_lost_state_json_says_to_resume(exp, client):
+    store, eid = exp
+    os.remove(os.path.join(store, "experiments", eid, "state.json"))
+    report = doctor(eid, store=store)
+    [p] = report.problems
+    assert p.kind == "interrupted" and "has no state.json" in p.detail
+    assert "nothing left to compute" in p.detail and f"panicflow experiment resume {eid}" in p.detail
+    proc = cli(eid, "--store", store, "--json")
+    assert proc.returncode == 1 and json.loads(proc.stdout)["experiments"][0]["problems"][0]["kind"] == "interrupted"
+    panicflow.resume_experiment(eid, store=store, client=client)
+    assert doctor(eid, store=store).clean

@@ -81,11 +81,13 @@ def test_poisoned_run_fails_alone_and_retry_failed_tries_again(cluster, tmp_path
 
 
 def test_two_experiments_in_one_store_and_a_reader(cluster, reference, tmp_path):
+    """The reader's looks at the pauses of the first coordinator are what is asserted: how many
+    more fit in depends on the load (``reads >= 5`` failed when a loaded look took 15 s)."""
     trials = fu.concurrent_trials(cluster.address, str(tmp_path), reference)
     _report(trials)
     assert len(trials) == 2
-    reads = sum(t.detail.get("reads", 0) for t in trials)
-    assert reads >= 5, f"only {reads} reads while the experiments were written"
+    held = sum(t.detail.get("held_reads", 0) for t in trials)
+    assert held == fu.PAUSE_COUNT, f"{held} of {fu.PAUSE_COUNT} looks at the pauses of the first coordinator"
     _assert_clean(trials)
 
 
