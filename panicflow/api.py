@@ -261,8 +261,28 @@ def open_experiment(experiment_id: str, store: StoreLike = None) -> xr.DataTree:
             snapshot[f"diagrams/{m}/status"] = markers["diagram_status"][m]
         for path, values in snapshot.items():
             tree[path] = tree[path].copy(data=values)
+    _label_runs(tree)
     tree.attrs["store"] = st.location
     return tree
+
+
+RUN_LABELS = ("network", "seed", "prompt", "stop_reason")
+
+
+def _label_runs(tree: xr.DataTree) -> None:
+    """Make the run labels coordinates on ``run`` in every node, so that
+    ``tree["embeddings/X"].ds.groupby("prompt")`` or ``.sel`` by seed work anywhere (xarray's
+    DataTree inherits only index coordinates, so each node gets its own copy: a few values per run).
+    Strings come as Python objects, so the usual comparisons (``ds.stop_reason == "loop"``) work."""
+    root = tree.to_dataset(inherit=False)
+    labels = {}
+    for name in RUN_LABELS:
+        values = root[name].values
+        labels[name] = ("run", values.astype(object) if values.dtype.kind in "TOU" else values)
+    for node in tree.subtree:
+        ds = node.to_dataset(inherit=False)
+        if "run" in ds.dims:
+            node.dataset = ds.drop_vars([n for n in RUN_LABELS if n in ds]).assign_coords(labels)
 
 
 def load_image(digest: str, store: StoreLike = None) -> Image.Image:

@@ -62,7 +62,7 @@ def _damage(path: Path, how: str) -> None:
 
 
 DAMAGE = {
-    "format99": "written in experiment format 99, this panicflow reads format 1",
+    "format99": "written in experiment format 99, this panicflow reads formats 1, 2",
     "not_json": "experiment.json is damaged (not JSON)",
     "not_object": "experiment.json is damaged (not a JSON object)",
     "bad_config": "its stored config is invalid: networks[0][0]: unknown model 'os.system'",

@@ -203,3 +203,29 @@ def test_a_killed_and_resumed_experiment_equals_an_uninterrupted_one(clusters, r
     (eid,) = [p.name for p in journals.iterdir()]
     panicflow.resume_experiment(eid, store=store, client=clusters[3])
     _assert_same(reference, _snapshot(store, eid))
+
+
+def test_an_experiment_of_format_1_is_upgraded_when_resumed(client, tmp_path):
+    """Experiments written before the batch_* and diagram provenance arrays existed still open, and a
+    resume adds those arrays (empty) before it writes anything."""
+    import shutil
+
+    from panicflow.store import Store
+
+    store = str(tmp_path / "store")
+    cfg = {"networks": [["DummyT2I", "DummyI2T"]], "seeds": [3], "prompts": ["a cat"],
+           "embedding_models": ["DummyText"], "max_length": 4, "persistence": {"maxdim": 0}}
+    eid = panicflow.run_experiment(cfg, store=store, client=client)
+    folder = Path(store) / "experiments" / eid
+    removed = ["batch_id", "batch_size", "batch_position", "diagrams/DummyText/point_used"]
+    for name in removed:
+        shutil.rmtree(folder / "data.zarr" / name)
+    meta = json.loads((folder / "experiment.json").read_text())
+    (folder / "experiment.json").write_text(json.dumps({**meta, "format": 1}))
+    assert "batch_id" not in panicflow.open_experiment(eid, store=store)["/"].ds  # format 1 still opens
+    panicflow.resume_experiment(eid, store=store, client=client)
+    exp = Store(store).experiment(eid)
+    assert exp.meta["format"] == 2
+    tree = panicflow.open_experiment(eid, store=store)
+    assert (tree["/"].ds.batch_size.values == 0).all()  # present, empty: those calls were not recorded
+    assert "point_used" in tree["diagrams/DummyText"].ds

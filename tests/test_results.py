@@ -121,3 +121,16 @@ def test_the_tree_is_xarray_and_selectable(tree):
     assert isinstance(tree, xr.DataTree)
     one = tree["/"].ds.sel(run=1)
     assert one.output_hash.dims == ("step",)
+
+
+def test_run_labels_are_coordinates_in_every_node(tree):
+    """Issue 8 item 15: child nodes see network, seed, prompt and stop_reason, so grouping works there."""
+    for path in ("/", "embeddings/DummyText", "diagrams/DummyText"):
+        ds = tree[path].ds
+        for name in ("network", "seed", "prompt", "stop_reason"):
+            assert name in ds.coords and ds[name].dims == ("run",), (path, name)
+    vectors = tree["embeddings/DummyText"].ds.vector
+    by_network = vectors.groupby("network").count()
+    assert set(by_network.network.values) == set(tree["/"].ds.network.values)
+    looped = tree["diagrams/DummyText"].ds.entropy.where(tree["diagrams/DummyText"].ds.stop_reason == "loop", drop=True)
+    assert looped.sizes["run"] == int((tree["/"].ds.stop_reason == "loop").sum())

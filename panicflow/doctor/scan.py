@@ -570,16 +570,15 @@ class Scanner:
                     for k in range(maxdim + 1):
                         sel = dim[:n] == k
                         e = ent[k] if k < len(ent) else np.nan
-                        if np.isnan(e):
-                            if sel.any():
-                                issues.append(f"H{k} has {int(sel.sum())} pairs but no entropy")
-                            continue
                         try:
+                            # NaN when no pair has a finite length (an H0 of only its infinite bar)
                             want = persistent_entropy([np.stack([birth[:n][sel], death[:n][sel]], axis=1)])[0]
                         except ValueError as exc:
                             issues.append(f"H{k}: {exc}")
                             continue
-                        if not np.isclose(e, want, rtol=1e-9, atol=1e-12):
+                        if np.isnan(e) and not np.isnan(want) and sel.any():
+                            issues.append(f"H{k} has {int(sel.sum())} pairs but no entropy")
+                        elif not np.isclose(e, want, rtol=1e-9, atol=1e-12, equal_nan=True) and not (np.isnan(e) and not sel.any()):
                             issues.append(f"H{k} entropy {float(e)!r} but its pairs give {float(want)!r}")
                     npts = int(n_points[i])
                     if npts >= 2 and not (dim[:n] == 0).any():

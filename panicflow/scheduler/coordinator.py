@@ -146,6 +146,7 @@ class Coordinator:
         self.store = store
         self.exp = exp
         self.config: ExperimentConfig = exp.config
+        exp.upgrade()  # an experiment of an older format gets the arrays this version writes
         self.writer = ExperimentWriter(exp)
         self.progress_cb = progress
         self._fixed_in_flight = max_in_flight

@@ -148,14 +148,14 @@ class Experiment:
             if name not in g:
                 dtype, fill, attrs = INVOCATION_ARRAYS[name]
                 g.create_array(name, shape=(n_runs, n_steps), chunks=(1, step_chunk), dtype=dtype, fill_value=fill,
-                               dimension_names=["run", "step"], attributes=attrs)
+                               dimension_names=["run", "step"], attributes=attrs, compressors=chunk_compressors(dtype))
         maxdim = self.config.persistence.maxdim
         for model in self.config.embedding_models:
             d = g[f"diagrams/{model}"]
             for name, (dims, shape, chunks, dtype, fill, attrs) in diagram_provenance_arrays(n_runs, n_steps, maxdim).items():
                 if name not in d:
                     d.create_array(name, shape=shape, chunks=chunks, dtype=dtype, fill_value=fill,
-                                   dimension_names=dims, attributes=attrs)
+                                   dimension_names=dims, attributes=attrs, compressors=chunk_compressors(dtype))
         meta = {**self.meta, "format": EXPERIMENT_FORMAT}
         self.root.write_bytes(f"{self.prefix}/experiment.json", json.dumps(meta, indent=2).encode())
         self.__dict__.pop("meta", None)
