@@ -253,7 +253,17 @@ def open_experiment(experiment_id: str, store: StoreLike = None) -> xr.DataTree:
         # need. Markers read lazily after the open could certify pairs beyond the width the view got at
         # open, or data read before them (.load() reads variables in no set order): tests/test_faults.py
         markers = read_markers(exp)
-    tree = xr.open_datatree(exp.root.zarr_store(exp.data_key, read_only=True), engine="zarr", consolidated=False, zarr_format=3)
+    for attempt in range(20):
+        try:
+            tree = xr.open_datatree(exp.root.zarr_store(exp.data_key, read_only=True), engine="zarr",
+                                    consolidated=False, zarr_format=3)
+            break
+        except ValueError as exc:
+            # the coordinator widens the diagram pair arrays one after another: a view opened
+            # between two of those writes sees two widths; the next look sees one
+            if "conflicting sizes" not in str(exc) or attempt == 19:
+                raise
+            time.sleep(0.05)
     if markers is not None:
         snapshot = {"stop_reason": markers["stop_reason"], "length": markers["length"]}
         for m in exp.config.embedding_models:

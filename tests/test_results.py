@@ -134,3 +134,24 @@ def test_run_labels_are_coordinates_in_every_node(tree):
     assert set(by_network.network.values) == set(tree["/"].ds.network.values)
     looped = tree["diagrams/DummyText"].ds.entropy.where(tree["diagrams/DummyText"].ds.stop_reason == "loop", drop=True)
     assert looped.sizes["run"] == int((tree["/"].ds.stop_reason == "loop").sum())
+
+
+def test_a_view_opened_while_the_pair_arrays_widen_is_taken_again(semantics_experiment, monkeypatch):
+    """The coordinator widens diagrams/<m>/birth, death and dimension one after another; a reader
+    opening between two of those writes got "conflicting sizes for dimension 'pair'" (found by the
+    concurrent-reader fault test). open_experiment looks again instead of failing."""
+    import xarray as xr
+
+    store, eid = semantics_experiment
+    real = xr.open_datatree
+    calls = []
+
+    def torn(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 1:
+            raise ValueError("conflicting sizes for dimension 'pair': length 32 on 'birth' and length 16 on 'death'")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(xr, "open_datatree", torn)
+    tree = panicflow.open_experiment(eid, store=store)
+    assert len(calls) == 2 and tree["diagrams/DummyText"].ds.status.sizes["run"] == 9
