@@ -184,9 +184,11 @@ def test_progress_snapshots_use_the_status_names_and_give_rates():
     from panicflow.scheduler.coordinator import Progress
 
     snap = Progress(runs=4, runs_ended=3, invocations=40, invocations_max=48, embeddings={"DummyText": 2},
-                    diagrams={"DummyText": 1}, stop_reasons={"length": 1, "loop": 1, "failed": 1}, runs_to_embed=3)
+                    diagrams={"DummyText": 1}, stop_reasons={"length": 1, "loop": 1, "failed": 1}, runs_to_embed=3,
+                    invocations_by_model={"DummyT2I": 20, "DummyI2T": 20})
     d = dashboard.snapshot_dict(snap)
     assert d == {"runs": 4, "runs_complete": 2, "runs_failed": 1, "invocations": 40, "invocations_max": 48,
+                 "invocations_by_model": {"DummyT2I": 20, "DummyI2T": 20},
                  "embeddings": {"DummyText": 2}, "persistence_diagrams": {"DummyText": 1},
                  "stop_reasons": {"length": 1, "loop": 1, "failed": 1}}
     assert set(d) <= set(dashboard.SNAPSHOT_KEYS)
