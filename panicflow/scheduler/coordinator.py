@@ -155,7 +155,7 @@ class Coordinator:
         self.holders: dict[str, set[str]] = defaultdict(set)
         # CPU stages (diagrams, embedders without a GPU) wait here for a free CPU slot, so that
         # model calls never queue behind them on a worker's threads (_drain_cpu_queue)
-        self.cpu_queue: deque[tuple[str, str, int]] = deque()
+        self.cpu_queue: deque[tuple[str, str, int, Callable, tuple]] = deque()  # (kind, model, run, fn, args)
         self._last_cluster_look = -math.inf
         self._refresh_cluster()
         self.runs: list[RunState] = []
@@ -626,7 +626,7 @@ class Coordinator:
 
     def _submit(self, kind: str, model: str, st: RunState, fn, *args) -> None:
         if self._is_cpu_stage(kind, model):
-            self.cpu_queue.append((kind, model, st.spec.index))
+            self.cpu_queue.append((kind, model, st.spec.index, fn, args))
             self._drain_cpu_queue()
             return
         self._submit_now(kind, model, st, fn, *args)
@@ -654,17 +654,11 @@ class Coordinator:
         slots = self.cpu_slots if runs_left else max(self.cpu_slots, self.all_threads)
         busy = sum(1 for t in self.in_flight.values() if self._is_cpu_stage(t.kind, t.model))
         while self.cpu_queue and busy < slots:
-            kind, model, i = self.cpu_queue.popleft()
+            kind, model, i, fn, args = self.cpu_queue.popleft()
             st = self.runs[i]
-            if kind == "embed":
-                args = (tasks.embed_run, self.store.location, self.exp.id, i, model, st.end.length,
-                        self.config.batch_size_for(model))
-            else:
-                if model in st.diagrams:
-                    continue
-                args = (tasks.diagram_run, self.store.location, self.exp.id, i, model, st.end.length,
-                        self.config.persistence.model_dump())
-            self._submit_now(kind, model, st, *args)
+            if kind == "diagram" and model in st.diagrams:
+                continue  # recorded meanwhile (its run failed)
+            self._submit_now(kind, model, st, fn, *args)
             busy += 1
 
     # ----------------------------------------------------------------- summary
