@@ -275,4 +275,20 @@ def cluster_fixture(workers: int = 2, scope: str = "function", **kwargs: Any):
     return _fixture
 
 
-__all__ = ["DaskCluster", "child_env", "cluster_fixture", "elsewhere", "stop_process"]
+def journaled_steps(store: str) -> int:
+    """Steps recorded so far in the journals of every experiment in ``store`` (0 while it is being created):
+    how tests watch an experiment running beside them."""
+    from panicflow.store import Store
+    from panicflow.store.journal import StepRecord
+
+    folder = Path(store) / "experiments"
+    if not folder.is_dir():
+        return 0
+    try:
+        st = Store(store)
+        return sum(isinstance(r, StepRecord) for eid in os.listdir(folder) for r in st.experiment(eid).journal.read())
+    except Exception:  # caught mid-creation: look again
+        return 0
+
+
+__all__ = ["DaskCluster", "child_env", "cluster_fixture", "elsewhere", "journaled_steps", "stop_process"]

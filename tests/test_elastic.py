@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import panicflow
-from cluster_util import DaskCluster, child_env
+from cluster_util import DaskCluster, child_env, journaled_steps
 
 CONFIG = {
     "networks": [["SleepT2I", "DummyI2T"]],
@@ -36,17 +36,6 @@ def max_overlap(starts: np.ndarray, ends: np.ndarray) -> int:
     return best
 
 
-def _steps_done(store: str) -> int:
-    from panicflow.store import Store
-    from panicflow.store.journal import StepRecord
-
-    try:
-        st = Store(store)
-        return sum(isinstance(r, StepRecord) for e in st.experiment_ids() for r in st.experiment(e).journal.read())
-    except Exception:
-        return 0
-
-
 def test_workers_that_join_are_used_and_one_that_leaves_loses_nothing(tmp_path, monkeypatch):
     import threading
 
@@ -56,11 +45,11 @@ def test_workers_that_join_are_used_and_one_that_leaves_loses_nothing(tmp_path, 
 
         def scale() -> None:  # beside the experiment, as an adaptive cluster would
             deadline = time.monotonic() + 300
-            while _steps_done(store) < 10 and time.monotonic() < deadline:
+            while journaled_steps(store) < 10 and time.monotonic() < deadline:
                 time.sleep(0.1)
             added = [cluster.add_worker() for _ in range(3)]
             changes.append("added")
-            while _steps_done(store) < 120 and time.monotonic() < deadline:
+            while journaled_steps(store) < 120 and time.monotonic() < deadline:
                 time.sleep(0.1)
             cluster.kill_worker(added[0])  # scale down: it leaves for good mid-run
             changes.append("killed")

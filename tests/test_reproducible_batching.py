@@ -25,6 +25,7 @@ from dask.utils import key_split
 import panicflow
 from panicflow.config import validate_config
 from panicflow.models import REGISTRY
+from cluster_util import journaled_steps
 from panicflow.scheduler.coordinator import KEY_HYPHEN, batch_groups, task_key
 
 HERE = Path(__file__).resolve().parent
@@ -164,20 +165,6 @@ def test_one_and_three_workers_write_identical_stores(clusters, reference, tmp_p
     assert set(np.unique(got["batch_size"])) - {0} == {2, 4}
 
 
-def _journaled_steps(store: str) -> int:
-    from panicflow.store import Store
-    from panicflow.store.journal import StepRecord
-
-    folder = Path(store) / "experiments"
-    if not folder.is_dir():
-        return 0
-    try:
-        st = Store(store)
-        return sum(isinstance(r, StepRecord) for eid in os.listdir(folder) for r in st.experiment(eid).journal.read())
-    except Exception:  # caught mid-creation: look again
-        return 0
-
-
 def test_a_killed_and_resumed_experiment_equals_an_uninterrupted_one(clusters, reference, tmp_path):
     store = str(tmp_path / "store")
     config = tmp_path / "config.json"
@@ -197,7 +184,7 @@ def test_a_killed_and_resumed_experiment_equals_an_uninterrupted_one(clusters, r
     deadline = time.monotonic() + 600
     journals = Path(store) / "experiments"
     while time.monotonic() < deadline and proc.poll() is None:
-        if _journaled_steps(store) >= target:
+        if journaled_steps(store) >= target:
             break
         time.sleep(0.05)
     assert proc.poll() is None, "the experiment ended before it could be killed"
