@@ -84,7 +84,8 @@ def run_experiment(
         check_store_reachable(c, st)
         st.ensure_created()
         exp = Experiment.create(st.root, st.new_experiment_id(), cfg)
-        _drive(st, exp, c, progress, on_start)
+        with exp.take():
+            _drive(st, exp, c, progress, on_start)
     return exp.id
 
 
@@ -113,14 +114,15 @@ def resume_experiment(
     st = _store(store)
     exp = st.experiment(experiment_id)
     state = exp.read_state()
-    if exp.effective_state() == "running":
+    if not exp.leased() and exp.effective_state() == "running":  # a coordinator from before leases
         raise UserError(
             f"experiment {exp.id} is running (pid {state.get('pid')} on {state.get('host')}); "
             "wait for it or stop that process first"
         )
     exp.config  # fail on a damaged stored config before starting a cluster
-    with connect(client, scheduler=scheduler, workers=workers, dashboard_address=dashboard_address,
-                 host=host, security=security, gpus=gpus, scheduler_file=scheduler_file) as c:
+    # own the experiment before the cluster starts (seconds): a second resume meanwhile is refused
+    with exp.take(), connect(client, scheduler=scheduler, workers=workers, dashboard_address=dashboard_address,
+                             host=host, security=security, gpus=gpus, scheduler_file=scheduler_file) as c:
         check_store_reachable(c, st)
         _drive(st, exp, c, progress, on_start, retry_failed)
     return exp.id

@@ -367,14 +367,15 @@ def test_orphan_folder_and_damaged_experiment_json(pristine, exp):
 def test_running_experiment_is_checked_but_not_touched(exp):
     store, eid = exp
     e = panicflow.store.Store(store).experiment(eid)
-    e.write_state("running")  # this process: alive, fresh heartbeat
-    assert socket.gethostname() == e.read_state()["host"]
-    _, digest = _output(store, eid, LOOP, "text")
-    os.remove(_object_path(store, digest))
-    report = doctor(eid, store=store, fix=True)
-    [p] = report.problems
-    assert p.kind == "object_missing" and not p.fixed and "running" in p.detail
-    assert not os.path.exists(_object_path(store, digest))
+    with e.take():  # as a coordinator does: this process, alive, renewing its lease
+        e.write_state("running")
+        assert socket.gethostname() == e.read_state()["host"]
+        _, digest = _output(store, eid, LOOP, "text")
+        os.remove(_object_path(store, digest))
+        report = doctor(eid, store=store, fix=True)
+        [p] = report.problems
+        assert p.kind == "object_missing" and not p.fixed and "running" in p.detail
+        assert not os.path.exists(_object_path(store, digest))
 
 
 # ----------------------------------------------------------------------- checksums (issue 8 item 5)

@@ -22,11 +22,10 @@ pytest.importorskip("s3fs")
 pytest.importorskip("moto")
 
 import panicflow  # noqa: E402
-from cluster_util import DaskCluster, child_env, stop_process  # noqa: E402
+from cluster_util import DaskCluster, child_env  # noqa: E402
+from s3_util import BUCKET, free_port, s3_env  # noqa: E402,F401 (a fixture)
 from oracle import reference_run  # noqa: E402
 
-MOTO_SERVER = str(Path(sys.executable).with_name("moto_server"))
-BUCKET = "panicflow-test"
 CONFIG = {
     "name": "on-s3",
     "networks": [["DummyT2I", "DummyI2T"]],
@@ -35,49 +34,6 @@ CONFIG = {
     "embedding_models": ["DummyText", "DummyVision"],
     "max_length": 12,
 }
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def s3_env(tmp_path_factory):
-    """A moto S3 server process on loopback with one bucket; yields the environment that reaches it."""
-    port = _free_port()
-    log = open(tmp_path_factory.mktemp("moto") / "moto.log", "wb")
-    proc = subprocess.Popen([MOTO_SERVER, "-H", "127.0.0.1", "-p", str(port)], stdout=log, stderr=subprocess.STDOUT,
-                            start_new_session=True)
-    endpoint = f"http://127.0.0.1:{port}"
-    env = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
-           "AWS_ENDPOINT_URL": endpoint}
-    saved = {k: os.environ.get(k) for k in env}
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                urllib.request.urlopen(endpoint, timeout=2).read()
-                break
-            except OSError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError("moto_server did not start") from None
-                time.sleep(0.1)
-        os.environ.update(env)  # this process is the coordinator: it reaches the store the same way
-        import s3fs
-
-        s3fs.S3FileSystem.clear_instance_cache()
-        s3fs.S3FileSystem().mkdir(BUCKET)
-        yield env
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-        stop_process(proc)
-        log.close()
 
 
 @pytest.fixture(scope="module")
@@ -119,7 +75,7 @@ def test_a_worker_without_the_endpoint_is_named_before_anything_is_written(s3_cl
     the bucket: one line names the store and that worker, exit 2, and the store stays empty."""
     import s3fs
 
-    env = child_env(**{**s3_env, "AWS_ENDPOINT_URL": f"http://127.0.0.1:{_free_port()}",
+    env = child_env(**{**s3_env, "AWS_ENDPOINT_URL": f"http://127.0.0.1:{free_port()}",
                        "AWS_MAX_ATTEMPTS": "1", "AWS_RETRY_MODE": "standard"})
     name = s3_cluster.add_worker(nthreads=1, env=env)
     try:

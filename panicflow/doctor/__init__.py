@@ -55,6 +55,7 @@ from typing import Any
 from ..errors import UserError
 from ..store import Store
 from ..store.experiment import Experiment
+from ..store.lease import ExperimentBusy
 from .common import PARAMS, Scan, log, short
 from .repair import Repairer, check_orphan
 from .repair import orphans as find_orphans
@@ -63,6 +64,27 @@ from .scan import Scanner
 
 
 # ---------------------------------------------------------------------------------- entry
+def _fix_rounds(scanner: Scanner, doc: Repairer, exp: Experiment, scan: Scan, record, say, max_rounds: int) -> Scan:
+    """Fix phase by phase (earliest phase first), rescanning after each; the last scan."""
+    attempted: set[tuple] = set()
+    for _ in range(max_rounds):
+        todo = [p for p in scan.problems if KINDS.get(p.kind) and p.key not in attempted]
+        if not todo:
+            break
+        phase = min(KINDS[p.kind] for p in todo)
+        batch = [p for p in todo if KINDS[p.kind] == phase]
+        say(f"{exp.id}: fixing {len(batch)} problem(s): {PHASE_NAMES[phase]}")
+        try:
+            doc.fix_phase(phase, batch, scan)
+        except Exception as exc:  # noqa: BLE001
+            for p in batch:
+                doc.note(p, f"fix failed: {short(exc)}")
+        attempted |= {p.key for p in batch}
+        scan = scanner.scan()
+        record(scan)
+    return scan
+
+
 def _doctor_experiment(store: Store, exp: Experiment, fix: bool, say, resume, max_rounds: int = 8) -> ExperimentReport:
     verified: set[str] = set()
     scanner, doc = Scanner(store, exp, verified), Repairer(store, exp, verified, say, resume)
@@ -82,22 +104,19 @@ def _doctor_experiment(store: Store, exp: Experiment, fix: bool, say, resume, ma
             for p in scan.problems:
                 doc.note(p, "the experiment is running; stop it before `doctor --fix`")
         else:
-            attempted: set[tuple] = set()
-            for _ in range(max_rounds):
-                todo = [p for p in scan.problems if KINDS.get(p.kind) and p.key not in attempted]
-                if not todo:
-                    break
-                phase = min(KINDS[p.kind] for p in todo)
-                batch = [p for p in todo if KINDS[p.kind] == phase]
-                say(f"{exp.id}: fixing {len(batch)} problem(s): {PHASE_NAMES[phase]}")
-                try:
-                    doc.fix_phase(phase, batch, scan)
-                except Exception as exc:  # noqa: BLE001
-                    for p in batch:
-                        doc.note(p, f"fix failed: {short(exc)}")
-                attempted |= {p.key for p in batch}
-                scan = scanner.scan()
-                record(scan)
+            try:
+                exp.take("doctor --fix")  # no coordinator may start while doctor repairs
+            except ExperimentBusy as exc:
+                for p in scan.problems:
+                    doc.note(p, str(exc))
+                fix = False
+            try:
+                if fix:
+                    scan = _fix_rounds(scanner, doc, exp, scan, record, say, max_rounds)
+            finally:
+                if exp.lease is not None:
+                    exp.lease.release()
+                    exp.lease = None
             rep.state = scan.effective
     final = {p.key for p in scan.problems}
     for key, p in seen.items():
@@ -148,6 +167,9 @@ def run_doctor(
 
             if resume is None:
                 raise RuntimeError(f"no resume given: run `panicflow experiment resume {exp.id}`")
+            if exp.lease is not None:  # resume takes the experiment itself
+                exp.lease.release()
+                exp.lease = None
             if not clients:
                 if client is not None:
                     clients.append(client)

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from ..config import UNSEEDED
+from ..models import REGISTRY, Kind
 from ..store import experiment as experiment_module
 from ..store.experiment import INVOCATION_ARRAYS, Experiment
 from ..store.journal import StepRecord
@@ -102,6 +103,8 @@ class LayoutRoot(StoreRoot):
             return False
         self.files[key] = bytes(data)
         return True
+
+    create_exclusive = write_bytes_once  # one thread, in memory: already exclusive
 
     def exists(self, key: str) -> bool:
         return key in self.files
@@ -236,4 +239,16 @@ class Scan:
         p = Problem(kind, detail, **where)
         self.problems.append(p)
         return p
+
+
+def generate_one(model: str, value: Any, seed: int) -> tuple[bytes, Any]:
+    """One model call as the scheduler makes it: (stored bytes, what the next model sees)."""
+    from ..models.cache import get_model
+    from ..store.objects import decode_image, encode_image
+
+    out = get_model(model).generate([value], [int(seed)])[0]
+    if REGISTRY[model].output_kind is Kind.TEXT:
+        return out.encode("utf-8"), out
+    data = encode_image(out)
+    return data, decode_image(data)
 

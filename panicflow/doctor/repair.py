@@ -28,6 +28,7 @@ from .common import (
     Run,
     Scan,
     expected_end,
+    generate_one,
     is_pair_array,
     known,
     log,
@@ -218,15 +219,7 @@ class Repairer:
         return False
 
     def _generate(self, model: str, value: Any, seed: int) -> tuple[bytes, Any]:
-        """One model call as the scheduler makes it: (stored bytes, what the next model sees)."""
-        from ..models.cache import get_model
-        from ..store.objects import decode_image, encode_image
-
-        out = get_model(model).generate([value], [int(seed)])[0]
-        if REGISTRY[model].output_kind is Kind.TEXT:
-            return out.encode("utf-8"), out
-        data = encode_image(out)
-        return data, decode_image(data)
+        return generate_one(model, value, seed)
 
     @staticmethod
     def _parameters_json(model: str) -> bytes:

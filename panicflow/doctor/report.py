@@ -19,6 +19,7 @@ KINDS: dict[str, int | None] = {
     "run_mismatch": 3,  # a value contradicts the config or another column
     "stop_reason": 3,  # length/stop_reason/loop_start/loop_period disagree with the outputs
     "run_unended": 3,  # no stop_reason in a finished experiment
+    "step_unfollowed": None,  # a deterministic step's output is not what its input and seed give
     "object_missing": 3,
     "object_corrupt": 3,
     "journal_leftover": 3,  # journal files of a complete experiment

@@ -29,6 +29,7 @@ from .common import (
     Run,
     Scan,
     expected_end,
+    generate_one,
     is_pair_array,
     known,
     log,
@@ -78,6 +79,7 @@ class Scanner:
         for r in s.runs.values():
             try:
                 self._check_run(s, r)
+                self._check_replay(s, r)
             except Exception as exc:  # noqa: BLE001
                 s.add("unreadable", f"checking run {r.index} failed: {short(exc)}", run=r.index)
         self._check_objects(s)
@@ -443,6 +445,40 @@ class Scanner:
             issues.append("an unseeded run never stops on a loop")
         if issues:
             s.add("stop_reason", f"run {i}: " + "; ".join(issues), run=i, path="stop_reason")
+
+    def _check_replay(self, s: Scan, r: Run) -> None:
+        """Re-run the steps of cheap deterministic models (``ModelSpec.cheap_replay``) from their stored
+        input and seed: every output must follow from its predecessor. Catches what no other check can
+        see, such as two coordinators' chains stitched together or two outputs swapped."""
+        if not r.ended or r.stop == "failed" or not r.models:
+            return
+        if not all(getattr(REGISTRY.get(m), "cheap_replay", False) for m in set(r.models[: r.L])):
+            return
+        hashes, texts, seeds = r.rows.get("output_hash"), r.rows.get("text"), r.rows.get("invocation_seed")
+        if hashes is None or seeds is None:
+            return
+        bad: list[int] = []
+        value: object = r.spec.prompt
+        for k in range(r.L):
+            h, seed = hashes[k], seeds[k]
+            if h is None or seed is None or not DIGEST_RE.fullmatch(str(h)):
+                return  # reported by _check_run
+            data, nxt = generate_one(r.models[k], value, int(seed))
+            if sha(data) != h:
+                bad.append(k)
+                if r.kinds[k] == Kind.TEXT.value:  # go on from what is stored, to find every break
+                    nxt = texts[k] if texts and texts[k] is not None else None
+                else:
+                    nxt = self.store.objects.get_image(h) if self.store.objects.exists(h) else None
+                if nxt is None:
+                    break
+            value = nxt
+        if bad:
+            s.add("step_unfollowed",
+                  f"run {r.index}: the output at step(s) {ranges(bad)} is not what {r.models[bad[0]]} gives for the "
+                  "step's input and seed (outputs swapped or edited, or two coordinators wrote this run); "
+                  f"re-run the experiment's run {r.index} from step {bad[0]}: its later steps cannot be trusted",
+                  run=r.index, step=bad[0], path="output_hash")
 
     # ------------------------------------------------------------- objects
     def _check_objects(self, s: Scan) -> None:

@@ -34,6 +34,7 @@ for _cls in dummy.GENERATIVE + dummy.EMBEDDERS:
             dim=getattr(_cls, "dim", None),
             description=(_cls.__doc__ or "").strip().splitlines()[0] + " (dummy, CPU)",
             default_batch_size=64,
+            cheap_replay=True,
         )
     )
 

@@ -92,6 +92,9 @@ class ModelSpec:
     description: str = ""
     default_batch_size: int = 32
     extra: dict[str, Any] = field(default_factory=dict)  # family-specific settings (HF id, dtype...)
+    # deterministic, batch-invariant and fast on a CPU: `panicflow doctor` re-runs every step of
+    # such models to check that each output follows from its input and seed
+    cheap_replay: bool = False
 
     @property
     def input_kind(self) -> Kind:

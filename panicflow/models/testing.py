@@ -85,7 +85,7 @@ def specs() -> list[ModelSpec]:
     ]
     out.append(ModelSpec(name="SleepT2I", role=SleepT2I.role, factory=lambda spec: SleepT2I(),
                          description="DummyT2I taking PANICFLOW_TEST_SLEEP_S per call; needs a GPU resource (testing)",
-                         extra={"approx_gpu_gb": 1}))
+                         extra={"approx_gpu_gb": 1}, cheap_replay=True))  # DummyT2I's outputs; doctor replays sleep too unless PANICFLOW_TEST_SLEEP_S=0
     for name, architecture in TINY_MODELS.items():
         # batch 4: small enough that a handful of runs makes several groups; no GPU memory to claim
         out.append(random_weights_spec(name, architecture, "tiny", batch=4, approx_gpu_gb=0))

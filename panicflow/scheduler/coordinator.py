@@ -42,6 +42,7 @@ from ..store.experiment import (
     read_markers,
 )
 from ..store.journal import RunEvent, StepRecord
+from ..store.lease import LeaseLost
 from . import tasks
 
 log = logging.getLogger(__name__)
@@ -287,7 +288,7 @@ class Coordinator:
                     self.exp.write_state("interrupted")
                 else:
                     self.exp.write_state("failed", error=f"{type(exc).__name__}: {exc}")
-            except OSError as state_exc:
+            except (OSError, LeaseLost) as state_exc:
                 # the store itself may be what failed (full, read-only): this write then fails too,
                 # and raising it would hide the original error; the dead pid reads as "interrupted"
                 log.debug("could not record the state of experiment %s: %s", self.exp.id, state_exc)
@@ -595,7 +596,7 @@ class Coordinator:
     def _submit_embed(self, st: RunState, model: str) -> None:
         self._submit(
             "embed", model, st, tasks.embed_run, self.store.location, self.exp.id, st.spec.index, model,
-            st.end.length, self.config.batch_size_for(model),
+            st.end.length, self.config.batch_size_for(model), getattr(self.exp.lease, "epoch", 0),
         )
 
     def _submit_diagram(self, st: RunState, model: str) -> None:

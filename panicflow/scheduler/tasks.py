@@ -88,14 +88,18 @@ def _worker_address() -> str | None:
         return None
 
 
-def embed_run(store_url: str, experiment_id: str, run: int, model: str, length: int, batch_size: int) -> int:
+def embed_run(store_url: str, experiment_id: str, run: int, model: str, length: int, batch_size: int,
+              lease_epoch: int = 0) -> int:
     """Embed every output of one run that ``model`` can embed, and write its rows.
 
     Reads the run's materialised outputs from Zarr (written by the coordinator
-    before it submits this task); returns how many vectors were written.
+    before it submits this task); returns how many vectors were written. Nothing is
+    written once the coordinator's lease ``lease_epoch`` was taken over (store/lease.py).
     """
     store = _store(store_url)
     exp = Experiment(store.root, experiment_id)
+    if lease_epoch:
+        exp.fenced_by(lease_epoch)
     g = exp.group(read_only=True)
     spec = get_spec(model)  # UnknownModel (a PermanentError), not KeyError, on a worker without it
     kinds = g["kind"][run, :length]

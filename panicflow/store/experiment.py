@@ -4,6 +4,7 @@ Layout (docs/store.md is the full contract)::
 
     experiments/<id>/experiment.json   config and metadata; written last at creation
     experiments/<id>/state.json        running | complete | failed, with a heartbeat
+    experiments/<id>/lease/            who owns the experiment now (store/lease.py): one writer at a time
     experiments/<id>/journal/*.jsonl   recorded steps, until the experiment completes
     experiments/<id>/data.zarr/        the results, one Zarr v3 hierarchy:
         /                              per-run and per-invocation (run, step) arrays
@@ -21,7 +22,6 @@ from __future__ import annotations
 import json
 import os
 import socket
-import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from functools import cached_property
@@ -34,6 +34,7 @@ from ..config import ExperimentConfig, config_digest, validate_stored_config
 from ..errors import StoreError
 from ..models import REGISTRY, Kind
 from .journal import Journal, StepRecord
+from .lease import Fence, Lease, current_holder, now_us, pid_alive
 from .root import StoreRoot
 
 EXPERIMENT_FORMAT = 2
@@ -82,22 +83,6 @@ def chunk_compressors(dtype: Any) -> list:
     return [Crc32cCodec()] if dtype == "float32" else [ZstdCodec(level=0, checksum=False), Crc32cCodec()]
 
 
-def _pid_alive(pid: Any) -> bool:
-    if not isinstance(pid, int) or pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def now_us() -> int:
-    return time.time_ns() // 1000
-
-
 @dataclass(frozen=True)
 class RunEnd:
     length: int
@@ -114,6 +99,7 @@ class Experiment:
         self.root = root
         self.id = experiment_id
         self.prefix = f"experiments/{experiment_id}"
+        self.lease: Lease | Fence | None = None  # set while this process owns (or writes for) the experiment
 
     # ----------------------------------------------------------------- metadata
     @cached_property
@@ -183,7 +169,26 @@ class Experiment:
 
     @cached_property
     def journal(self) -> Journal:
-        return Journal(self.root, f"{self.prefix}/journal")
+        return Journal(self.root, f"{self.prefix}/journal", fence=self.check_owner)
+
+    # ---------------------------------------------------------------- ownership
+    def take(self, purpose: str = "coordinator") -> Lease:
+        """Own the experiment (``ExperimentBusy`` if a live process does); release the lease after."""
+        self.lease = Lease.acquire(self.root, self.prefix, self.id, purpose=purpose)
+        return self.lease
+
+    def fenced_by(self, epoch: int) -> None:
+        """On a worker: writes for the coordinator holding lease ``epoch`` stop once it is taken over."""
+        self.lease = Fence(self.root, self.prefix, epoch)
+
+    def leased(self) -> bool:
+        """Whether any coordinator of a version with leases ever took this experiment."""
+        return bool(self.root.list(f"{self.prefix}/lease"))
+
+    def check_owner(self) -> None:
+        """Before a write that commits: ``LeaseLost`` if this process no longer owns the experiment."""
+        if self.lease is not None:
+            self.lease.check()
 
     # -------------------------------------------------------------------- state
     def read_state(self) -> dict[str, Any]:
@@ -196,6 +201,7 @@ class Experiment:
         return state
 
     def write_state(self, state: str, **fields: Any) -> None:
+        self.check_owner()
         body = {"state": state, "updated_us": now_us(), "pid": os.getpid(), "host": socket.gethostname(), **fields}
         self.root.write_bytes(f"{self.prefix}/state.json", json.dumps(body).encode())
 
@@ -206,8 +212,14 @@ class Experiment:
             return state["state"]
         updated = state.get("updated_us")
         updated = updated if isinstance(updated, int) and not isinstance(updated, bool) else 0
+        holder = current_holder(self.root, self.prefix)
+        if holder is not None and holder.get("token") != getattr(self.lease, "token", None):
+            return "running"  # a live owner (coordinator or doctor --fix) holds the lease
+        if self.leased():
+            return "interrupted"  # leased experiments: the lease says it all
+        # experiments written before leases: the state.json heartbeat
         if state["state"] == "running" and now_us() - updated < HEARTBEAT_STALE_S * 1e6:
-            if state.get("host") == socket.gethostname() and not _pid_alive(state.get("pid")):
+            if state.get("host") == socket.gethostname() and not pid_alive(state.get("pid")):
                 return "interrupted"  # its coordinator died on this machine: no need to wait for the heartbeat
             return "running"
         return "interrupted"
@@ -311,6 +323,7 @@ class ExperimentWriter:
         """Materialise ``steps`` (consecutive, from ``steps[0].step``) of one run."""
         if not steps:
             return
+        self.exp.check_owner()
         a, b = steps[0].step, steps[-1].step + 1
         columns = {
             "model": np.array([s.model for s in steps]),
@@ -333,6 +346,7 @@ class ExperimentWriter:
         return self._a("output_hash")[run, :n]
 
     def write_run_end(self, run: int, end: RunEnd) -> None:
+        self.exp.check_owner()
         self._a("length")[run] = end.length
         self._a("loop_start")[run] = end.loop_start
         self._a("loop_period")[run] = end.loop_period
@@ -341,6 +355,7 @@ class ExperimentWriter:
 
     def clear_run_end(self, run: int) -> None:
         """Undo ``write_run_end`` for a run that is given another go: marker first."""
+        self.exp.check_owner()
         self._a("stop_reason")[run] = ""
         self._a("length")[run] = -1
         self._a("loop_start")[run] = -1
@@ -348,9 +363,11 @@ class ExperimentWriter:
         self._a("error")[run] = ""
 
     def clear_diagram_status(self, run: int, model: str) -> None:
+        self.exp.check_owner()
         self._a(f"diagrams/{model}/status")[run] = ""
 
     def mark_embedded(self, run: int, model: str) -> None:
+        self.exp.check_owner()
         self._a(f"embeddings/{model}/done")[run] = True
 
     def write_diagram(self, run: int, model: str, result) -> None:
@@ -361,6 +378,7 @@ class ExperimentWriter:
         order the diagrams finished in. Only the coordinator writes these arrays, so
         resizing cannot race, and every chunk still has one writer.
         """
+        self.exp.check_owner()
         d = f"diagrams/{model}"
         births, deaths, dims = [], [], []
         for k, dgm in enumerate(result.diagrams):
@@ -430,6 +448,7 @@ def diagram_provenance_arrays(n_runs: int, n_steps: int, maxdim: int) -> dict[st
 def write_embedding_rows(exp: Experiment, run: int, model: str, vectors: np.ndarray) -> None:
     """Run on a worker: the (run, model) embedding task is the only writer of these chunks."""
     g = exp.group()
+    exp.check_owner()
     g[f"embeddings/{model}/vector"][run, : len(vectors)] = vectors
 
 

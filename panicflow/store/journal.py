@@ -27,7 +27,7 @@ import re
 import secrets
 import threading
 from dataclasses import asdict, dataclass
-from typing import Iterable, Iterator
+from typing import Callable, Iterable, Iterator
 
 from ..errors import StoreError
 from .root import StoreRoot
@@ -69,9 +69,10 @@ def _order(name: str) -> tuple:
 
 
 class Journal:
-    def __init__(self, root: StoreRoot, prefix: str) -> None:
+    def __init__(self, root: StoreRoot, prefix: str, fence: Callable[[], None] | None = None) -> None:
         self.root = root
         self.prefix = prefix
+        self.fence = fence  # raises when this process no longer owns the experiment (store/lease.py)
         self._session: int | None = None  # taken at the first append
         self._seq = itertools.count()
         self._token = secrets.token_hex(3)
@@ -90,6 +91,8 @@ class Journal:
             lines.append(json.dumps({"type": kind, **asdict(rec)}, ensure_ascii=False))
         if lines:
             data = ("\n".join(lines) + "\n").encode("utf-8")
+            if self.fence is not None:
+                self.fence()
             self.root.write_bytes(f"{self.prefix}/{self._next_name()}", data)
 
     def names(self) -> list[str]:
@@ -123,5 +126,7 @@ class Journal:
             yield from records
 
     def clear(self) -> None:
+        if self.fence is not None:
+            self.fence()
         for name in self.root.list(self.prefix):
             self.root.delete(f"{self.prefix}/{name}")

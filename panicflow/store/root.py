@@ -80,6 +80,11 @@ class StoreRoot(ABC):
         """Create ``key`` unless it exists; True when this call created it."""
 
     @abstractmethod
+    def create_exclusive(self, key: str, data: bytes) -> bool:
+        """Create ``key`` unless it exists, with exactly one winner among racing writers
+        (unlike ``write_bytes_once``); True when this call created it. For locks and leases."""
+
+    @abstractmethod
     def exists(self, key: str) -> bool:
         """Whether a file or folder is at ``key``."""
 
@@ -225,6 +230,29 @@ class LocalRoot(StoreRoot):
         finally:
             _unlink_quiet(tmp)
 
+    def create_exclusive(self, key: str, data: bytes) -> bool:
+        path = self._path(key)
+        tmp = self._write_tmp(path, data)
+        try:
+            os.link(tmp, path)  # fails if the name exists: one winner, and never a partial file
+            return True
+        except FileExistsError:
+            return False
+        except OSError as e:
+            if e.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK):
+                raise
+        finally:
+            _unlink_quiet(tmp)
+        try:  # no hard links here (some FUSE/SMB mounts): O_EXCL is still exclusive
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except FileExistsError:
+            return False
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        return True
+
     def exists(self, key: str) -> bool:
         return os.path.exists(self._path(key))
 
@@ -297,6 +325,18 @@ class FsspecRoot(StoreRoot):
         if self.exists(key):
             return False
         self.write_bytes(key, data)
+        return True
+
+    def create_exclusive(self, key: str, data: bytes) -> bool:
+        # fsspec's mode="create": a conditional PUT (If-None-Match: *) on S3, "xb" in memory;
+        # filesystems without an atomic form check then write (documented in docs/store.md).
+        path = self._path(key)
+        if not self._atomic_put:
+            self.fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
+        try:
+            self.fs.pipe_file(path, data, mode="create")
+        except FileExistsError:
+            return False
         return True
 
     def exists(self, key: str) -> bool:

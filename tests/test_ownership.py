@@ -1,0 +1,208 @@
+"""One owner per experiment (panicflow/store/lease.py): racing takers get exactly one winner, on a
+local folder and on S3; a second resume is refused while the first is still starting its cluster;
+a coordinator paused past the lease's TTL is fenced when it wakes and writes nothing more; and
+`doctor` finds a step whose output does not follow from its input."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+import panicflow
+from panicflow.api import doctor as run_doctor
+from cluster_util import child_env, journaled_steps, stop_process
+from panicflow.config import validate_config
+from panicflow.store import Store
+from panicflow.store.experiment import Experiment, ExperimentWriter
+from panicflow.store.journal import StepRecord
+from panicflow.store.lease import ExperimentBusy, Lease, LeaseLost
+
+CONFIG = {
+    "networks": [["DummyT2I", "DummyI2T"]],
+    "seeds": [7, -1],
+    "prompts": ["a cat"],
+    "embedding_models": ["DummyText"],
+    "max_length": 12,
+}
+
+RACER = """
+import os, sys, time
+from panicflow.store import Store
+from panicflow.store.lease import ExperimentBusy, Lease
+store, eid, go = sys.argv[1], sys.argv[2], sys.argv[3]
+exp = Store(store).experiment(eid)
+while not os.path.exists(go):
+    time.sleep(0.001)
+try:
+    Lease.acquire(exp.root, exp.prefix, eid, renew=False)
+    print("won")
+except ExperimentBusy:
+    print("busy")
+"""
+
+
+def _created(store: str) -> Experiment:
+    st = Store(store, create=True)
+    st.ensure_created()
+    return Experiment.create(st.root, st.new_experiment_id(), validate_config(CONFIG))
+
+
+def _race(store: str, eid: str, tmp_path: Path, n: int, env: dict[str, str] | None = None) -> list[str]:
+    go = tmp_path / f"go-{time.monotonic_ns()}"
+    procs = [subprocess.Popen([sys.executable, "-c", RACER, store, eid, str(go)], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True, env={**os.environ, **(env or {})}) for _ in range(n)]
+    time.sleep(3.0)  # every racer imported and polling
+    go.touch()
+    outs = []
+    for p in procs:
+        out, err = p.communicate(timeout=120)
+        assert p.returncode == 0, err
+        outs.append(out.strip())
+    return outs
+
+
+def test_racing_takers_have_one_winner_on_a_local_folder(tmp_path):
+    store = str(tmp_path / "store")
+    exp = _created(store)
+    for _ in range(2):  # the second round races for the epoch after the first winner released it
+        outs = _race(store, exp.id, tmp_path, 6)
+        assert sorted(outs) == ["busy"] * 5 + ["won"], outs
+        top = max(int(n.split(".")[0]) for n in os.listdir(Path(store) / exp.prefix / "lease") if n.endswith(".json"))
+        Lease(exp.root, f"{exp.prefix}/lease", top, "", "").beat(released=True)  # as the winner's release() does
+
+
+def test_racing_takers_have_one_winner_on_s3(s3_env, tmp_path):
+    store = f"s3://{BUCKET}/ownership/{tmp_path.name}"
+    exp = _created(store)
+    outs = _race(store, exp.id, tmp_path, 4, env=s3_env)
+    assert sorted(outs) == ["busy"] * 3 + ["won"], outs
+
+
+def test_a_paused_owner_is_fenced_before_it_writes(tmp_path, monkeypatch):
+    monkeypatch.setenv("PANICFLOW_LEASE_TTL_S", "1")
+    store = str(tmp_path / "store")
+    exp = _created(store)
+    first = Experiment(exp.root, exp.id)
+    first.lease = Lease.acquire(first.root, first.prefix, first.id, renew=False)  # paused: never renews
+    second = Experiment(exp.root, exp.id)
+    with pytest.raises(ExperimentBusy, match="in use by another coordinator"):
+        second.take()
+    time.sleep(1.3)
+    assert first.effective_state() == "interrupted"  # its beat went stale
+    with second.take():
+        journal_dir = Path(store) / exp.prefix / "journal"
+        before = sorted(os.listdir(journal_dir)) if journal_dir.exists() else []
+        rec = StepRecord(0, 0, "DummyT2I", "image", "0" * 64, None, 7, 1, 2)
+        with pytest.raises(LeaseLost, match="took over"):
+            first.journal.append([rec])
+        with pytest.raises(LeaseLost):
+            ExperimentWriter(first).write_steps(0, [rec])
+        with pytest.raises(LeaseLost):
+            first.write_state("running")
+        after = sorted(os.listdir(journal_dir)) if journal_dir.exists() else []
+        assert after == before  # nothing written by the fenced owner
+        second.journal.append([rec])  # the new owner writes
+        assert len(os.listdir(journal_dir)) == len(before) + 1
+
+
+def test_resume_and_doctor_fix_are_refused_while_another_process_owns_it(tmp_path):
+    store = str(tmp_path / "store")
+    exp = _created(store)
+    with exp.take():  # as a resume does before its cluster starts
+        t0 = time.monotonic()
+        r = subprocess.run([sys.executable, "-m", "panicflow", "experiment", "resume", exp.id, "--store", store],
+                           capture_output=True, text=True, env=child_env(), timeout=120)
+        assert r.returncode == 2, r.stderr
+        assert "in use by another coordinator" in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+        assert time.monotonic() - t0 < 60  # refused before any cluster starts
+        rep = run_doctor(exp.id, store=store, fix=True)
+        assert not any(p.fixed for e in rep.experiments for p in e.problems)
+        assert rep.experiments[0].state == "running"
+
+
+def _start(store: str, tmp_path: Path, env: dict[str, str], *args: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "panicflow", "experiment", *args, "--store", store, "--workers", "1"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, start_new_session=True,
+                            cwd=tmp_path)
+
+
+def _wait(pred, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not pred():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.1)
+
+
+def test_a_coordinator_paused_past_its_lease_stops_when_it_wakes(tmp_path):
+    """SIGSTOP a running coordinator past the TTL, resume beside it, SIGCONT it: it must stop without
+    writing, the resume finishes, and every step of the result follows from its predecessor."""
+    config = {"networks": [["SleepT2I", "DummyI2T"]], "seeds": [-1, -1, 3], "prompts": ["a cat", "a red boat"],
+              "embedding_models": ["DummyText"], "max_length": 120}
+    store = str(tmp_path / "store")
+    env = child_env(PANICFLOW_LEASE_TTL_S="3", PANICFLOW_TEST_SLEEP_S="0.05")
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    first = _start(store, tmp_path, env, "run", str(path))
+    second = None
+    try:
+        _wait(lambda: journaled_steps(store) >= 20 or first.poll() is not None, 240, "the first coordinator's steps")
+        assert first.poll() is None, first.communicate()[1][-3000:]
+        eid = os.listdir(Path(store) / "experiments")[0]
+        journal = Path(store) / "experiments" / eid / "journal"
+        os.kill(first.pid, signal.SIGSTOP)  # the coordinator only: its worker processes go on
+        ours = set(os.listdir(journal))
+        sessions = {n.split("-")[0] for n in ours}
+        assert len(sessions) == 1
+        time.sleep(4.0)  # past the TTL
+        second = _start(store, tmp_path, env, "resume", eid)
+        _wait(lambda: any(n.split("-")[0] not in sessions for n in os.listdir(journal)) or second.poll() is not None,
+              240, "the resume's first steps")
+        os.kill(first.pid, signal.SIGCONT)
+        _, err1 = first.communicate(timeout=120)
+        assert first.returncode == 1, err1[-3000:]
+        assert "took over" in err1, err1[-3000:]
+        later = {n for n in os.listdir(journal) if n.split("-")[0] in sessions} if journal.exists() else set()
+        assert later <= ours  # the fenced coordinator wrote no journal file after it woke
+        _, err2 = second.communicate(timeout=600)
+        assert second.returncode == 0, err2[-3000:]
+    finally:
+        if first.poll() is None:
+            os.kill(first.pid, signal.SIGCONT)
+        stop_process(first)
+        stop_process(second)
+    status = panicflow.experiment_status(eid, store=store)
+    assert status.state == "complete" and status.runs_complete == 6
+    doctor = subprocess.run([sys.executable, "-m", "panicflow", "doctor", eid, "--store", store, "--json"],
+                            capture_output=True, text=True, env={**env, "PANICFLOW_TEST_SLEEP_S": "0"}, timeout=300)
+    assert doctor.returncode == 0, doctor.stdout[-3000:] + doctor.stderr[-3000:]
+
+
+def test_doctor_finds_a_step_that_does_not_follow_from_its_input(tmp_path):
+    store = str(tmp_path / "store")
+    cfg = {**CONFIG, "seeds": [7, 11], "max_length": 30}
+    eid = panicflow.run_experiment(cfg, store=store, workers=1)
+    assert run_doctor(eid, store=store).exit_code == 0
+    tree = panicflow.open_experiment(eid, store=store)
+    lengths = tree["/"].ds.length.values
+    run = int(np.argmax(lengths))
+    assert lengths[run] >= 4
+    # swap two image outputs of one run, as a stitched or edited chain would look: every other check passes
+    g = Experiment(Store(store).root, eid).group()
+    h = g["output_hash"][run, :4]
+    g["output_hash"][run, 0], g["output_hash"][run, 2] = h[2], h[0]
+    rep = run_doctor(eid, store=store)
+    found = [p for e in rep.experiments for p in e.problems if p.kind == "step_unfollowed"]
+    assert len(found) == 1 and found[0].run == run and found[0].step == 0, [p.detail for e in rep.experiments for p in e.problems]
+    assert rep.exit_code != 0
+
+
+from s3_util import BUCKET, s3_env  # noqa: E402,F401 (a fixture)
