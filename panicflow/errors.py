@@ -7,6 +7,8 @@ is a bug or an environment failure and exits with status 1.
 
 from __future__ import annotations
 
+import errno
+
 
 class PanicflowError(Exception):
     """Base class of panicflow's own errors."""
@@ -66,3 +68,25 @@ class RunsFailed(PanicflowError):
 
     def __str__(self) -> str:
         return self.message
+
+
+# OS errors that say the store stopped accepting writes (disk full, quota, read-only): no retry heals them
+STORE_WRITE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS})
+
+
+class StoreIOError(PanicflowError, OSError):
+    """The store failed under a running experiment (full, read-only...); the experiment is resumable.
+
+    One line naming the store, the OS error and the resume command; ``experiment_id`` and
+    ``store`` say which (``experiment_id`` is empty when the experiment was not created)."""
+
+    experiment_id: str = ""
+    store: str = ""
+
+
+class StoreWriteFailed(PanicflowError, OSError):
+    """A worker's write into the store failed with one of ``STORE_WRITE_ERRNOS``.
+
+    The task returns it instead of raising it (``scheduler.store_faults``), so that neither
+    Dask's retries nor the coordinator's retry it as a model failure, with a traceback each;
+    the coordinator raises it, which stops the experiment with a ``StoreIOError``."""

@@ -234,15 +234,17 @@ def write_config(config: dict[str, Any], path: str) -> str:
 class Watch:
     """Cheap, frequent looks at an experiment's files while a coordinator writes them.
 
-    Journal files are immutable once renamed into place, so each is read once
-    and kept: ``records`` is every step and event ever journaled, even after
-    the coordinator deletes the journal on completion.
+    Journal files only grow (a coordinator appends to its own segment), so each
+    is read from where the last look stopped, whole lines only, and kept:
+    ``records`` is every step and event ever journaled, even after the
+    coordinator deletes the journal on completion.
     """
 
     def __init__(self, store: str, eid: str | None = None) -> None:
         self.store = store
         self.eid = eid
         self.files: dict[str, list[dict]] = {}
+        self.read_to: dict[str, int] = {}  # bytes of each file read so far
 
     def experiment_id(self) -> str | None:
         if self.eid is None:
@@ -262,13 +264,17 @@ class Watch:
             names = os.listdir(self._exp("journal"))
         except FileNotFoundError:
             return
-        for name in names:
-            if name.endswith(".jsonl") and not name.startswith(".") and name not in self.files:
+        for name in sorted(names):
+            if name.endswith(".jsonl") and not name.startswith("."):
                 try:
-                    text = Path(self._exp("journal", name)).read_text()
+                    with open(self._exp("journal", name), "rb") as f:
+                        f.seek(self.read_to.get(name, 0))
+                        data = f.read()
                 except FileNotFoundError:  # deleted on completion meanwhile
                     continue
-                self.files[name] = [json.loads(line) for line in text.splitlines()]
+                whole = data[: data.rfind(b"\n") + 1]  # a line being appended is read next time
+                self.read_to[name] = self.read_to.get(name, 0) + len(whole)
+                self.files.setdefault(name, []).extend(json.loads(line) for line in whole.splitlines() if line.strip())
 
     def journal_files(self) -> int:
         try:

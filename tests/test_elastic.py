@@ -101,11 +101,15 @@ def test_cpu_stages_wait_for_cpu_slots_and_keep_off_gpu_workers(semantics_experi
     assert coord._is_cpu_stage("diagram", "DummyText") and coord._is_cpu_stage("embed", "DummyText")
     run = coord.runs[0]
     coord.runs[1].end = None  # a run still going: CPU stages get only the CPU slots
+    coord._dirty.add(1)  # as the coordinator marks a run whose call came back
+    coord._look_at_dirty_runs()
     for model in ("DummyText", "DummyText2", "DummyVision", "DummyVision2"):
         run.diagrams.discard(model)
         coord._submit_diagram(run, model)
     assert len(client.submitted) == 3 and len(coord.cpu_queue) == 1
     assert all(kw["workers"] == ["tcp://c"] and kw["allow_other_workers"] for kw in client.submitted)
     coord.runs[1].end = coord.runs[0].end  # runs done: every thread may take them
+    coord._dirty.add(1)
+    coord._look_at_dirty_runs()
     coord._drain_cpu_queue()
     assert len(client.submitted) == 4 and not coord.cpu_queue

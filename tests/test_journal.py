@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 
@@ -22,11 +23,14 @@ CONFIG = {
 }
 
 
-def _step(run: int, step: int) -> StepRecord:
+def _step(run: int, step: int, store: Store | None = None) -> StepRecord:
+    """A journal line; with ``store``, its output is in the store too (resume checks the newest outputs)."""
     kind = "image" if step % 2 == 0 else "text"
+    text = None if kind == "image" else f"text {step}"
+    data = text.encode() if text is not None else f"image {run} {step}".encode()
+    digest = store.objects.put_bytes(data) if store is not None else hashlib.sha256(data).hexdigest()
     return StepRecord(run=run, step=step, model="DummyT2I" if kind == "image" else "DummyI2T", kind=kind,
-                      hash=f"{run:02d}{step:062d}", text=None if kind == "image" else f"text {step}", seed=3 + run,
-                      started_us=1, ended_us=2)
+                      hash=digest, text=text, seed=3 + run, started_us=1, ended_us=2)
 
 
 def _journal(tmp_path) -> Journal:
@@ -49,7 +53,38 @@ def test_files_are_read_in_the_order_written_across_coordinator_processes(tmp_pa
     # a plain listing sorted by name is in write order too (what a person or a script sees)
     folder = os.path.join(first.root.path, *first.prefix.split("/"))
     assert sorted(os.listdir(folder)) == first.names()
-    assert [n.split("-")[0] for n in first.names()] == ["00000001"] * 4 + ["00000002"] * 4 + ["00000003"] * 4
+    # on a local folder each process appends to one segment (issue 7 item 8: a file per call was ~1,200 files)
+    assert [n.split("-")[0] for n in first.names()] == ["00000001", "00000002", "00000003"]
+
+
+def test_object_storage_gets_one_whole_file_per_append(tmp_path):
+    store = Store(f"memory://journal-{tmp_path.name}", create=True)
+    journal = Journal(store.root, "experiments/x/journal")
+    recs = [_step(0, k) for k in range(3)]
+    for rec in recs:
+        journal.append([rec])
+    assert len(journal.names()) == 3 and list(journal.read()) == recs
+
+
+def test_a_torn_last_line_is_ignored_and_a_damaged_middle_line_is_not(tmp_path):
+    """A reader can meet a line being appended, and a power cut can cut the last one: neither was ever
+    acted on (the coordinator acts after its write returned), so it is skipped; damage before the end is not."""
+    journal = _journal(tmp_path)
+    recs = [_step(0, 0), _step(0, 1)]
+    journal.append(recs)
+    journal.close()
+    [name] = journal.names()
+    path = os.path.join(journal.root.path, *journal.prefix.split("/"), name)
+    with open(path, "ab") as f:
+        f.write(b'{"type": "step", "run": 0, "st')  # torn: no newline
+    assert list(journal.read()) == recs
+    with open(path, "ab") as f:
+        f.write(b"\x00" * 64)  # a power cut's zero-filled tail
+    assert list(journal.read()) == recs
+    with open(path, "ab") as f:
+        f.write(b"\n" + json.dumps({"type": "event", "run": 0, "event": "failed", "step": 2, "error": ""}).encode() + b"\n")
+    with pytest.raises(StoreError, match="is damaged at line 3"):
+        list(journal.read())
 
 
 def test_older_unordered_files_are_read_first_then_the_ordered_ones(tmp_path):
@@ -85,12 +120,12 @@ def test_crash_after_resume_retry_failed_keeps_the_last_event(client, tmp_path, 
 
     store = Store(str(tmp_path / "store"), create=True)
     exp = Experiment.create(store.root, "20250101-000000-abcdef", validate_config(CONFIG))
-    Journal(store.root, exp.journal.prefix).append([_step(0, 0), _step(0, 1), _step(1, 0)])
+    Journal(store.root, exp.journal.prefix).append([_step(0, 0, store), _step(0, 1, store), _step(1, 0, store)])
     Journal(store.root, exp.journal.prefix).append([RunEvent(0, "failed", 2, "boom")])  # a coordinator that stopped
     retrying = Journal(store.root, exp.journal.prefix)  # the resume --retry-failed, crashed later
     retrying.append([RunEvent(0, "retry", 2)])
-    retrying.append([_step(0, 2), _step(1, 1)])
-    retrying.append([_step(0, 3)])
+    retrying.append([_step(0, 2, store), _step(1, 1, store)])
+    retrying.append([_step(0, 3, store)])
     if second_failure:
         retrying.append([RunEvent(0, "failed", 4, "boom again")])
     coordinator = Coordinator(client, store, Experiment(store.root, exp.id))

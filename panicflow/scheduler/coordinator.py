@@ -15,6 +15,7 @@ and the Zarr markers, so a resumed experiment continues as if never stopped.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 import secrets
@@ -29,7 +30,7 @@ from distributed import Client, Future, wait
 
 from ..config import UNSEEDED, ExperimentConfig, RunSpec
 from ..analysis.topology import status_group
-from ..errors import PermanentError
+from ..errors import PermanentError, StoreWriteFailed
 from ..models import REGISTRY, Kind
 from ..store import Store
 from ..store.experiment import (
@@ -50,6 +51,7 @@ log = logging.getLogger(__name__)
 # Dask runs higher priorities first: keep the model calls flowing, then embed, then diagrams
 PRIORITY = {"invoke": 30, "embed": 20, "diagram": 10}
 CLUSTER_LOOK_S = 2.0  # how often the coordinator looks at the cluster's workers (they come and go)
+VERIFY_WINDOW_S = 120.0  # outputs journaled this long before a crash are checked on resume (power cuts)
 GATHER_TIMEOUT_S = 10.0  # results are small: longer means one is being computed again (a worker died)
 
 
@@ -198,10 +200,22 @@ class Coordinator:
         """Rebuild every run's state from the journal and the Zarr markers."""
         cfg = self.config
         self.runs = [RunState(spec, cfg.max_length) for spec in cfg.runs()]
+        # runs to look at in the next round, and those waiting for a model call: each round looks at
+        # these, never at every run, so its work does not grow with the experiment (issue 7 item 7)
+        self._dirty: set[int] = set(range(len(self.runs)))
+        self._open: set[int] = set()  # runs not ended
+        self._backoff: set[int] = set()  # idle runs waiting for their retry time
+        self._ready: dict[str, dict[int, None]] = defaultdict(dict)  # free batching: model -> idle runs, FIFO
+        self._ready_model: dict[int, str] = {}  # run -> the model it waits in _ready for
+        self._ready_groups: dict[tuple[int, int], None] = {}  # deterministic: (group, step)s whose runs all wait
+        self._members: dict[int, list[RunState]] = defaultdict(list)  # deterministic group -> its runs
+        self._solo: set[int] = set()  # idle runs retrying alone (free batching)
         self.invocations_by_model: Counter[str] = Counter()
         self.diagram_outcomes = defaultdict(Counter)
         for st, group in zip(self.runs, batch_groups(cfg)):
             st.group = group
+            if group is not None:
+                self._members[group].append(st)
         markers = read_markers(self.exp)
         by_run: dict[int, dict[int, StepRecord]] = defaultdict(dict)
         failures: dict[int, RunEvent] = {}
@@ -212,6 +226,7 @@ class Coordinator:
                 failures[rec.run] = rec
             elif rec.event == "retry":
                 failures.pop(rec.run, None)
+        self._verify_recent_outputs(by_run, markers)
         for st in self.runs:
             i = st.spec.index
             records = by_run.pop(i, {})
@@ -242,6 +257,33 @@ class Coordinator:
                     st.diagrams.add(m)
                     self.diagram_outcomes[m][status_group(status)] += 1
 
+    def _verify_recent_outputs(self, by_run: dict[int, dict[int, StepRecord]], markers: dict) -> None:
+        """After a power cut, the newest journaled outputs may be missing or torn: workers do not
+        flush objects to disk (``StoreRoot.unsynced``), the page cache does within about 30 s.
+        Check the outputs journaled in the last ``VERIFY_WINDOW_S`` before the newest step of
+        every run still going; a lost text is written again from the journal, and at the first
+        lost image the run's later steps (computed from it) are dropped: they run again."""
+        if not self.store.root.is_local:
+            return  # object storage: an object exists only once its PUT succeeded
+        newest = max((r.ended_us for recs in by_run.values() for r in recs.values()), default=0)
+        since = newest - int(VERIFY_WINDOW_S * 1e6)
+        objects = self.store.objects
+        for i, records in by_run.items():
+            if str(markers["stop_reason"][i]):
+                continue  # ended and materialised before the crash: already flushed long ago
+            for step in sorted(k for k, r in records.items() if r.ended_us >= since):
+                rec = records[step]
+                if objects.verify(rec.hash):
+                    continue
+                self.store.root.delete(objects.key_for(rec.hash))  # a torn object would block its rewrite
+                if rec.kind == Kind.TEXT.value and rec.text is not None:
+                    objects.put_text(rec.text)
+                    continue
+                log.warning("run %d: output of step %d was lost (power cut?); computing it again", i, step)
+                for k in [k for k in records if k >= step]:
+                    del records[k]
+                break
+
     @property
     def _step_chunk(self) -> int:
         return min(self.config.max_length, STEP_CHUNK)
@@ -260,7 +302,8 @@ class Coordinator:
                 self._submit_model_calls()
                 self._drain_cpu_queue()
                 if not self.in_flight:
-                    waiting = [st.not_before for st in self._waiting_runs()]
+                    self._look_at_dirty_runs()
+                    waiting = [self.runs[i].not_before for i in self._backoff]
                     if not waiting:
                         break
                     time.sleep(max(0.0, min(waiting) - time.monotonic()))
@@ -278,12 +321,15 @@ class Coordinator:
                         # computes it again (we still hold the future), so wait for it; handled as a
                         # failure it made a diagram "error" for good (tests/test_faults.py, worker kill)
                         continue
-                    self._handle(fut, self.in_flight.pop(fut), results.get(fut))
+                    task = self.in_flight.pop(fut)
+                    self._dirty.update(task.runs)
+                    self._handle(fut, task, results.get(fut))
                 self._tick()
         except BaseException as exc:
             for fut in self.in_flight:
                 fut.cancel()
             try:
+                self.exp.journal.close()  # what was appended, durable
                 if isinstance(exc, KeyboardInterrupt):
                     self.exp.write_state("interrupted")
                 else:
@@ -295,6 +341,7 @@ class Coordinator:
             raise
         snap = self.snapshot()
         failed = snap.stop_reasons.get("failed", 0)
+        self.exp.journal.close()
         if failed:
             self.exp.write_state("failed", error=f"{failed} run(s) failed; see their error in `panicflow experiment status`")
         else:
@@ -316,6 +363,7 @@ class Coordinator:
             for model in list(st.diagrams):
                 self.writer.clear_diagram_status(st.spec.index, model)
             st.diagrams.clear()
+            self._dirty.add(st.spec.index)
 
     def _tick(self) -> None:
         self._refresh_cluster()
@@ -331,48 +379,71 @@ class Coordinator:
             self._last_progress = now
             self.progress_cb(self.snapshot())
 
-    def _waiting_runs(self) -> list[RunState]:
-        return [st for st in self.runs if st.end is None and not st.busy]
+    def _look_at_dirty_runs(self) -> None:
+        """File the runs whose state changed since the last round (their call came back, failed, was
+        lost, their retry time came) where the next round looks: the ready queues, or the backoff set."""
+        now = time.monotonic()
+        due = [i for i in self._backoff if self.runs[i].not_before <= now]
+        self._backoff.difference_update(due)
+        self._dirty.update(due)
+        for i in self._dirty:
+            st = self.runs[i]
+            if (model := self._ready_model.pop(i, None)) is not None:
+                self._ready[model].pop(i, None)
+            if st.end is None:
+                self._open.add(i)
+            else:
+                self._open.discard(i)
+            if st.solo and st.end is None:
+                self._solo.add(i)
+            else:
+                self._solo.discard(i)
+            if st.end is not None or st.busy:
+                continue
+            if st.not_before > now:
+                self._backoff.add(i)
+            elif st.group is None:
+                self._ready[st.next_model][i] = None
+                self._ready_model[i] = st.next_model
+        # a group's (group, step) is ready once all its runs there wait: look again at every group a
+        # changed run belongs to (one that ended, or whose probe came back, frees the others)
+        for group in {self.runs[i].group for i in self._dirty} - {None}:
+            for step in {m.n_steps for m in self._members[group] if m.end is None}:
+                members = self._group_at(group, step)
+                if all(not m.busy and m.not_before <= now for m in members):
+                    self._ready_groups[(group, step)] = None
+        self._dirty.clear()
+
+    def _group_at(self, group: int, step: int) -> list[RunState]:
+        return [m for m in self._members[group] if m.end is None and m.n_steps == step]
 
     def _submit_model_calls(self) -> None:
+        self._look_at_dirty_runs()
         now = time.monotonic()
-        ready: dict[str, list[RunState]] = defaultdict(list)
-        groups: dict[tuple[int, int], list[RunState]] = defaultdict(list)  # (group, step) -> its runs
-        blocked: set[tuple[int, int]] = set()
-        for st in self.runs:
-            if st.end is not None:
-                continue
-            if st.group is not None:
-                key = (st.group, st.n_steps)
-                if st.busy or st.not_before > now:
-                    blocked.add(key)  # wait for the whole (group, step): a probe or a backoff
-                else:
-                    groups[key].append(st)
-            elif not st.busy and st.not_before <= now:
-                ready[st.next_model].append(st)
-        for key in sorted(groups):
-            if key in blocked:
+        for key in sorted(self._ready_groups):
+            members = self._group_at(*key)
+            if not all(not m.busy and m.not_before <= now for m in members):
+                del self._ready_groups[key]  # a member was submitted or failed since: it files the key again
                 continue
             if self._free_slots() <= 0:
                 return
-            self._submit_group(groups[key])
-        while ready:
+            del self._ready_groups[key]
+            if members:
+                self._submit_group(members)
+        while True:
             free = self._free_slots()
-            if free <= 0:
+            queues = {m: q for m, q in self._ready.items() if q}
+            if free <= 0 or not queues:
                 return
-            model = max(ready, key=lambda m: len(ready[m]))  # the model most runs are waiting for
-            queue = ready[model]
-            solo = [st for st in queue if st.solo]
+            model = max(queues, key=lambda m: len(queues[m]))  # the model most runs are waiting for
+            queue = queues[model]
+            solo = [i for i in self._solo if i in queue]  # a run retrying alone after its batch kept failing
             if solo:
-                batch = [solo[0]]
+                batch = [self.runs[min(solo)]]
             else:
                 size = min(self.config.batch_size_for(model), math.ceil(len(queue) / free))
-                batch = queue[:size]
-            for st in batch:
-                queue.remove(st)
-            if not queue:
-                del ready[model]
-            self._submit_invoke(model, batch)
+                batch = [self.runs[i] for i in itertools.islice(queue, size)]  # the longest waiting first
+            self._submit_invoke(model, batch)  # takes them out of the queue
 
     def _free_slots(self) -> int:
         return self.max_in_flight - sum(1 for t in self.in_flight.values() if t.kind == "invoke")
@@ -402,6 +473,8 @@ class Coordinator:
         inputs = [st.input_for_next() for st in batch]
         for st in batch:
             st.busy = True
+            if (m := self._ready_model.pop(st.spec.index, None)) is not None:
+                self._ready[m].pop(st.spec.index, None)
         placement = self._placement(model)
         batch_id = uuid.uuid4().hex
         stage = "t2i" if REGISTRY[model].output_kind is Kind.IMAGE else "i2t"
@@ -455,6 +528,7 @@ class Coordinator:
             if task.kind == "invoke":  # never journaled: its runs are simply submitted again
                 for i in task.runs:
                     self.runs[i].busy = False
+                self._dirty.update(task.runs)
             else:
                 self._submit_embed(self.runs[task.runs[0]], task.model)
 
@@ -473,6 +547,8 @@ class Coordinator:
             raise RuntimeError(f"{task.kind} task for run {task.runs[0]} / {task.model} failed: {exc!r}") from exc
         if result is None:
             result = fut.result()
+        if isinstance(result, StoreWriteFailed):  # a task's write into a full or read-only store (store_faults.py)
+            raise result
         if task.kind == "invoke":
             self._invoke_done(task, result)
         elif task.kind == "embed":
@@ -651,7 +727,8 @@ class Coordinator:
         """Submit queued CPU-stage tasks while CPU slots are free (all threads once runs are done)."""
         if not self.cpu_queue:
             return
-        runs_left = any(st.end is None for st in self.runs)
+        # runs not ended are idle or have a model call in flight: no scan of every run
+        runs_left = bool(self._open)
         slots = self.cpu_slots if runs_left else max(self.cpu_slots, self.all_threads)
         busy = sum(1 for t in self.in_flight.values() if self._is_cpu_stage(t.kind, t.model))
         while self.cpu_queue and busy < slots:

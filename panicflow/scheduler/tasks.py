@@ -20,6 +20,7 @@ from ..models.cache import get_model
 from ..store import Store
 from ..store.objects import encode_image
 from ..store.experiment import Experiment, now_us, write_embedding_rows
+from .store_faults import returns_store_failures, writes_into
 
 
 @lru_cache(maxsize=8)
@@ -27,6 +28,7 @@ def _store(url: str) -> Store:
     return Store(url)
 
 
+@returns_store_failures  # a full or read-only store stops the experiment: never retried as a model failure
 def invoke_batch(
     store_url: str, model: str, inputs: list[str], seeds: list[int], invariant: str = "none"
 ) -> dict[str, Any]:
@@ -59,7 +61,7 @@ def invoke_batch(
     extra = {"batch_invariant": invariant} if invariant != "none" else {}
     params = json.dumps({"model": model, **impl.parameters(), **extra}, sort_keys=True, default=str)
     new: list[bool] = []
-    with store.root.deferred_sync():  # one flush for the batch; durable before we return
+    with writes_into(store), store.root.unsynced():  # no flush per batch: resume verifies the last journaled outputs
         params_hash = store.objects.put_text(params)
         for out in outputs:
             if spec.output_kind is Kind.TEXT:
@@ -88,6 +90,7 @@ def _worker_address() -> str | None:
         return None
 
 
+@returns_store_failures
 def embed_run(store_url: str, experiment_id: str, run: int, model: str, length: int, batch_size: int,
               lease_epoch: int = 0) -> int:
     """Embed every output of one run that ``model`` can embed, and write its rows.
@@ -121,7 +124,8 @@ def embed_run(store_url: str, experiment_id: str, run: int, model: str, length: 
             if out.shape != (len(chunk), spec.dim):
                 raise RuntimeError(f"{model} returned shape {out.shape}, expected {(len(chunk), spec.dim)}")
             vectors[steps[start : start + batch_size]] = out
-    write_embedding_rows(exp, run, model, vectors)
+    with writes_into(store):
+        write_embedding_rows(exp, run, model, vectors)
     return len(steps)
 
 

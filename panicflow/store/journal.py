@@ -1,32 +1,43 @@
 """The step journal: the runs stage's source of truth until an experiment completes.
 
-The coordinator is its only writer. After every model call it writes one
-file with one JSON line per invocation (and one per run event, such as a run
-marked failed), atomically, before it acts on the result. A crash therefore
-loses at most the calls in flight, never a recorded step, and a step is
-recorded once because the next step of a run is only submitted after the
-previous one is in the journal. Zarr arrays are materialised from it; the
-journal is removed once the experiment is complete and everything is in Zarr.
+The coordinator is its only writer. After every model call it appends one JSON
+line per invocation (and one per run event, such as a run marked failed) before
+it acts on the result. A crash therefore loses at most the calls in flight,
+never a recorded step, and a step is recorded once because the next step of a
+run is only submitted after the previous one is in the journal. Zarr arrays are
+materialised from it; the journal is removed once the experiment is complete
+and everything is in Zarr.
+
+On a local folder each coordinator process appends to one segment file (a new
+one every ``SEGMENT_BYTES``) with one ``write`` per call, and fsyncs it at most
+every ``SYNC_EVERY_S`` and when it stops: a killed process loses nothing it
+wrote (the page cache survives it), a power cut at most the last second, which
+resume computes again like calls in flight. A reader may meet a torn last line
+(being written, or cut by a power cut): it is ignored. On object storage, where
+nothing can be appended to, each call writes one whole file (one PUT).
 
 Files are read in the order they were written, because events such as
 ``failed`` and ``retry`` of one run only mean something in order. A file is
 named ``<session>-<seq>-<token>.jsonl``: ``session`` is one more than the
 highest session already in the journal, taken once by each coordinator
 process (so a resumed coordinator's files sort after its predecessor's
-whatever the clocks say: two coordinators never drive one experiment at
-once), ``seq`` counts that process's files, ``token`` keeps two writers that
-broke that rule from replacing each other's files. Files of older journals
-(``<uuid>.jsonl``, written in no recorded order) are read first, by name.
+whatever the clocks say; the lease, store/lease.py, keeps two coordinators
+from driving one experiment at once), ``seq`` counts that process's files,
+``token`` keeps two writers that broke that rule from replacing each other's
+files. Files of older journals (``<uuid>.jsonl``, written in no recorded
+order) are read first, by name.
 """
 
 from __future__ import annotations
 
 import itertools
 import json
+import os
 import re
 import secrets
 import threading
-from dataclasses import asdict, dataclass
+import time
+from dataclasses import dataclass
 from typing import Callable, Iterable, Iterator
 
 from ..errors import StoreError
@@ -58,6 +69,9 @@ class RunEvent:
     error: str = ""
 
 
+SEGMENT_BYTES = 64 << 20  # a local segment is closed and a new one started past this size
+SYNC_EVERY_S = 1.0  # a local segment is fsynced at most this often (and when the coordinator stops)
+
 # <session>-<seq>-<token>.jsonl; zero-padded so that a listing sorted by name is in write order
 _NAME = re.compile(r"(\d{8,})-(\d{10,})-([0-9a-f]{6})\.jsonl")
 
@@ -77,23 +91,57 @@ class Journal:
         self._seq = itertools.count()
         self._token = secrets.token_hex(3)
         self._lock = threading.Lock()
+        self._segment = None  # the open local segment file, if any
+        self._appendable = True  # False once the root said it cannot append (object storage)
+        self._size = 0
+        self._synced = time.monotonic()
 
     def _next_name(self) -> str:
-        with self._lock:
-            if self._session is None:
-                self._session = 1 + max((int(m[1]) for n in self.names() if (m := _NAME.fullmatch(n))), default=0)
-            return f"{self._session:08d}-{next(self._seq):010d}-{self._token}.jsonl"
+        if self._session is None:
+            self._session = 1 + max((int(m[1]) for n in self.names() if (m := _NAME.fullmatch(n))), default=0)
+        return f"{self._session:08d}-{next(self._seq):010d}-{self._token}.jsonl"
 
     def append(self, records: Iterable[StepRecord | RunEvent]) -> None:
         lines = []
         for rec in records:
             kind = "step" if isinstance(rec, StepRecord) else "event"
-            lines.append(json.dumps({"type": kind, **asdict(rec)}, ensure_ascii=False))
-        if lines:
-            data = ("\n".join(lines) + "\n").encode("utf-8")
-            if self.fence is not None:
-                self.fence()
-            self.root.write_bytes(f"{self.prefix}/{self._next_name()}", data)
+            lines.append(json.dumps({"type": kind, **vars(rec)}, ensure_ascii=False))  # flat: no asdict deep copy
+        if not lines:
+            return
+        data = ("\n".join(lines) + "\n").encode("utf-8")
+        if self.fence is not None:
+            self.fence()
+        with self._lock:
+            if self._segment is None and self._appendable:
+                self._segment = self.root.open_append(f"{self.prefix}/{self._next_name()}")
+                self._appendable = self._segment is not None
+                self._size = 0
+            if self._segment is None:  # object storage: one whole file per call
+                self.root.write_bytes(f"{self.prefix}/{self._next_name()}", data)
+                return
+            view = memoryview(data)
+            while view:  # an unbuffered file may take a write in parts
+                view = view[self._segment.write(view):]
+            self._size += len(data)
+            now = time.monotonic()
+            if now - self._synced >= SYNC_EVERY_S:
+                os.fsync(self._segment.fileno())
+                self._synced = now
+            if self._size >= SEGMENT_BYTES:
+                self._close_segment()
+
+    def _close_segment(self) -> None:
+        if self._segment is not None:
+            try:
+                os.fsync(self._segment.fileno())
+            finally:
+                self._segment.close()
+                self._segment = None
+
+    def close(self) -> None:
+        """Make everything appended durable and close the segment (the coordinator, when it stops)."""
+        with self._lock:
+            self._close_segment()
 
     def names(self) -> list[str]:
         """The journal's files, in the order they were written (older unordered ones first)."""
@@ -103,9 +151,12 @@ class Journal:
         """The records of one file; ``StoreError`` naming the file and line if one does not parse."""
         data = self.root.read_bytes(f"{self.prefix}/{name}")
         records: list[StepRecord | RunEvent] = []
-        for n, line in enumerate(data.split(b"\n"), 1):
-            if not line.strip():
+        lines = data.split(b"\n")
+        for n, line in enumerate(lines, 1):
+            if not line.strip(b" \t\r\x00"):
                 continue
+            if n == len(lines):
+                break  # no newline yet: a line being appended, or cut by a power cut; never acted on
             try:
                 obj = json.loads(line)  # plain JSON: nothing in the store is unpickled
                 kind = obj.pop("type")
@@ -128,5 +179,6 @@ class Journal:
     def clear(self) -> None:
         if self.fence is not None:
             self.fence()
+        self.close()
         for name in self.root.list(self.prefix):
             self.root.delete(f"{self.prefix}/{name}")

@@ -71,9 +71,25 @@ class StoreRoot(ABC):
         """Create or replace ``key`` atomically."""
 
     @contextlib.contextmanager
+    def unsynced(self) -> Iterator[None]:
+        """Writes inside are atomic but not flushed to disk (object stores: durable at once anyway).
+
+        For model outputs: an fsync per object, or a ``syncfs`` per batch, was most of a batch's
+        cost (issue 7 item 8). A process crash loses nothing written (the page cache survives
+        it); after a power cut, resume verifies the objects of the last journaled steps and
+        computes again from the first one lost (``Coordinator.load``, docs/store.md).
+        """
+        yield
+
+    @contextlib.contextmanager
     def deferred_sync(self) -> Iterator[None]:
         """Writes inside are durable when the block ends (object stores: at once)."""
         yield
+
+    def open_append(self, key: str):
+        """A binary file open for appending at ``key`` (created), or None where files cannot be
+        appended to (object stores: write whole files instead)."""
+        return None
 
     @abstractmethod
     def write_bytes_once(self, key: str, data: bytes) -> bool:
@@ -112,6 +128,7 @@ class StoreRoot(ABC):
         return f"{type(self).__name__}({self.url!r})"
 
 
+_unsynced = threading.local()  # per thread: inside an unsynced() block
 _deferred = threading.local()  # per thread: paths written inside a deferred_sync block
 
 
@@ -147,6 +164,7 @@ class LocalRoot(StoreRoot):
     def __init__(self, path: str | os.PathLike[str], url: str | None = None) -> None:
         self.path = os.path.abspath(os.path.expanduser(os.fspath(path)))
         self.url = url if url is not None else self.path
+        self._known_dirs: set[str] = set()  # folders this process made or saw: no mkdir per write
 
     def _path(self, key: str, *, allow_root: bool = False) -> str:
         check_key(key, allow_root=allow_root)
@@ -157,15 +175,19 @@ class LocalRoot(StoreRoot):
             return f.read()
 
     @contextlib.contextmanager
-    def deferred_sync(self) -> Iterator[None]:
-        """Make every write inside durable once, at the end, instead of one fsync each.
+    def unsynced(self) -> Iterator[None]:
+        outer = getattr(_unsynced, "on", False)
+        _unsynced.on = True
+        try:
+            yield
+        finally:
+            _unsynced.on = outer
 
-        A batch of model outputs is many small objects: an fsync each cost 3.7 ms
-        per object here, one ``syncfs`` of the filesystem about 1.3 ms for the
-        lot. Atomicity does not change (temp file + link/rename); the block ends
-        only after the data is on disk, so whatever is recorded after it (the
-        journal) never points at objects a power cut could lose.
-        """
+    @contextlib.contextmanager
+    def deferred_sync(self) -> Iterator[None]:
+        """Make every write inside durable once, at the end, instead of one fsync each (one
+        ``syncfs`` of the filesystem, else an fsync per file): for bulk writes that must be on
+        disk before what names them is written (the legacy importer)."""
         if getattr(_deferred, "paths", None) is not None:  # nested: the outer block syncs
             yield
             return
@@ -174,26 +196,47 @@ class LocalRoot(StoreRoot):
             yield
             paths, _deferred.paths = _deferred.paths, None
             if paths and not _syncfs(self.path):
-                for path in paths:  # no syncfs (not Linux): fsync each file after all
+                for path in paths:
                     _fsync_path(path)
         finally:
             _deferred.paths = None
 
-    def _write_tmp(self, path: str, data: bytes) -> str:
-        """Write ``data`` to a fsynced temp file next to ``path``; return its name."""
+    def _makedirs(self, folder: str) -> None:
+        # objects/<h[:2]>/<h[2:4]>/: an os.makedirs per object cost about 0.3 ms in mkdir calls
+        if folder not in self._known_dirs:
+            os.makedirs(folder, exist_ok=True)
+            self._known_dirs.add(folder)
+
+    def open_append(self, key: str):
+        path = self._path(key)
         folder = os.path.dirname(path)
-        os.makedirs(folder, exist_ok=True)
+        self._makedirs(folder)
+        f = open(path, "ab", buffering=0)
+        _fsync_path(folder)  # the new name survives a power cut
+        return f
+
+    def _write_tmp(self, path: str, data: bytes) -> str:
+        """Write ``data`` to a temp file next to ``path`` (fsynced unless ``unsynced``); return its name."""
+        folder = os.path.dirname(path)
+        if folder not in self._known_dirs:
+            self._makedirs(folder)
         # Same folder as the target, so that replace/link stays on one filesystem.
         tmp = os.path.join(folder, _tmp_name())
-        deferred = getattr(_deferred, "paths", None)
         try:
-            with open(tmp, "xb") as f:
+            try:
+                f = open(tmp, "xb")
+            except FileNotFoundError:
+                self._known_dirs.discard(folder)  # removed meanwhile (or never made)
+                self._makedirs(folder)
+                f = open(tmp, "xb")
+            with f:
                 f.write(data)
                 f.flush()
-                if deferred is None:
-                    os.fsync(f.fileno())
-                else:
+                deferred = getattr(_deferred, "paths", None)
+                if deferred is not None:
                     deferred.append(path)
+                elif not getattr(_unsynced, "on", False):
+                    os.fsync(f.fileno())
         except BaseException:
             _unlink_quiet(tmp)
             raise

@@ -1,0 +1,138 @@
+"""How the runs stage grows: time, CPU per invocation and coordinator memory, with the dummy models.
+
+Each point runs one experiment in a fresh process (``panicflow.run_experiment`` on a LocalCluster
+of N single-threaded worker processes) and reports, for the runs stage (until every run ended):
+
+* wall seconds and invocations per second;
+* CPU per invocation: the coordinator process (client, coordinator and the LocalCluster's
+  scheduler, which lives in it) and the worker processes, from their CPU times;
+* the coordinator process's peak RSS, and its growth over the RSS once the cluster was up
+  (imports and the cluster are paid once: the growth is what the experiment itself costs).
+
+Networks [[DummyT2I, DummyI2T]], unseeded runs (they never stop early), one prompt, one
+embedder (DummyText), persistence maxdim 0 (the later stages stay small).
+
+    .venv/bin/python scripts/benchmark_growth.py --quick                  # a dry run (seconds)
+    .venv/bin/python scripts/benchmark_growth.py --runs 10 100 1000 10000 --length 100
+    .venv/bin/python scripts/benchmark_growth.py --runs 16 --length 100 1000 5000
+    .venv/bin/python scripts/benchmark_growth.py --runs 16 --length 400 --workers 1 2 4
+    ... --out growth.json                                                  # also write the rows
+    ... --compare /tmp/base        # each point also with the panicflow of another checkout, interleaved
+                                   # (e.g. `git worktree add /tmp/base <commit>`): ratios from one run
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+
+
+def one(runs: int, length: int, workers: int, store: str) -> dict:
+    import psutil
+
+    import panicflow
+
+    config = {
+        "name": f"growth-{runs}x{length}",
+        "networks": [["DummyT2I", "DummyI2T"]],
+        "seeds": [-1] * runs,
+        "prompts": ["a lighthouse in a storm"],
+        "embedding_models": ["DummyText"],
+        "max_length": length,
+        "persistence": {"maxdim": 0},
+    }
+    me = psutil.Process()
+    marks: dict = {}
+
+    def cpu() -> tuple[float, float]:
+        own = me.cpu_times()
+        kids = 0.0
+        for p in me.children(recursive=True):
+            try:
+                t = p.cpu_times()
+                kids += t.user + t.system
+            except psutil.Error:
+                pass
+        return own.user + own.system, kids
+
+    def on_start(exp, client) -> None:
+        marks["start"] = time.perf_counter()
+        marks["cpu0"] = cpu()
+        marks["rss0"] = me.memory_info().rss
+
+    def progress(p) -> None:
+        marks["rss_max"] = max(marks.get("rss_max", 0), me.memory_info().rss)
+        if "runs_done" not in marks and p.runs_ended == p.runs:
+            marks["runs_done"] = time.perf_counter()
+            marks["cpu1"] = cpu()
+            marks["invocations"] = p.invocations
+
+    t0 = time.perf_counter()
+    panicflow.run_experiment(config, store=store, workers=workers, on_start=on_start, progress=progress)
+    total = time.perf_counter() - t0
+    wall = marks["runs_done"] - marks["start"]
+    n = marks["invocations"]
+    (c0, w0), (c1, w1) = marks["cpu0"], marks["cpu1"]
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    return {
+        "runs": runs, "max_length": length, "workers": workers, "invocations": n,
+        "runs_stage_s": round(wall, 2), "total_s": round(total, 2), "invocations_per_s": round(n / wall, 1),
+        "coordinator_cpu_ms_per_invocation": round(1000 * (c1 - c0) / n, 3),
+        "worker_cpu_ms_per_invocation": round(1000 * (w1 - w0) / n, 3),
+        "coordinator_peak_rss_mb": round(peak / 2**20, 1),
+        "coordinator_rss_growth_mb": round((marks.get("rss_max", marks["rss0"]) - marks["rss0"]) / 2**20, 1),
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--runs", type=int, nargs="+", default=[16])
+    ap.add_argument("--length", type=int, nargs="+", default=[100])
+    ap.add_argument("--workers", type=int, nargs="+", default=[2])
+    ap.add_argument("--quick", action="store_true", help="4 runs x 20 steps on 1 worker")
+    ap.add_argument("--out", help="write the rows as JSON here")
+    ap.add_argument("--compare", metavar="DIR", help="a checkout whose panicflow each point also runs with")
+    ap.add_argument("--repeat", type=int, default=1, help="run each point this many times")
+    ap.add_argument("--one", help=argparse.SUPPRESS)  # internal: one point, in this process
+    args = ap.parse_args()
+    if args.one:
+        runs, length, workers, store = json.loads(args.one)
+        print(json.dumps(one(runs, length, workers, store)))
+        return
+    if args.quick:
+        args.runs, args.length, args.workers = [4], [20], [1]
+    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    codes = ([("base", os.path.abspath(args.compare))] if args.compare else []) + [("this", here)]
+    rows = []
+    for runs in args.runs:
+        for length in args.length:
+            for workers in args.workers:
+                for _ in range(args.repeat):
+                    for label, code in codes:  # interleaved, so that both see the same machine load
+                        with tempfile.TemporaryDirectory(prefix="panicflow-growth-") as tmp:
+                            point = json.dumps([runs, length, workers, os.path.join(tmp, "store")])
+                            env = {**os.environ, "PYTHONPATH": os.pathsep.join([code, os.environ.get("PYTHONPATH", "")])}
+                            out = subprocess.run([sys.executable, __file__, "--one", point], capture_output=True,
+                                                 text=True, env=env, cwd=tmp)
+                        if out.returncode:
+                            sys.exit(f"point {point} ({label}) failed:\n{out.stderr[-3000:]}")
+                        row = {"code": label, **json.loads(out.stdout.strip().splitlines()[-1])}
+                        rows.append(row)
+                        print(json.dumps(row), flush=True)
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump(rows, f, indent=1)
+    keys = list(rows[0])
+    print("\n| " + " | ".join(keys) + " |\n|" + "---|" * len(keys))
+    for r in rows:
+        print("| " + " | ".join(str(r[k]) for k in keys) + " |")
+
+
+if __name__ == "__main__":
+    main()
