@@ -1,0 +1,43 @@
+"""`panicflow import legacy PATH.sqlite`: the earlier PANIC-TDA tool's database into the store."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from ..store import default_location
+from .importer import import_legacy
+from .report import render
+
+import_app = typer.Typer(no_args_is_help=True, help="Import data written by other tools.")
+
+
+@import_app.command("legacy")
+def legacy_cmd(
+    path: Path = typer.Argument(..., help="SQLite database of the earlier PANIC-TDA tool (db/trajectory_data.sqlite)."),
+    store: Optional[str] = typer.Option(None, "--store", help="Store folder or fsspec URL (default: $PANICFLOW_STORE or ./panicflow-store)"),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Read and check everything, write nothing, report what would be imported."),
+    skip_diagrams: bool = typer.Option(False, "--skip-diagrams", help="Leave the persistence diagrams out; `panicflow experiment resume` computes them."),
+    as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON on stdout."),
+) -> None:
+    """Import every experiment of the database (idempotent; an interrupted import continues); prints the experiment ids."""
+    err = Console(stderr=True)
+    with Progress(TextColumn("{task.description:<12}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=err, transient=True, disable=as_json) as bars:
+        task = bars.add_task("runs", total=None)
+        report = import_legacy(str(path), store=store or default_location(), dry_run=dry_run, skip_diagrams=skip_diagrams,
+                               progress=lambda what, done, total: bars.update(task, completed=done, total=total))
+    if as_json:
+        print(json.dumps(report.to_dict()))
+    else:
+        render(report, err)
+        for eid in report.experiment_ids:
+            print(eid)
+    if report.exit_code:
+        # SystemExit, not typer.Exit: panicflow.cli.main runs click with standalone_mode=False
+        raise SystemExit(report.exit_code)
