@@ -1,0 +1,280 @@
+"""The exports of panicflow.visual on the small analysis experiment, checked against the store read independently
+(panicflow.open_experiment and load_image): the dummy text-to-image models draw solid colours, so a pixel says which
+image a video cell, timeline tile or gallery tile shows."""
+
+import csv
+import hashlib
+import importlib.util
+import shutil
+
+import imageio_ffmpeg
+import numpy as np
+import pytest
+from PIL import Image
+
+import panicflow
+from analysis_util import analysis_experiment  # noqa: F401
+from panicflow.analysis import clustering
+from panicflow.cli import main
+from panicflow.errors import UserError
+from panicflow.visual import gallery, images, report, timeline, video
+from panicflow.visual.source import Source, parse_runs
+
+
+def _runs(store, eid):
+    """Per run: (image steps, their hashes, the caption written of each: the texts up to the next image)."""
+    ds = panicflow.open_experiment(eid, store=store)["/"].ds
+    kind, digest, text, length = ds.kind.values, ds.output_hash.values, ds.text.values, ds.length.values
+    out = {}
+    for r in range(len(length)):
+        n = int(length[r])
+        steps = [s for s in range(n) if kind[r, s] == "image"]
+        captions = []
+        for i, s in enumerate(steps):
+            end = steps[i + 1] if i + 1 < len(steps) else n
+            captions.append("\n".join(str(text[r, t]) for t in range(s + 1, end) if str(text[r, t])))
+        out[r] = (steps, [str(digest[r, s]) for s in steps], captions)
+    return out
+
+
+def _colour(store, digest):
+    return np.asarray(panicflow.load_image(digest, store=store).convert("RGB"))[0, 0].astype(int)
+
+
+def _patch(frame, x, y, r=2):
+    return frame[y - r:y + r + 1, x - r:x + r + 1].reshape(-1, 3).mean(axis=0)
+
+
+def test_parse_runs():
+    assert parse_runs("3, 0,7-9,8", 10) == [0, 3, 7, 8, 9]
+    assert parse_runs([2, 1, 2], 3) == [1, 2] and parse_runs(None, 3) is None
+    for bad, msg in (("1,x", "expected run numbers"), ("5-2", "is empty"), ("10", "there is no run 10"), ("", "no runs")):
+        with pytest.raises(UserError, match=msg):
+            parse_runs(bad, 10)
+
+
+@pytest.mark.parametrize("block", [256, 3])  # 3: pictures and captions that straddle the blocks steps are read in
+def test_run_info_matches_the_stored_run_arrays(analysis_experiment, monkeypatch, block):
+    from panicflow.visual import source as source_module
+
+    monkeypatch.setattr(source_module, "BLOCK", block)
+    store, eid = analysis_experiment
+    ds = panicflow.open_experiment(eid, store=store)["/"].ds
+    source = Source(eid, store)
+    runs = source.select()
+    assert runs == list(range(16))
+    for info in source.run_info(runs[::-1]):
+        r = info.run
+        assert ",".join(info.network) == ds.network.values[r] and info.seed == ds.seed.values[r]
+        assert info.prompt == ds.prompt.values[r] and info.stop_reason == ds.stop_reason.values[r]
+        assert (info.length, info.loop_start, info.loop_period) == (ds.length.values[r], ds.loop_start.values[r], ds.loop_period.values[r])
+        pictures = list(source.pictures(info))
+        steps, hashes, captions = _runs(store, eid)[r]
+        assert [(p.step, p.hash, p.caption) for p in pictures] == list(zip(steps, hashes, captions))
+        assert source.picture_count(info) == len(pictures)
+        assert source.last_picture(info) == pictures[-1]
+
+
+def test_video_frames_show_each_runs_images(analysis_experiment, tmp_path):
+    store, eid = analysis_experiment
+    expected = _runs(store, eid)
+    calls = []
+    out = video.export_video(eid, tmp_path / "m.mp4", store=store, resolution="640x360", fps=4,
+                             progress=lambda d, n: calls.append((d, n)))
+    n_frames = max(len(s) for s, _, _ in expected.values())
+    assert calls[-1] == (n_frames, n_frames) and len(calls) == n_frames
+    assert [p.name for p in tmp_path.iterdir()] == ["m.mp4"]  # no temporary file left
+    reader = imageio_ffmpeg.read_frames(out)
+    meta = next(reader)
+    assert meta["codec"] == "h264" and tuple(meta["size"]) == (640, 360) and meta["fps"] == 4
+    frames = [np.frombuffer(f, np.uint8).reshape(360, 640, 3).astype(int) for f in reader]
+    assert len(frames) == n_frames
+    assert imageio_ffmpeg.count_frames_and_secs(out)[0] == n_frames
+
+    source = Source(eid, store)
+    lay = video.layout(source.run_info(source.select()), 640, 360)
+    assert len(lay.cells) == 16 and lay.tile >= 20
+    colours = {}
+    for run, (steps, hashes, _) in expected.items():
+        x, y = lay.cells[run]
+        for i, frame in enumerate(frames):
+            digest = hashes[min(i, len(hashes) - 1)]  # a run that has ended keeps its last image
+            if digest not in colours:
+                colours[digest] = _colour(store, digest)
+            got = _patch(frame, x + lay.tile // 2, y + lay.tile // 2)
+            assert np.abs(got - colours[digest]).max() <= 16, (run, i)
+    # the progress strip fills up: dark at the right end of the first frame, light at the end of the last
+    assert frames[0][-2, -3].mean() < 100 and frames[-1][-2, -3].mean() > 180
+
+
+def test_video_chosen_runs_and_bad_options(analysis_experiment, tmp_path):
+    store, eid = analysis_experiment
+    out = video.export_video(eid, tmp_path / "two.mkv", store=store, runs="0,5", resolution="320x180", codec="h265")
+    meta = next(imageio_ffmpeg.read_frames(out))
+    assert meta["codec"] == "hevc" and tuple(meta["size"]) == (320, 180)
+    assert video.parse_resolution("4K") == (3840, 2160)
+    for kwargs, msg in (({"resolution": "101x100"}, "must be even"), ({"resolution": "big"}, "choose hd, 4k, 8k"),
+                        ({"codec": "vp8"}, "--codec"), ({"fps": 0}, "--fps"), ({"runs": "99"}, "no run 99")):
+        with pytest.raises(UserError, match=msg):
+            video.export_video(eid, tmp_path / "x.mp4", store=store, **kwargs)
+    with pytest.raises(UserError, match="--out"):
+        video.export_video(eid, tmp_path / "x.gif", store=store)
+    assert not list(tmp_path.glob("x*")) and not list(tmp_path.glob(".x*"))
+
+
+def test_layout_fills_the_frame():
+    from panicflow.visual.source import RunInfo
+
+    runs = [RunInfo(i, (f"N{i // 12}",), i % 6, f"p{(i // 6) % 2}", 10, "length", -1, -1) for i in range(24)]
+    lay = video.layout(runs, 1920, 1080)  # 2 prompts x 2 networks x 6 seeds
+    xs = sorted({x for x, _ in lay.cells.values()})
+    ys = sorted({y for _, y in lay.cells.values()})
+    assert len(lay.cells) == 24 and lay.caption_h > 0
+    # every cell inside the frame, none overlapping, and the grid wide or tall to within one tile of the frame
+    assert xs[0] >= 0 and xs[-1] + lay.tile <= 1920 and ys[-1] + lay.tile + lay.caption_h <= 1080 - lay.strip_h
+    assert all(b - a >= lay.tile for a, b in zip(xs, xs[1:])) and all(b - a >= lay.tile + lay.caption_h for a, b in zip(ys, ys[1:]))
+    assert (1920 - (xs[-1] + lay.tile - xs[0])) < 0.2 * 1920 + lay.tile or (1080 - (ys[-1] + lay.tile - ys[0])) < 0.2 * 1080 + lay.tile
+
+
+def test_timeline_tiles_are_the_evenly_spaced_images(analysis_experiment, tmp_path):
+    store, eid = analysis_experiment
+    expected = _runs(store, eid)
+    paths = timeline.export_timeline(eid, tmp_path, "0,5", store=store, steps=4, tile=64)
+    assert [p.rsplit("/", 1)[1] for p in paths] == ["run-0000.png", "run-0005.png"]
+    for run, path in zip((0, 5), paths):
+        steps, hashes, _ = expected[run]
+        n = len(hashes)
+        chosen = sorted({round(i * (n - 1) / 3) for i in range(4)})
+        image = np.asarray(Image.open(path).convert("RGB")).astype(int)
+        gap = 64 // 16
+        assert image.shape[1] == gap + len(chosen) * (2 * 64 + 2 * gap)
+        assert image.std() > 10  # not blank
+        y = image.shape[0] - gap - 32  # middle of the tile row
+        for i, k in enumerate(chosen):
+            x = gap + i * (2 * 64 + 2 * gap) + 32
+            assert (image[y, x] == _colour(store, hashes[k])).all(), (run, k)
+    with pytest.raises(UserError, match="--runs"):
+        timeline.export_timeline(eid, tmp_path, None, store=store)
+
+
+def test_images_export_is_the_stored_images_with_an_index(analysis_experiment, tmp_path):
+    store, eid = analysis_experiment
+    expected = _runs(store, eid)
+    index = images.export_images(eid, tmp_path / "webp", "0-2", store=store)
+    rows = list(csv.DictReader(open(index, encoding="utf-8")))
+    assert list(rows[0]) == ["run", "step", "model", "seed", "caption", "hash", "file"]
+    want = [(r, s, h, c) for r in (0, 1, 2) for s, h, c in zip(*expected[r])]
+    assert [(int(x["run"]), int(x["step"]), x["hash"], x["caption"]) for x in rows] == want
+    ds = panicflow.open_experiment(eid, store=store)["/"].ds
+    for x in rows:
+        data = (tmp_path / "webp" / x["file"]).read_bytes()
+        assert hashlib.sha256(data).hexdigest() == x["hash"]  # the stored lossless bytes
+        assert x["file"] == f"run-{int(x['run']):04d}/run-{int(x['run']):04d}_step-{int(x['step']):05d}.webp"
+        r, s = int(x["run"]), int(x["step"])
+        assert x["model"] == ds.model.values[r, s] and int(x["seed"]) == ds.invocation_seed.values[r, s]
+    index = images.export_images(eid, tmp_path / "png", [1], store=store, fmt="png")
+    row = next(csv.DictReader(open(index, encoding="utf-8")))
+    got = np.asarray(Image.open(tmp_path / "png" / row["file"]))
+    assert row["file"].endswith(".png") and (got == np.asarray(panicflow.load_image(row["hash"], store=store))).all()
+    assert not list((tmp_path / "png").glob(".*"))
+
+
+@pytest.fixture(scope="module")
+def clustered(analysis_experiment, client, tmp_path_factory):
+    """A copy of the analysis experiment with a real DummyText clustering (kept out of the shared store)."""
+    store, eid = analysis_experiment
+    copy = str(tmp_path_factory.mktemp("visual") / "store")
+    shutil.copytree(store, copy)
+    name = clustering.cluster([eid], "DummyText", store=copy, client=client, min_cluster_size=5, reduce="pca:4")
+    return copy, eid, name
+
+
+def test_gallery_rows_medoids_and_members(clustered, tmp_path):
+    store, eid, name = clustered
+    a = clustering.assignments(eid, name, store=store)
+    assert len(a["cluster_id"]) >= 1
+    ds = panicflow.open_experiment(eid, store=store)["/"].ds
+    kind, digest, text = ds.kind.values, ds.output_hash.values, ds.text.values
+
+    def shown(r, s):  # a caption with the image it was written from
+        if kind[r, s] == "image":
+            return str(digest[r, s]), str(text[r, s + 1]) if s + 1 < ds.length.values[r] else ""
+        img = max(t for t in range(s) if kind[r, t] == "image")
+        return str(digest[r, img]), str(text[r, s])
+
+    source = Source(eid, store)
+    group = source.exp.group(read_only=True)[f"analysis/clusters/{name}"]
+    sample = gallery.sample_members(source, group, 3, seed=0, exclude={})
+    again = gallery.sample_members(source, group, 3, seed=0, exclude={})
+    assert sample == again
+    labels = a["label"]
+    for c in a["cluster_id"]:
+        members = {shown(r, s) for r, s in zip(*np.nonzero(labels == c))}
+        assert len(sample[int(c)]) == min(3, len(members)) and len(set(sample[int(c)])) == len(sample[int(c)])
+        assert set(sample[int(c)]) <= members
+
+    out = gallery.export_gallery(eid, tmp_path / "g.png", "DummyText", store=store, examples=4, tile=64)
+    image = np.asarray(Image.open(out).convert("RGB")).astype(int)
+    assert image.std() > 10
+    order = sorted(range(len(a["cluster_id"])), key=lambda i: (-a["size"][i], a["cluster_id"][i]))
+    gap, big, small = max(6, 64 // 12), max(11, 64 // 9), max(8, 64 // 14)
+    from panicflow.visual.frames import font, line_height
+
+    head_h = line_height(font(big, True)) + 2 * line_height(font(big))
+    row_h = head_h + 64 + 3 * line_height(font(small)) + gap // 2 + 2 * gap
+    title_h = line_height(font(big, True)) + 2 * gap
+    assert image.shape[0] == title_h + len(order) * row_h
+    for row, i in enumerate(order):  # the first tile of each row is the medoid's image
+        y = title_h + row * row_h + head_h + gap // 2 + 32
+        medoid = shown(int(a["medoid_run"][i]), int(a["medoid_step"][i]))
+        assert (image[y, gap + 32] == _colour(store, medoid[0])).all()
+    with pytest.raises(UserError, match="no clustering of DummyVision"):
+        gallery.export_gallery(eid, tmp_path / "v.png", "DummyVision", store=store)
+    with pytest.raises(UserError, match="no embedding model"):
+        gallery.export_gallery(eid, tmp_path / "v.png", "Nope", store=store)
+    with pytest.raises(UserError, match="no complete clustering 'x'"):
+        gallery.export_gallery(eid, tmp_path / "v.png", "DummyText", "x", store=store)
+
+
+def test_cli_commands(clustered, tmp_path, capsys):
+    store, eid, name = clustered
+    assert main(["export", "images", eid, "--runs", "3", "--out", str(tmp_path / "i"), "--store", store]) == 0
+    assert capsys.readouterr().out.strip() == str(tmp_path / "i" / "index.csv")
+    assert main(["export", "gallery", eid, "--model", "DummyText", "--clustering", name, "--out", str(tmp_path / "g.jpg"),
+                 "--examples", "2", "--store", store, "--json"]) == 0
+    assert capsys.readouterr().out.strip() == f'["{tmp_path / "g.jpg"}"]' and Image.open(tmp_path / "g.jpg").format == "JPEG"
+    assert main(["export", "timeline", eid, "--runs", "1", "--out", str(tmp_path / "t"), "--store", store]) == 0
+    assert (tmp_path / "t" / "run-0001.png").exists()
+    assert main(["report", eid, "--out", str(tmp_path / "r.html"), "--store", store, "--max-runs", "4"]) == 0
+    page = (tmp_path / "r.html").read_text()
+    if importlib.util.find_spec("panicflow.analysis.plots"):  # the charts of `panicflow plot`, when that module is there
+        assert page.count("<figure>") >= 2 and "diagrams.png" in page
+    assert main(["report", eid, "--out", str(tmp_path / "r2.html"), "--store", store, "--max-runs", "4", "--no-plots"]) == 0
+    assert "<figure>" not in (tmp_path / "r2.html").read_text()
+    capsys.readouterr()
+    for argv, msg in ((["export", "video", eid, "--runs", "2-1"], "--runs: the range '2-1' is empty"),
+                      (["export", "timeline", eid, "--runs", "1", "--steps", "0"], "--steps"),
+                      (["export", "images", eid, "--format", "tiff"], "--format"),
+                      (["report", eid, "--out", str(tmp_path / "r.pdf")], "--out: the report is an .html file"),
+                      (["report", eid, "--charts", str(tmp_path / "none")], "--charts")):
+        assert main([*argv, "--store", store]) == 2, argv
+        assert msg in capsys.readouterr().err
+    assert main(["export", "timeline", eid, "--store", store]) == 2  # --runs is required
+
+
+def test_report_is_self_contained(clustered, tmp_path):
+    store, eid, _ = clustered
+    charts = tmp_path / "charts"
+    charts.mkdir()
+    Image.new("RGB", (40, 30), (200, 10, 10)).save(charts / "a.png")
+    (charts / "a.svg").write_text('<svg xmlns="http://www.w3.org/2000/svg" width="4" height="4"/>')  # a.png's twin: left out
+    (charts / "b.svg").write_text('<svg xmlns="http://www.w3.org/2000/svg" width="4" height="4"><rect width="4" height="4"/></svg>')
+    page = report.build_report(eid, store, charts=charts, max_runs=5, viewer_runs=2, viewer_frames=3)
+    import re
+
+    assert not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//""", page)  # nothing fetched from elsewhere
+    assert "Content-Security-Policy" in page and "default-src 'none'" in page
+    assert page.count("<figure>") == 2 and "a.png" in page and "b.svg" in page and "a.svg" not in page
+    assert page.count('<tr><td>') == 5 and page.count('data-run="') == 2
+    assert "Runs 0-4 of 16" in page
+    assert "hdbscan-DummyText" in page  # provenance lists the clustering
