@@ -1235,7 +1235,14 @@ def _inject_main(argv: list[str]) -> int:
         guard(src, dst)
         return real_link(src, dst, *a, **kw)
 
-    os.replace, os.link = replace, link
+    real_open = os.open
+
+    def open_(path, flags, *a, **kw):  # journal appends (LocalRoot.append_bytes) are writes too
+        if flags & os.O_APPEND:
+            guard(path, path)
+        return real_open(path, flags, *a, **kw)
+
+    os.replace, os.link, os.open = replace, link, open_
     from panicflow.cli import main
 
     try:

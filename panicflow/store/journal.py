@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import os
 import re
 import secrets
 import threading
@@ -91,10 +90,11 @@ class Journal:
         self._seq = itertools.count()
         self._token = secrets.token_hex(3)
         self._lock = threading.Lock()
-        self._segment = None  # the open local segment file, if any
+        self._segment: str | None = None  # key of the local segment this process appends to
         self._appendable = True  # False once the root said it cannot append (object storage)
         self._size = 0
         self._synced = time.monotonic()
+        self._dirty = False  # appended since the last fsync
 
     def _next_name(self) -> str:
         if self._session is None:
@@ -112,36 +112,29 @@ class Journal:
         if self.fence is not None:
             self.fence()
         with self._lock:
-            if self._segment is None and self._appendable:
-                self._segment = self.root.open_append(f"{self.prefix}/{self._next_name()}")
-                self._appendable = self._segment is not None
-                self._size = 0
-            if self._segment is None:  # object storage: one whole file per call
-                self.root.write_bytes(f"{self.prefix}/{self._next_name()}", data)
-                return
-            view = memoryview(data)
-            while view:  # an unbuffered file may take a write in parts
-                view = view[self._segment.write(view):]
-            self._size += len(data)
-            now = time.monotonic()
-            if now - self._synced >= SYNC_EVERY_S:
-                os.fsync(self._segment.fileno())
-                self._synced = now
-            if self._size >= SEGMENT_BYTES:
-                self._close_segment()
-
-    def _close_segment(self) -> None:
-        if self._segment is not None:
-            try:
-                os.fsync(self._segment.fileno())
-            finally:
-                self._segment.close()
+            if self._appendable:
+                if self._segment is None:
+                    self._segment, self._size = f"{self.prefix}/{self._next_name()}", 0
+                now = time.monotonic()
+                sync = self._size == 0 or now - self._synced >= SYNC_EVERY_S  # a new segment: its name too
+                if self.root.append_bytes(self._segment, data, sync=sync):
+                    self._size += len(data)
+                    self._dirty = not sync
+                    if sync:
+                        self._synced = now
+                    if self._size >= SEGMENT_BYTES:
+                        self._segment = None
+                    return
+                self._appendable = False  # object storage: one whole file per call
                 self._segment = None
+            self.root.write_bytes(f"{self.prefix}/{self._next_name()}", data)
 
     def close(self) -> None:
-        """Make everything appended durable and close the segment (the coordinator, when it stops)."""
+        """Make everything appended durable (the coordinator, when it stops)."""
         with self._lock:
-            self._close_segment()
+            if self._segment is not None and self._dirty:
+                self.root.append_bytes(self._segment, b"", sync=True)
+                self._dirty = False
 
     def names(self) -> list[str]:
         """The journal's files, in the order they were written (older unordered ones first)."""

@@ -86,10 +86,10 @@ class StoreRoot(ABC):
         """Writes inside are durable when the block ends (object stores: at once)."""
         yield
 
-    def open_append(self, key: str):
-        """A binary file open for appending at ``key`` (created), or None where files cannot be
-        appended to (object stores: write whole files instead)."""
-        return None
+    def append_bytes(self, key: str, data: bytes, *, sync: bool = False) -> bool:
+        """Append ``data`` to the file at ``key`` (created if missing) in one write, fsynced if
+        ``sync``; False, writing nothing, where files cannot be appended to (object stores)."""
+        return False
 
     @abstractmethod
     def write_bytes_once(self, key: str, data: bytes) -> bool:
@@ -207,13 +207,28 @@ class LocalRoot(StoreRoot):
             os.makedirs(folder, exist_ok=True)
             self._known_dirs.add(folder)
 
-    def open_append(self, key: str):
+    def append_bytes(self, key: str, data: bytes, *, sync: bool = False) -> bool:
+        # opened and closed per append: no file stays open for writing between calls (an open
+        # one blocks remounting the filesystem read-only, and outlives nothing useful)
         path = self._path(key)
-        folder = os.path.dirname(path)
-        self._makedirs(folder)
-        f = open(path, "ab", buffering=0)
-        _fsync_path(folder)  # the new name survives a power cut
-        return f
+        flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT
+        new = sync and not os.path.exists(path)
+        try:
+            fd = os.open(path, flags, 0o644)
+        except FileNotFoundError:
+            self._makedirs(os.path.dirname(path))
+            fd = os.open(path, flags, 0o644)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            if sync:
+                os.fsync(fd)
+        finally:
+            os.close(fd)
+        if new:
+            _fsync_path(os.path.dirname(path))  # the new name survives a power cut too
+        return True
 
     def _write_tmp(self, path: str, data: bytes) -> str:
         """Write ``data`` to a temp file next to ``path`` (fsynced unless ``unsynced``); return its name."""
