@@ -13,12 +13,14 @@ from .api import (
     run_experiment,
 )
 from .config import ExperimentConfig, load_config
+from .legacy import import_legacy
 
 __version__ = "0.1.0"
 
 __all__ = [
     "ExperimentConfig",
     "experiment_status",
+    "import_legacy",
     "list_experiments",
     "load_config",
     "load_image",

@@ -5,13 +5,15 @@ Everything the CLI does goes through these functions.
 
 from __future__ import annotations
 
+import contextlib
+import json
 import logging
 import os
 import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 import numpy as np
 import xarray as xr
@@ -19,7 +21,7 @@ from distributed import Client
 from PIL import Image
 
 from .config import ExperimentConfig, load_config
-from .errors import PanicflowError, RunsFailed, StoreError, UserError
+from .errors import STORE_WRITE_ERRNOS, RunsFailed, StoreError, StoreIOError, UserError
 from .scheduler import dashboard
 from .scheduler.cluster import LOCALHOST, check_security, check_store_reachable, connect
 from .scheduler.coordinator import Coordinator, Progress
@@ -82,9 +84,10 @@ def run_experiment(
     with connect(client, scheduler=scheduler, workers=workers, dashboard_address=dashboard_address,
                  host=host, security=security, gpus=gpus, scheduler_file=scheduler_file) as c:
         check_store_reachable(c, st)
-        st.ensure_created()
-        exp = Experiment.create(st.root, st.new_experiment_id(), cfg)
-        with exp.take():
+        with _store_faults(st, None):
+            st.ensure_created()
+            exp = Experiment.create(st.root, st.new_experiment_id(), cfg)
+        with _store_faults(st, exp), exp.take():
             _drive(st, exp, c, progress, on_start)
     return exp.id
 
@@ -119,36 +122,53 @@ def resume_experiment(
             f"experiment {exp.id} is running (pid {state.get('pid')} on {state.get('host')}); "
             "wait for it or stop that process first"
         )
-    exp.config  # fail on a damaged stored config before starting a cluster
+    exp.config  # fail on a damaged stored config, or data.zarr, before starting a cluster
+    exp.group(read_only=True)
     # own the experiment before the cluster starts (seconds): a second resume meanwhile is refused
-    with exp.take(), connect(client, scheduler=scheduler, workers=workers, dashboard_address=dashboard_address,
-                             host=host, security=security, gpus=gpus, scheduler_file=scheduler_file) as c:
+    with _store_faults(st, exp), exp.take(), connect(
+        client, scheduler=scheduler, workers=workers, dashboard_address=dashboard_address,
+        host=host, security=security, gpus=gpus, scheduler_file=scheduler_file,
+    ) as c:
         check_store_reachable(c, st)
         _drive(st, exp, c, progress, on_start, retry_failed)
     return exp.id
 
 
-class StoreIOError(PanicflowError, OSError):
-    """The store failed under a running experiment (full, read-only...); the experiment is resumable."""
+@contextlib.contextmanager
+def _store_faults(st: Store, exp: Experiment | None) -> Iterator[None]:
+    """A full or read-only store said in one line (``StoreIOError``) instead of a raw OSError that
+    names a temp file, or no file at all (a failed write()): tests/test_faults.py, test_cli_hygiene.py."""
+    try:
+        yield
+    except Exception as exc:
+        err = _store_io_error(st, exp, exc)
+        if err is None:
+            raise
+        raise err from exc
 
 
-def _store_io_error(st: Store, exp: Experiment, exc: BaseException) -> StoreIOError | None:
+def _store_io_error(st: Store, exp: Experiment | None, exc: BaseException) -> StoreIOError | None:
     """One clear line for an OS error on a file of a local store, found in ``exc`` or what caused it
-    (a worker's error comes wrapped); None for anything else (a lost scheduler is an OSError too)."""
+    (a worker's error comes wrapped), or for a full disk, a quota or a read-only file system there
+    (what a failed write() raises names no file); None for anything else (a lost scheduler is an
+    OSError too)."""
     root = getattr(st.root, "path", None)
     seen: set[int] = set()
     while root and exc is not None and id(exc) not in seen:
         seen.add(id(exc))
         if isinstance(exc, OSError) and not isinstance(exc, StoreIOError):
-            for name in (exc.filename2, exc.filename):
-                if isinstance(name, str) and name.startswith(root + os.sep):
-                    err = StoreIOError(
-                        f"store {st.location}: {exc.strerror or exc} ({os.path.relpath(name, root)}); experiment "
-                        f"{exp.id} stopped: `panicflow experiment resume {exp.id} --store {st.location}` "
-                        "continues it once the store accepts writes again"
-                    )
-                    err.errno = exc.errno
-                    return err
+            names = [n for n in (exc.filename2, exc.filename) if isinstance(n, str)]
+            inside = [n for n in names if n == root or n.startswith(root + os.sep)]
+            if inside or (not names and exc.errno in STORE_WRITE_ERRNOS):
+                where = f" ({os.path.relpath(inside[0], root)})" if inside and inside[0] != root else ""
+                if exp is None:
+                    then = "no experiment was created; run it again once the store accepts writes"
+                else:
+                    then = (f"experiment {exp.id} stopped: `panicflow experiment resume {exp.id} --store {st.location}` "
+                            "continues it once the store accepts writes again")
+                err = StoreIOError(f"store {st.location}: {exc.strerror or exc}{where}; {then}")
+                err.errno, err.experiment_id, err.store = exc.errno, exp.id if exp else "", st.location
+                return err
         exc = exc.__cause__ or exc.__context__
     return None
 
@@ -181,15 +201,7 @@ def _drive(st, exp, c, progress, on_start, retry_failed=False) -> None:
     if on_start:
         on_start(exp, c)
     publisher = _Publisher(c, exp, progress)
-    try:
-        Coordinator(c, st, exp, progress=publisher, retry_failed=retry_failed).run()
-    except Exception as exc:
-        # a full or read-only store surfaced as a raw OSError naming a temp file (tests/test_faults.py):
-        # say which store failed, how, and that resume continues
-        err = _store_io_error(st, exp, exc)
-        if err is None:
-            raise
-        raise err from exc
+    Coordinator(c, st, exp, progress=publisher, retry_failed=retry_failed).run()
     status = experiment_status(exp.id, store=st)
     if publisher.enabled:  # the final numbers, read from the store as `panicflow experiment status` does
         publisher.publish(dashboard.snapshot_dict(status))
@@ -242,7 +254,7 @@ def open_experiment(experiment_id: str, store: StoreLike = None) -> xr.DataTree:
     ``embeddings/<model>``: ``vector`` (run, step, dim), NaN where the model
     does not apply, and ``done``. ``diagrams/<model>``: ``status``, ``reason``,
     ``n_points``, ``entropy`` (run, homology_dim) and the padded pairs
-    ``birth``/``death``/``dimension`` (run, pair).
+    ``birth``/``death``/``dimension`` (run, pair). Strings are Python objects (``_strings_as_objects``).
     Runs still in progress show only what has been materialised.
     """
     st = _store(store)
@@ -254,11 +266,13 @@ def open_experiment(experiment_id: str, store: StoreLike = None) -> xr.DataTree:
         # then are final in anything read later, and the pair axis is already as wide as their diagrams
         # need. Markers read lazily after the open could certify pairs beyond the width the view got at
         # open, or data read before them (.load() reads variables in no set order): tests/test_faults.py
-        markers = read_markers(exp)
+        with _metadata_read(exp):
+            markers = read_markers(exp)
     for attempt in range(20):
         try:
-            tree = xr.open_datatree(exp.root.zarr_store(exp.data_key, read_only=True), engine="zarr",
-                                    consolidated=False, zarr_format=3)
+            with _metadata_read(exp):
+                tree = xr.open_datatree(exp.root.zarr_store(exp.data_key, read_only=True), engine="zarr",
+                                        consolidated=False, zarr_format=3)
             break
         except ValueError as exc:
             # the coordinator widens the diagram pair arrays one after another: a view opened
@@ -273,9 +287,63 @@ def open_experiment(experiment_id: str, store: StoreLike = None) -> xr.DataTree:
             snapshot[f"diagrams/{m}/status"] = markers["diagram_status"][m]
         for path, values in snapshot.items():
             tree[path] = tree[path].copy(data=values)
+    _strings_as_objects(tree)
     _label_runs(tree)
     tree.attrs["store"] = st.location
     return tree
+
+
+@contextlib.contextmanager
+def _metadata_read(exp: Experiment) -> Iterator[None]:
+    """A damaged zarr.json (zarr raises a bare JSONDecodeError) said in one line naming the file."""
+    try:
+        yield
+    except json.JSONDecodeError:
+        bad = _damaged_metadata(exp)
+        where = exp.root.path_for_display(f"{exp.data_key}/{bad}") if bad else exp.path_for_display()
+        raise StoreError(
+            f"experiment {exp.id}: {where} is damaged (not JSON); `panicflow doctor {exp.id}` says what is wrong "
+            "and `--fix` rebuilds it"
+        ) from None
+
+
+def _damaged_metadata(exp: Experiment, node: str = "") -> str | None:
+    """The first zarr.json under data.zarr that is not JSON, relative to it (a walk of the nodes: an error path)."""
+    key = f"{node}/zarr.json" if node else "zarr.json"
+    try:
+        json.loads(exp.root.read_bytes(f"{exp.data_key}/{key}"))
+    except FileNotFoundError:
+        pass
+    except ValueError:
+        return key
+    for child in exp.root.list_dirs(f"{exp.data_key}/{node}" if node else exp.data_key):
+        if found := _damaged_metadata(exp, f"{node}/{child}" if node else child):
+            return found
+    return None
+
+
+def _strings_as_objects(tree: xr.DataTree) -> None:
+    """Strings as Python objects, lazily, in every node. Zarr gives NumPy's variable-width
+    StringDType, which NumPy cannot promote to float: ``ds.where(...)`` (which fills with NaN)
+    and ``isin`` raise on any dataset holding one (tests/test_xarray_idioms.py)."""
+    from xarray.coding.common import lazy_elemwise_func  # what xarray's own decoders use to convert lazily
+
+    def to_objects(values: np.ndarray) -> np.ndarray:
+        return values.astype(object)
+
+    for node in tree.subtree:
+        ds = node.to_dataset(inherit=False)
+        strings = {name: var for name, var in ds.variables.items() if var.dtype.kind == "T"}
+        if not strings:
+            continue
+        converted = {
+            # an index is in memory already; any other variable is read (and converted) when indexed
+            name: var.astype(object) if name in ds.indexes
+            else xr.Variable(var.dims, lazy_elemwise_func(var._data, to_objects, np.dtype(object)), var.attrs, var.encoding)
+            for name, var in strings.items()
+        }
+        node.dataset = ds.assign_coords({n: v for n, v in converted.items() if n in ds.coords}).assign(
+            {n: v for n, v in converted.items() if n not in ds.coords})
 
 
 RUN_LABELS = ("network", "seed", "prompt", "stop_reason")
@@ -343,7 +411,8 @@ def experiment_status(experiment_id: str, store: StoreLike = None) -> Experiment
     st = _store(store)
     exp = st.experiment(experiment_id)
     exp.config  # a damaged stored config is a clear error here, not later
-    markers = read_markers(exp)
+    with _metadata_read(exp):
+        markers = read_markers(exp)
     reasons = [str(r) for r in markers["stop_reason"]]
     steps: dict[int, int] = {}
     for rec in exp.journal.read():

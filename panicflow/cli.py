@@ -1,18 +1,24 @@
-"""The command line: `panicflow experiment run|resume|status|list` and `panicflow models`.
+"""The command line: `panicflow experiment run|resume|status|list`, `panicflow models` and `panicflow doctor`.
 
 Human output (progress bars, summaries) goes to stderr and the result a
-script wants goes to stdout: the experiment id, or JSON with --json.
-Exit codes: 0 success, 2 a user error (bad config, unknown id, bad store), 1 anything else.
+script wants goes to stdout: the experiment id, or JSON with --json. Text read
+from a store is printed through ``display.shown`` (no terminal escapes).
+Exit codes: 0 success, 2 a user error (bad config, unknown id, bad store, bad
+arguments), 130 interrupted (Ctrl-C), 1 anything else.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import signal
 import sys
+import threading
 import time
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import Any, Optional
+from typing import Annotated, Any, Callable, Iterator, Optional
 
 import typer
 from rich.console import Console
@@ -21,8 +27,10 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from . import api
-from .errors import RunsFailed, UserError
+from .display import printable, shown
+from .errors import RunsFailed, StoreIOError, UserError
 from .models import list_models
+from .scheduler.cluster import LOCALHOST
 from .scheduler.dashboard import page_url as dashboard_page
 from .store import default_location
 
@@ -33,37 +41,70 @@ app.add_typer(experiment_app, name="experiment")
 
 
 def _register_analysis() -> None:
-    """``panicflow analyse ...`` and ``panicflow export tables`` (panicflow/analysis/cli.py)."""
-    from .analysis.cli import analyse_app, export_tables_cmd
+    """``panicflow analyse ...``, ``panicflow export tables`` and ``panicflow plot`` (panicflow/analysis/cli.py)."""
+    from .analysis.cli import analyse_app, export_tables_cmd, plot_cmd
+    from .visual.cli import register as register_visual
 
     app.add_typer(analyse_app, name="analyse")
     export_app = typer.Typer(no_args_is_help=True, help="Export experiment data.")
     export_app.command("tables")(export_tables_cmd)
+    register_visual(app, export_app)  # export video|timeline|images|gallery, report (panicflow/visual/cli.py)
     app.add_typer(export_app, name="export")
+    app.command("plot")(plot_cmd)
 
 
 _register_analysis()
 
+
+def _register_import() -> None:
+    """``panicflow import legacy`` (panicflow/legacy/cli.py)."""
+    from .legacy.cli import import_app
+
+    app.add_typer(import_app, name="import")
+
+
+_register_import()
+
 err = Console(stderr=True)
 
-StoreOpt = typer.Option(None, "--store", help="Store folder or fsspec URL (default: $PANICFLOW_STORE or ./panicflow-store)")
-JsonOpt = typer.Option(False, "--json", help="Print machine-readable JSON on stdout.")
-SchedulerOpt = typer.Option(None, "--scheduler", help="Address of an existing Dask scheduler to use (default: $DASK_SCHEDULER_ADDRESS, if set).")
-SchedulerFileOpt = typer.Option(
-    None, "--scheduler-file", help="Use the Dask scheduler whose address this file holds (dask scheduler --scheduler-file PATH)."
-)
-WorkersOpt = typer.Option(None, "--workers", help="Worker processes for the embedded LocalCluster (default: one per core).")
-GpusOpt = typer.Option(None, "--gpus", help="Start a dask-cuda LocalCUDACluster: one worker per GPU (needs panicflow[gpu]).")
-HostOpt = typer.Option("127.0.0.1", "--host", help="Interface the embedded LocalCluster listens on; 0.0.0.0 opens it to the network (docs/security.md).")
-DashboardOpt = typer.Option(None, "--dashboard-address", help="Dashboard of the embedded LocalCluster, HOST:PORT or PORT (default: --host, port 8787).")
+# Options shared by several commands, defined once; typer reads them from the annotations
+StoreOpt = Annotated[
+    Optional[str], typer.Option("--store", help="Store folder or fsspec URL (default: $PANICFLOW_STORE or ./panicflow-store)")
+]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON on stdout.")]
+SchedulerOpt = Annotated[
+    Optional[str], typer.Option("--scheduler", help="Address of an existing Dask scheduler to use (default: $DASK_SCHEDULER_ADDRESS, if set).")
+]
+SchedulerFileOpt = Annotated[Optional[Path], typer.Option(
+    "--scheduler-file", help="Use the Dask scheduler whose address this file holds (dask scheduler --scheduler-file PATH)."
+)]
+WorkersOpt = Annotated[Optional[int], typer.Option("--workers", help="Worker processes for the embedded LocalCluster (default: one per core).")]
+GpusOpt = Annotated[Optional[int], typer.Option("--gpus", help="Start a dask-cuda LocalCUDACluster: one worker per GPU (needs panicflow[gpu]).")]
+HostOpt = Annotated[str, typer.Option(
+    "--host", help="Interface the embedded LocalCluster listens on; 0.0.0.0 opens it to the network (docs/security.md)."
+)]
+DashboardOpt = Annotated[Optional[str], typer.Option(
+    "--dashboard-address", help="Dashboard of the embedded LocalCluster, HOST:PORT or PORT (default: --host, port 8787)."
+)]
 _PEM = dict(exists=True, dir_okay=False, readable=True)
-TlsCaOpt = typer.Option(None, "--tls-ca-file", help="CA certificate (PEM) to verify a tls:// scheduler.", **_PEM)
-TlsCertOpt = typer.Option(None, "--tls-cert", help="Client certificate (PEM) for a tls:// scheduler.", **_PEM)
-TlsKeyOpt = typer.Option(None, "--tls-key", help="Key of --tls-cert (PEM), unless the certificate file holds it.", **_PEM)
+TlsCaOpt = Annotated[Optional[Path], typer.Option("--tls-ca-file", help="CA certificate (PEM) to verify a tls:// scheduler.", **_PEM)]
+TlsCertOpt = Annotated[Optional[Path], typer.Option("--tls-cert", help="Client certificate (PEM) for a tls:// scheduler.", **_PEM)]
+TlsKeyOpt = Annotated[Optional[Path], typer.Option("--tls-key", help="Key of --tls-cert (PEM), unless the certificate file holds it.", **_PEM)]
 
 
 def _store(store: Optional[str]) -> str:
     return store or default_location()
+
+
+def _cluster(
+    scheduler: Optional[str], scheduler_file: Optional[Path], workers: Optional[int], gpus: Optional[int], host: str,
+    dashboard_address: Optional[str], tls_ca_file: Optional[Path], tls_cert: Optional[Path], tls_key: Optional[Path],
+) -> dict[str, Any]:
+    """The keyword arguments of ``api.run_experiment`` and ``api.resume_experiment`` that say where to run."""
+    return dict(
+        scheduler=scheduler, scheduler_file=scheduler_file, workers=workers, gpus=gpus, host=host,
+        dashboard_address=dashboard_address, security=_security(tls_ca_file, tls_cert, tls_key),
+    )
 
 
 def _security(ca_file: Optional[Path], cert: Optional[Path], key: Optional[Path]):
@@ -92,7 +133,7 @@ class _Bars:
     def start(self, exp, client) -> None:
         if not self.enabled:
             return
-        err.print(f"experiment [bold]{escape(exp.id)}[/] in {escape(exp.path_for_display())}")
+        err.print(f"experiment [bold]{shown(exp.id)}[/] in {shown(exp.path_for_display())}")
         err.print(f"Dask dashboard: {escape(client.dashboard_link)}")
         page = dashboard_page(client)
         if page:
@@ -113,7 +154,7 @@ class _Bars:
             rows[f"diagrams {m}"] = (n, snap.runs)
         for name, (done, total) in rows.items():
             if name not in self.tasks:
-                self.tasks[name] = self.progress.add_task(name, total=total)
+                self.tasks[name] = self.progress.add_task(escape(name), total=total)
             self.progress.update(self.tasks[name], completed=done, total=total)
 
     def stop(self) -> None:
@@ -122,21 +163,21 @@ class _Bars:
 
 
 def _print_summary(status: api.ExperimentStatus, wall: float | None = None) -> None:
-    # names, paths and errors are the user's text, not Rich markup
+    # names, paths and errors come from the store: neither Rich markup nor terminal escapes (display.py)
     title = f"experiment {status.id}" + (f" ({status.name})" if status.name else "")
-    table = Table(title=escape(title), show_header=False)
-    table.add_row("state", status.state)
-    table.add_row("results", escape(f"{status.store} (panicflow.open_experiment({status.id!r}, store={status.store!r}))"))
+    table = Table(title=shown(title), show_header=False)
+    table.add_row("state", shown(status.state))
+    table.add_row("results", shown(f"{status.store} (panicflow.open_experiment({status.id!r}, store={status.store!r}))"))
     table.add_row("runs", f"{status.runs_complete} complete, {status.runs_failed} failed, {status.runs} in all")
     table.add_row("invocations", str(status.invocations))
-    table.add_row("stop reasons", escape(", ".join(f"{k}: {v}" for k, v in sorted(status.stop_reasons.items())) or "-"))
-    table.add_row("embeddings (runs)", ", ".join(f"{k}: {v}" for k, v in status.embeddings.items()))
-    table.add_row("persistence diagrams", ", ".join(f"{k}: {v}" for k, v in status.persistence_diagrams.items()))
+    table.add_row("stop reasons", shown(", ".join(f"{k}: {v}" for k, v in sorted(status.stop_reasons.items())) or "-"))
+    table.add_row("embeddings (runs)", shown(", ".join(f"{k}: {v}" for k, v in status.embeddings.items())))
+    table.add_row("persistence diagrams", shown(", ".join(f"{k}: {v}" for k, v in status.persistence_diagrams.items())))
     for model, outcome in status.diagram_outcomes.items():
         if any(outcome.values()):
-            table.add_row(f"  {escape(model)}", ", ".join(f"{v} {k}" for k, v in outcome.items()))
+            table.add_row(f"  {shown(model)}", ", ".join(f"{v} {k}" for k, v in outcome.items()))
     for run, error in list(status.errors.items())[:10]:
-        table.add_row(f"run {run} failed", escape(error))
+        table.add_row(f"run {run} failed", shown(error))
     if wall is not None:
         table.add_row("wall time", f"{wall:.1f} s")
     err.print(table)
@@ -144,7 +185,7 @@ def _print_summary(status: api.ExperimentStatus, wall: float | None = None) -> N
 
 def _runs_failed(exc: RunsFailed, bars: _Bars) -> str:
     bars.stop()
-    err.print(f"[red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
+    err.print(f"[red]error:[/] {shown(exc)}", highlight=False, soft_wrap=True)
     return exc.experiment_id
 
 
@@ -159,81 +200,131 @@ def _finish(eid: str, store: str, as_json: bool, wall: float) -> None:
         raise typer.Exit(1)
 
 
-@experiment_app.command("run")
-def run_cmd(
-    config: Path = typer.Argument(..., help="Experiment config, JSON or YAML."),
-    store: Optional[str] = StoreOpt,
-    scheduler: Optional[str] = SchedulerOpt,
-    scheduler_file: Optional[Path] = SchedulerFileOpt,
-    workers: Optional[int] = WorkersOpt,
-    gpus: Optional[int] = GpusOpt,
-    as_json: bool = JsonOpt,
-    host: str = HostOpt,
-    dashboard_address: Optional[str] = DashboardOpt,
-    tls_ca_file: Optional[Path] = TlsCaOpt,
-    tls_cert: Optional[Path] = TlsCertOpt,
-    tls_key: Optional[Path] = TlsKeyOpt,
-) -> None:
-    """Run an experiment to the end; prints its id."""
+class _Interrupted(Exception):
+    """Ctrl-C stopped ``experiment run`` or ``resume``: ``main`` prints ``line`` and exits 130."""
+
+    def __init__(self, experiment_id: str | None, store: str) -> None:
+        if experiment_id:
+            self.line = f"interrupted; panicflow experiment resume {experiment_id} --store {store} finishes it"
+        else:
+            self.line = "interrupted before the experiment was created; nothing to resume"
+        super().__init__(self.line)
+
+
+def _error_text(exc: BaseException) -> str:
+    """An error on one line: StoreIOError's message says it all, anything else is named by its type."""
+    text = str(exc) if isinstance(exc, StoreIOError) else f"{type(exc).__name__}: {exc}"
+    return printable(" ".join(text.split("\n")))
+
+
+def _completed(experiment_id: str, store: str) -> bool:
+    try:
+        return api.experiment_status(experiment_id, store=store).state == "complete"
+    except Exception:  # unreadable now: not known to be complete
+        return False
+
+
+def _execute(start: Callable[..., str], store: str, as_json: bool, experiment_id: str | None = None) -> None:
+    """Run or resume an experiment with progress bars, then print its summary (or JSON) and id.
+
+    ``start(progress=..., on_start=...)`` runs it and returns its id. Ctrl-C stops it with one
+    line saying how to resume (``_Interrupted``, exit 130), unless it had completed; any other
+    error once the experiment is known still gives --json its id and the error.
+    """
     bars = _Bars(not as_json)
     t0 = time.monotonic()
-    started: dict[str, str] = {}
+    known = {"id": experiment_id}
 
-    def on_start(exp, client):
-        started["id"] = exp.id
+    def on_start(exp, client) -> None:
+        known["id"] = exp.id
         bars.start(exp, client)
 
     try:
-        eid = api.run_experiment(
-            config, store=_store(store), scheduler=scheduler, workers=workers, progress=bars.update, on_start=on_start,
-            security=_security(tls_ca_file, tls_cert, tls_key), host=host, dashboard_address=dashboard_address, gpus=gpus,
-            scheduler_file=scheduler_file,
-        )
+        eid = start(progress=bars.update, on_start=on_start)
     except RunsFailed as exc:  # the summary (or JSON) still follows; _finish exits 1
         eid = _runs_failed(exc, bars)
+    except KeyboardInterrupt:
+        eid = known["id"]
+        if eid is None or not _completed(eid, store):  # one that completed before the Ctrl-C exits 0
+            stop = _Interrupted(eid, store)
+            if as_json:
+                print(json.dumps({"id": eid, "state": "interrupted", "error": stop.line}))
+            raise stop from None
+    except UserError:
+        raise
+    except Exception as exc:
+        eid = getattr(exc, "experiment_id", "") or known["id"]
+        if as_json and eid:
+            print(json.dumps({"id": eid, "error": _error_text(exc)}))
+        raise
     finally:
         bars.stop()
-    _finish(eid, _store(store), as_json, time.monotonic() - t0)
+    with _ctrl_c_ignored():  # it has ended: a Ctrl-C now would only lose its summary (and exit 130)
+        _finish(eid, store, as_json, time.monotonic() - t0)
+
+
+@contextlib.contextmanager
+def _ctrl_c_ignored() -> Iterator[None]:
+    """Ctrl-C ignored meanwhile (SIGINT handlers are the main thread's to set)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+@experiment_app.command("run")
+def run_cmd(
+    config: Path = typer.Argument(..., help="Experiment config, JSON or YAML."),
+    store: StoreOpt = None,
+    scheduler: SchedulerOpt = None,
+    scheduler_file: SchedulerFileOpt = None,
+    workers: WorkersOpt = None,
+    gpus: GpusOpt = None,
+    as_json: JsonOpt = False,
+    host: HostOpt = LOCALHOST,
+    dashboard_address: DashboardOpt = None,
+    tls_ca_file: TlsCaOpt = None,
+    tls_cert: TlsCertOpt = None,
+    tls_key: TlsKeyOpt = None,
+) -> None:
+    """Run an experiment to the end; prints its id."""
+    cluster = _cluster(scheduler, scheduler_file, workers, gpus, host, dashboard_address, tls_ca_file, tls_cert, tls_key)
+    _execute(lambda **hooks: api.run_experiment(config, store=_store(store), **cluster, **hooks), _store(store), as_json)
 
 
 @experiment_app.command("resume")
 def resume_cmd(
     experiment_id: str = typer.Argument(..., help="Experiment id (or a unique prefix)."),
-    store: Optional[str] = StoreOpt,
-    scheduler: Optional[str] = SchedulerOpt,
-    scheduler_file: Optional[Path] = SchedulerFileOpt,
-    workers: Optional[int] = WorkersOpt,
-    gpus: Optional[int] = GpusOpt,
+    store: StoreOpt = None,
+    scheduler: SchedulerOpt = None,
+    scheduler_file: SchedulerFileOpt = None,
+    workers: WorkersOpt = None,
+    gpus: GpusOpt = None,
     retry_failed: bool = typer.Option(False, "--retry-failed", help="Also give failed runs another go."),
-    as_json: bool = JsonOpt,
-    host: str = HostOpt,
-    dashboard_address: Optional[str] = DashboardOpt,
-    tls_ca_file: Optional[Path] = TlsCaOpt,
-    tls_cert: Optional[Path] = TlsCertOpt,
-    tls_key: Optional[Path] = TlsKeyOpt,
+    as_json: JsonOpt = False,
+    host: HostOpt = LOCALHOST,
+    dashboard_address: DashboardOpt = None,
+    tls_ca_file: TlsCaOpt = None,
+    tls_cert: TlsCertOpt = None,
+    tls_key: TlsKeyOpt = None,
 ) -> None:
     """Finish an interrupted experiment."""
-    bars = _Bars(not as_json)
-    t0 = time.monotonic()
-    try:
-        eid = api.resume_experiment(
-            experiment_id, store=_store(store), scheduler=scheduler, workers=workers, progress=bars.update,
-            on_start=bars.start, retry_failed=retry_failed,
-            security=_security(tls_ca_file, tls_cert, tls_key), host=host, dashboard_address=dashboard_address, gpus=gpus,
-            scheduler_file=scheduler_file,
-        )
-    except RunsFailed as exc:
-        eid = _runs_failed(exc, bars)
-    finally:
-        bars.stop()
-    _finish(eid, _store(store), as_json, time.monotonic() - t0)
+    cluster = _cluster(scheduler, scheduler_file, workers, gpus, host, dashboard_address, tls_ca_file, tls_cert, tls_key)
+    _execute(
+        lambda **hooks: api.resume_experiment(experiment_id, store=_store(store), retry_failed=retry_failed, **cluster, **hooks),
+        _store(store), as_json, experiment_id,
+    )
 
 
 @experiment_app.command("status")
 def status_cmd(
     experiment_id: Optional[str] = typer.Argument(None, help="Experiment id or prefix (default: the newest)."),
-    store: Optional[str] = StoreOpt,
-    as_json: bool = JsonOpt,
+    store: StoreOpt = None,
+    as_json: JsonOpt = False,
 ) -> None:
     """Per-stage progress of one experiment."""
     if experiment_id is None:
@@ -249,7 +340,7 @@ def status_cmd(
 
 
 @experiment_app.command("list")
-def list_cmd(store: Optional[str] = StoreOpt, as_json: bool = JsonOpt) -> None:
+def list_cmd(store: StoreOpt = None, as_json: JsonOpt = False) -> None:
     """Every experiment in the store; a damaged one is listed as such (and the exit status is 2)."""
     experiments = api.list_experiments(_store(store))
     if as_json:
@@ -258,32 +349,45 @@ def list_cmd(store: Optional[str] = StoreOpt, as_json: bool = JsonOpt) -> None:
         table = Table("id", "name", "state", "runs", "created")
         for e in experiments:
             row = (e["id"], e["name"] or "", e["state"], "" if e["runs"] is None else str(e["runs"]), e["created_at"] or "")
-            table.add_row(*map(escape, row))
+            table.add_row(*map(shown, row))
         Console().print(table)
     damaged = [e["error"] for e in experiments if e["state"] == "damaged"]
     if damaged:
         raise UserError(*damaged)
 
 
+def _model_row(spec) -> dict[str, Any]:
+    """What `panicflow models --json` says of one registry entry (docs/cli.md)."""
+    from .models.cache import approx_gb
+    from .models.families import weights_present
+
+    extra = spec.extra
+    return {
+        "name": spec.name,
+        "kind": spec.role.value,
+        "input": spec.input_kind.value,
+        "output": spec.output_kind.value if spec.output_kind else f"vector[{spec.dim}]",
+        "description": spec.description,
+        "hf_id": extra.get("hf_id"),
+        "revision": extra.get("revision") if extra.get("hf_id") else None,
+        "dim": spec.dim,
+        "dtype": extra.get("dtype"),
+        "approx_gpu_gb": approx_gb(spec),
+        "weights_present": weights_present(spec),
+    }
+
+
 @app.command("models")
-def models_cmd(as_json: bool = JsonOpt) -> None:
+def models_cmd(as_json: JsonOpt = False) -> None:
     """Every model panicflow knows, with its kind and output."""
-    rows = [
-        {
-            "name": s.name,
-            "kind": s.role.value,
-            "input": s.input_kind.value,
-            "output": s.output_kind.value if s.output_kind else f"vector[{s.dim}]",
-            "description": s.description,
-        }
-        for s in list_models()
-    ]
+    rows = [_model_row(s) for s in list_models()]
     if as_json:
         print(json.dumps(rows))
         return
-    table = Table("name", "kind", "input", "output", "description")
+    weights = {True: "present", False: "missing", None: "-"}
+    table = Table("name", "kind", "input", "output", "description", "weights")
     for r in rows:
-        table.add_row(r["name"], r["kind"], r["input"], r["output"], r["description"])
+        table.add_row(*map(escape, (r["name"], r["kind"], r["input"], r["output"], r["description"], weights[r["weights_present"]])))
     Console().print(table)
 
 
@@ -291,17 +395,17 @@ def models_cmd(as_json: bool = JsonOpt) -> None:
 def doctor_cmd(
     experiment_id: Optional[str] = typer.Argument(None, help="Experiment id or prefix (default: every experiment)."),
     fix: bool = typer.Option(False, "--fix", help="Repair what can be rebuilt from the store, and report what was done."),
-    store: Optional[str] = StoreOpt,
-    scheduler: Optional[str] = SchedulerOpt,
-    workers: Optional[int] = WorkersOpt,
-    as_json: bool = JsonOpt,
+    store: StoreOpt = None,
+    scheduler: SchedulerOpt = None,
+    workers: WorkersOpt = None,
+    as_json: JsonOpt = False,
 ) -> None:
     """Check experiments against the store contract (objects, runs, embeddings, diagrams, metadata); exit 1 if problems remain."""
     from .doctor import render
 
     report = api.doctor(
         experiment_id, store=_store(store), fix=fix, scheduler=scheduler, workers=workers,
-        say=lambda text: err.print(f"[dim]{escape(text)}[/]"),
+        say=lambda text: err.print(f"[dim]{shown(text)}[/]"),
     )
     if as_json:
         print(json.dumps(report.to_dict()))
@@ -313,25 +417,57 @@ def doctor_cmd(
         raise SystemExit(report.exit_code)
 
 
+def _version(value: bool) -> None:
+    if value:
+        try:
+            number = version("panicflow")
+        except PackageNotFoundError:  # run from a source tree that was never installed
+            from . import __version__ as number
+        print(f"panicflow {number}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    show_version: Annotated[bool, typer.Option(
+        "--version", callback=_version, is_eager=True, help="Print panicflow's version and exit."
+    )] = False,
+) -> None:
+    pass
+
+
+def _on_ctrl_c(signum: int, frame: Any) -> None:
+    """SIGINT: quiet what Dask logs about the waits and the cluster the interrupt cuts short (the
+    one line `main` prints says it all), then interrupt as Python would."""
+    for name in ("distributed", "tornado", "asyncio"):
+        logging.getLogger(name).setLevel(logging.CRITICAL)
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Entry point: maps errors to exit codes (2: user error, 1: anything else)."""
+    """Entry point: maps errors to exit codes (2: user error, 130: Ctrl-C, 1: anything else)."""
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     for noisy in ("distributed", "bokeh", "tornado"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGINT, _on_ctrl_c) if in_main_thread else None
     try:
         # with standalone_mode=False click returns the code of a typer.Exit (e.g. _finish's 1 for an
         # experiment that did not complete) instead of raising it: pass it on, or failures exit 0
         code = app(args=argv, standalone_mode=False)
     except UserError as exc:
         for line in exc.lines:
-            err.print(f"[red]error:[/] {escape(line)}", highlight=False, soft_wrap=True)
+            err.print(f"[red]error:[/] {shown(line)}", highlight=False, soft_wrap=True)
         return 2
+    except _Interrupted as exc:
+        err.print(shown(exc.line), highlight=False, soft_wrap=True)
+        return 130
     except typer.Exit as exc:
         return exc.exit_code
     except SystemExit as exc:  # pragma: no cover
         return int(exc.code or 0)
-    except KeyboardInterrupt:
-        err.print("interrupted; `panicflow experiment resume ID` finishes the experiment")
+    except KeyboardInterrupt:  # outside a command (typer turns one inside into exit 130)
+        err.print("interrupted")
         return 130
     except Exception as exc:
         # typer vendors click: find its exception classes through the exception itself
@@ -342,8 +478,11 @@ def main(argv: list[str] | None = None) -> int:
         if "Abort" in names:
             return 1
         # soft_wrap: one line however long (paths), as scripts and tests/test_faults.py read it
-        err.print(f"[red]error:[/] {type(exc).__name__}: {escape(str(exc))}", highlight=False, soft_wrap=True)
+        err.print(f"[red]error:[/] {escape(_error_text(exc))}", highlight=False, soft_wrap=True)
         return 1
+    finally:
+        if in_main_thread:
+            signal.signal(signal.SIGINT, previous)
     return code if isinstance(code, int) else 0
 
 

@@ -19,6 +19,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from .display import is_control
 from .errors import ConfigError
 from .models import REGISTRY, Kind
 
@@ -152,9 +153,10 @@ def _bad_text(text: str) -> str | None:
     return None
 
 
-def _semantic_problems(raw: dict[str, Any], typed: bool = False) -> list[str]:
+def _semantic_problems(raw: dict[str, Any], typed: bool = False, stored: bool = False) -> list[str]:
     """Checks pydantic cannot express; run on whatever parts of ``raw`` are well-formed
-    (``typed``: all of it, as pydantic dumped it). Linear in the number of seeds and prompts."""
+    (``typed``: all of it, as pydantic dumped it; ``stored``: the config of an existing
+    experiment, which rules added since must not make unreadable). Linear in the number of seeds and prompts."""
     problems: list[str] = []
 
     def listof(key, typ):
@@ -246,6 +248,9 @@ def _semantic_problems(raw: dict[str, Any], typed: bool = False) -> list[str]:
             problems.append(f"prompts[{p}]: {why}")
     if isinstance(raw.get("name"), str) and (why := _bad_text(raw["name"])):
         problems.append(f"name: {why}")
+    elif isinstance(raw.get("name"), str) and not stored and any(map(is_control, raw["name"])):
+        # names are printed by `experiment list` and status: an ESC sequence would drive the terminal
+        problems.append(f"name: must not contain control characters (escapes, newlines, tabs...); got {_show(raw['name'])}")
     for model, size in (raw.get("batch_size") or {}).items() if isinstance(raw.get("batch_size"), dict) else []:
         if model not in REGISTRY:
             problems.append(f"batch_size.{_key(model)}: unknown model {_show(model)}")
@@ -266,10 +271,11 @@ def _too_many_runs(raw: dict[str, Any]) -> str | None:
             f"({len(sizes[0]):_} x {len(sizes[1]):_} x {len(sizes[2]):_} = {n:_}); split the experiment")
 
 
-def validate_config(raw: Any) -> ExperimentConfig:
+def validate_config(raw: Any, *, stored: bool = False) -> ExperimentConfig:
     """An ``ExperimentConfig`` from a mapping, or ``ConfigError`` listing every problem.
 
     Linear in the size of the config; more than ``MAX_RUNS`` runs are refused at once, alone.
+    ``stored``: the config of an existing experiment (``validate_stored_config``).
     """
     if isinstance(raw, ExperimentConfig):
         return raw
@@ -289,7 +295,7 @@ def validate_config(raw: Any) -> ExperimentConfig:
             else:
                 problems.append(f"{_loc(err['loc'])}: {err['msg']}")
     # On a valid config, check the values pydantic converted ("0" -> 0, -5.0 -> -5), not the raw ones.
-    problems += _semantic_problems(raw if config is None else config.model_dump(), typed=config is not None)
+    problems += _semantic_problems(raw if config is None else config.model_dump(), typed=config is not None, stored=stored)
     if problems:
         # several pydantic errors can name one field; keep the first of each line
         raise ConfigError(*dict.fromkeys(problems))
@@ -322,7 +328,7 @@ def validate_stored_config(raw: Any, digest: Any = None) -> ExperimentConfig:
             and all(m in REGISTRY for m in itertools.chain(*config.networks, config.embedding_models, config.batch_size))
         ):
             return config
-    return validate_config(raw)
+    return validate_config(raw, stored=True)
 
 
 def load_config(source: ExperimentConfig | dict | str | Path) -> ExperimentConfig:

@@ -1,7 +1,8 @@
-"""`panicflow analyse cluster|drift|distances|results` and the `export tables` command function.
+"""`panicflow analyse cluster|drift|distances|divergence|sequences|entropy|results`, and the
+`export tables` and `plot` command functions.
 
-Registered by panicflow/cli.py (``app.add_typer(analyse_app, name="analyse")`` and a
-``tables`` command on an ``export`` group calling ``export_tables_cmd``). The work runs on a
+Registered by panicflow/cli.py (``app.add_typer(analyse_app, name="analyse")``, a ``tables``
+command on an ``export`` group calling ``export_tables_cmd``, and ``plot_cmd`` as ``plot``). The work runs on a
 Dask cluster: ``--scheduler ADDRESS`` or an embedded LocalCluster of ``--workers`` processes.
 The result's name or path goes to stdout, with ``--json`` a JSON object.
 """
@@ -12,6 +13,7 @@ import json
 from contextlib import contextmanager
 from typing import List, Optional
 
+import numpy as np
 import typer
 
 from ..errors import UserError
@@ -43,6 +45,9 @@ def _client(scheduler: Optional[str], workers: int):
     with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address=":0") as lc, \
             Client(lc) as c:
         yield c
+
+
+_SHOWN = 20  # groups listed on stderr by `analyse divergence`
 
 
 def _parse_reduce(reduce: str) -> str:
@@ -112,13 +117,99 @@ def distances_cmd(
     print(json.dumps({"path": path}) if as_json else path)
 
 
+@analyse_app.command("divergence")
+def divergence_cmd(
+    experiment_id: str = typer.Argument(...),
+    model: str = typer.Option(..., "--model", help="Embedding model."),
+    fit_steps: Optional[str] = typer.Option(None, "--fit-steps", help="Fit only steps START:END (END exclusive), e.g. 0:200."),
+    name: Optional[str] = typer.Option(None, "--name", help="Name of the result (default: the model, with the window)."),
+    store: Optional[str] = StoreOpt, scheduler: Optional[str] = SchedulerOpt, workers: int = WorkersOpt, as_json: bool = JsonOpt,
+) -> None:
+    """Divergence of runs sharing network and prompt: FTLE (slope of ln mean pairwise distance over steps), R^2, pairs."""
+    from .divergence import divergence, parse_window
+    from .results import open_result, open_store
+
+    window = parse_window(fit_steps)
+    with _client(scheduler, workers) as c:
+        path = divergence(experiment_id, model, store=_store(store), client=c, fit_steps=window, name=name)
+    g = open_result(open_store(_store(store)).experiment(experiment_id), "divergence", path.rsplit("/", 1)[1])
+    groups = [{"network": n, "prompt": p, "exponent": float(e), "r_squared": float(r), "n_pairs": int(k), "status": st}
+              for n, p, e, r, k, st in zip(g["group_network"][:], g["group_prompt"][:], g["exponent"][:], g["r_squared"][:],
+                                           g["n_pairs"][:], g["status"][:])]
+    print(json.dumps({"path": path, "groups": groups}) if as_json else path)
+    if not as_json:
+        for row in groups[:_SHOWN]:
+            fit = (f"exponent {row['exponent']:.4g}/step, R^2 {row['r_squared']:.2f}, {row['n_pairs']} pairs"
+                   if row["status"] == "ok" else row["status"])
+            typer.echo(f"{row['network']} | {row['prompt'][:40]}: {fit}", err=True)
+        if len(groups) > _SHOWN:
+            typer.echo(f"... {len(groups) - _SHOWN} more groups (`panicflow export tables`: divergence)", err=True)
+
+
+@analyse_app.command("sequences")
+def sequences_cmd(
+    experiment_id: str = typer.Argument(...),
+    clustering: Optional[str] = typer.Option(None, "--clustering", help="Name of a stored clustering (default: the most recent)."),
+    drop_noise: bool = typer.Option(False, "--drop-noise", help="Leave noise out of the sequences (joins the stays around it)."),
+    name: Optional[str] = typer.Option(None, "--name", help="Name of the result (default: the clustering's)."),
+    store: Optional[str] = StoreOpt, as_json: bool = JsonOpt,
+) -> None:
+    """Cluster sequences of every run: stays in one cluster and transitions between clusters, per network."""
+    from .results import open_result, open_store
+    from .sequences import sequences
+
+    path = sequences(experiment_id, clustering, store=_store(store), drop_noise=drop_noise, name=name)
+    g = open_result(open_store(_store(store)).experiment(experiment_id), "sequences", path.rsplit("/", 1)[1])
+    rows = [(str(n), int(f), int(t), int(c)) for n, f, t, c in zip(g["transition_network"][:], g["transition_from"][:],
+                                                                 g["transition_to"][:], g["transition_count"][:]) if f != t]
+    top: dict[str, list] = {}
+    for n, f, t, c in rows:  # stored most common first per network
+        if len(top.setdefault(n, [])) < 5:
+            top[n].append({"from": f, "to": t, "count": c})
+    length = g["stay_length"][:]
+    print(json.dumps({"path": path, "stays": len(length), "top_transitions": top}) if as_json else path)
+    if not as_json:
+        typer.echo(f"{len(length)} stays, median length {float(np.median(length)) if len(length) else 0:g} vectors", err=True)
+        for n, items in top.items():
+            typer.echo(f"{n}: " + ", ".join(f"{i['from']}->{i['to']} ({i['count']})" for i in items), err=True)
+
+
+@analyse_app.command("entropy")
+def entropy_cmd(
+    experiment_id: str = typer.Argument(...),
+    statistic: str = typer.Option("mean", "--statistic", help="mean or median: the statistic given a bootstrap interval."),
+    confidence: float = typer.Option(0.95, "--confidence", help="Confidence level of the interval."),
+    n_resamples: int = typer.Option(9999, "--n-resamples", help="Bootstrap resamples."),
+    method: str = typer.Option("bca", "--method", help="bca, percentile or basic (scipy.stats.bootstrap)."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the resampling."),
+    name: Optional[str] = typer.Option(None, "--name", help="Name of the result (default: from the parameters)."),
+    store: Optional[str] = StoreOpt, as_json: bool = JsonOpt,
+) -> None:
+    """Persistent entropy by network, embedding model and homology dimension, with bootstrap confidence intervals."""
+    from .entropy import entropy_summary
+    from .results import open_result, open_store
+
+    path = entropy_summary(experiment_id, store=_store(store), statistic=statistic, confidence=confidence,
+                           n_resamples=n_resamples, method=method, seed=seed, name=name)
+    g = open_result(open_store(_store(store)).experiment(experiment_id), "entropy", path.rsplit("/", 1)[1])
+    keys = ("group_network", "group_model", "group_homology_dim", "n", statistic, "ci_low", "ci_high")
+    rows = list(zip(*(g[k][:] for k in keys)))
+    if as_json:
+        print(json.dumps({"path": path, "groups": [{k: (v.item() if hasattr(v, "item") else v) for k, v in zip(keys, r)} for r in rows]},
+                         default=str))
+        return
+    print(path)
+    for net, model, dim, n, stat, lo, hi in rows:
+        typer.echo(f"{net} | {model} | H{dim}: {statistic} {stat:.3f} [{lo:.3f}, {hi:.3f}] n={n}", err=True)
+
+
 @analyse_app.command("results")
 def results_cmd(experiment_id: str = typer.Argument(...), store: Optional[str] = StoreOpt, as_json: bool = JsonOpt) -> None:
     """List the stored analysis results of an experiment with their parameters."""
-    from .results import list_results, open_store
+    from .results import KINDS, list_results, open_store
 
     exp = open_store(_store(store)).experiment(experiment_id)
-    found = {kind: list_results(exp, kind) for kind in ("clusters", "drift", "distances")}
+    found = {kind: list_results(exp, kind) for kind in KINDS}
     if as_json:
         print(json.dumps(found))
         return
@@ -139,3 +230,17 @@ def export_tables_cmd(
 
     written = export_tables(experiment_id, out, fmt=fmt, store=_store(store), vectors=not no_vectors)
     print(json.dumps(written) if as_json else "\n".join(written.values()))
+
+
+def plot_cmd(
+    experiment_id: str = typer.Argument(...),
+    kind: str = typer.Argument(..., help="diagrams, entropy, drift, clusters, transitions, stays or map."),
+    out: str = typer.Option(".", "--out", help="Folder for the PNG and SVG files (created if missing)."),
+    clustering: Optional[str] = typer.Option(None, "--clustering", help="clusters, transitions, stays, map: the clustering (default: the most recent)."),
+    store: Optional[str] = StoreOpt, as_json: bool = JsonOpt,
+) -> None:
+    """Charts of an experiment as PNG and SVG (docs/analysis.md, "Charts")."""
+    from .plots import plot
+
+    paths = plot(experiment_id, kind, out=out, store=_store(store), clustering=clustering)
+    print(json.dumps([str(p) for p in paths]) if as_json else "\n".join(str(p) for p in paths))

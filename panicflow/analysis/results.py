@@ -1,4 +1,4 @@
-"""Reading inputs and storing results of the analyses (drift, distances, clusters).
+"""Reading inputs and storing results of the analyses (drift, distances, clusters, divergence, ...).
 
 Contract (docs/analysis.md):
 
@@ -29,6 +29,7 @@ from ..store import Store
 from ..store.experiment import Experiment
 
 ANALYSIS = "analysis"
+KINDS = ("clusters", "drift", "distances", "divergence", "sequences", "entropy")  # analysis/<kind>/<name>
 
 
 @lru_cache(maxsize=16)

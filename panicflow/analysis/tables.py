@@ -1,7 +1,8 @@
 """Tidy tables of an experiment, streamed from Zarr a block of runs at a time.
 
 Tables (columns in docs/tables.md): ``runs``, ``invocations``, ``embeddings``, ``bars``,
-``entropies``, ``drift``, ``clusters``, ``assignments``. Each is produced as a stream of
+``entropies``, ``drift``, ``clusters``, ``assignments``, and from the later analyses
+``divergence``, ``divergence_curves``, ``stays``, ``transitions``, ``entropy_summary``. Each is produced as a stream of
 ``pyarrow.RecordBatch`` (``iter_table``), so exporting a million invocations holds one block
 of runs in memory; ``table`` collects one into a pandas DataFrame; ``export_tables`` writes
 them all as Parquet or CSV files (in CSV the embedding vector is a JSON list in a string).
@@ -20,7 +21,8 @@ import pyarrow as pa
 from ..errors import UserError
 from .results import ANALYSIS, list_results, open_store
 
-TABLES = ("runs", "invocations", "embeddings", "bars", "entropies", "drift", "clusters", "assignments")
+TABLES = ("runs", "invocations", "embeddings", "bars", "entropies", "drift", "clusters", "assignments",
+          "divergence", "divergence_curves", "stays", "transitions", "entropy_summary")
 RUNS_PER_BLOCK = 64
 
 _TS = pa.timestamp("us", tz="UTC")
@@ -44,6 +46,24 @@ SCHEMAS = {
                            ("medoid_run", pa.int64()), ("medoid_step", pa.int64())]),
     "assignments": pa.schema([("experiment_id", pa.string()), ("clustering", pa.string()), ("embedding_model", pa.string()),
                               ("run", pa.int64()), ("step", pa.int64()), ("label", pa.int32()), ("probability", pa.float32())]),
+    "divergence": pa.schema([("experiment_id", pa.string()), ("result", pa.string()), ("embedding_model", pa.string()),
+                             ("network", pa.string()), ("prompt", pa.string()), ("n_runs", pa.int64()), ("n_pairs", pa.int64()),
+                             ("n_steps", pa.int64()), ("n_fit_steps", pa.int64()), ("exponent", pa.float64()),
+                             ("intercept", pa.float64()), ("r_squared", pa.float64()), ("stderr", pa.float64()), ("status", pa.string())]),
+    "divergence_curves": pa.schema([("experiment_id", pa.string()), ("result", pa.string()), ("embedding_model", pa.string()),
+                                    ("network", pa.string()), ("prompt", pa.string()), ("step", pa.int64()), ("mean_distance", pa.float64())]),
+    "stays": pa.schema([("experiment_id", pa.string()), ("result", pa.string()), ("clustering", pa.string()),
+                        ("embedding_model", pa.string()), ("run", pa.int64()), ("network", pa.string()), ("label", pa.int32()),
+                        ("start_step", pa.int64()), ("end_step", pa.int64()), ("length", pa.int64()), ("final", pa.bool_())]),
+    "transitions": pa.schema([("experiment_id", pa.string()), ("result", pa.string()), ("clustering", pa.string()),
+                              ("embedding_model", pa.string()), ("network", pa.string()), ("from_label", pa.int32()),
+                              ("to_label", pa.int32()), ("count", pa.int64())]),
+    "entropy_summary": pa.schema([("experiment_id", pa.string()), ("result", pa.string()), ("network", pa.string()),
+                                  ("embedding_model", pa.string()), ("homology_dim", pa.int8()), ("n", pa.int64()),
+                                  ("n_missing", pa.int64()), ("mean", pa.float64()), ("std", pa.float64()), ("median", pa.float64()),
+                                  ("min", pa.float64()), ("max", pa.float64()), ("statistic", pa.string()), ("ci_low", pa.float64()),
+                                  ("ci_high", pa.float64()), ("confidence_level", pa.float64()), ("method", pa.string()),
+                                  ("n_resamples", pa.int64()), ("seed", pa.int64())]),
 }
 
 
@@ -133,6 +153,9 @@ def _block(name, exp, g, models, lengths, a, b, vectors) -> list[dict]:
             out.append({"run": runs[rr], "step": ss, "embedding_model": np.full(len(rr), m),
                         "cosine_distance": cos[rr, ss], "unit_euclidean_distance": euc[rr, ss]})
         return out
+    if name in _LATER:
+        return [c for rname, attrs in list_results(exp, _LATER[name]).items()
+                for c in _later(name, g[f"{ANALYSIS}/{_LATER[name]}/{rname}"], rname, attrs, g, a, b)]
     out = []
     for cname, attrs in list_results(exp, "clusters").items():
         grp = g[f"{ANALYSIS}/clusters/{cname}"]
@@ -150,6 +173,47 @@ def _block(name, exp, g, models, lengths, a, b, vectors) -> list[dict]:
             out.append({"run": runs[rr], "step": ss, "clustering": np.full(len(rr), cname), "embedding_model": np.full(len(rr), model),
                         "label": lab[rr, ss], "probability": prob[rr, ss]})
     return out
+
+
+_LATER = {"divergence": "divergence", "divergence_curves": "divergence", "stays": "sequences",
+          "transitions": "sequences", "entropy_summary": "entropy"}
+
+
+def _later(name, grp, rname, attrs, g, a, b) -> list[dict]:
+    """Rows of one divergence, sequences or entropy result: per run for stays, else once (in the first block)."""
+    if name == "stays":
+        run = grp["stay_run"][:]
+        lo, hi = np.searchsorted(run, [a, b])  # stays are sorted by run
+        sl = slice(int(lo), int(hi))
+        return [{"run": run[sl], "result": np.full(hi - lo, rname), "clustering": np.full(hi - lo, attrs["clustering"]),
+                 "embedding_model": np.full(hi - lo, attrs["model"]), "network": g["network"][a:b][run[sl] - a],
+                 "label": grp["stay_label"][sl], "start_step": grp["stay_start"][sl], "end_step": grp["stay_end"][sl],
+                 "length": grp["stay_length"][sl], "final": grp["stay_final"][sl]}]
+    if a:
+        return []
+    if name == "transitions":
+        n = grp["transition_count"].shape[0]
+        return [{"run": np.zeros(n), "result": np.full(n, rname), "clustering": np.full(n, attrs["clustering"]),
+                 "embedding_model": np.full(n, attrs["model"]), "network": grp["transition_network"][:],
+                 "from_label": grp["transition_from"][:], "to_label": grp["transition_to"][:], "count": grp["transition_count"][:]}]
+    if name == "entropy_summary":
+        n, p = grp["n"].shape[0], attrs["parameters"]
+        c = {k: grp[k][:] for k in ("n", "n_missing", "mean", "std", "median", "min", "max", "ci_low", "ci_high")}
+        return [c | {"run": np.zeros(n), "result": np.full(n, rname), "network": grp["group_network"][:],
+                     "embedding_model": grp["group_model"][:], "homology_dim": grp["group_homology_dim"][:].astype(np.int8),
+                     "statistic": np.full(n, p["statistic"]), "confidence_level": np.full(n, p["confidence_level"]),
+                     "method": np.full(n, p["method"]), "n_resamples": np.full(n, p["n_resamples"]), "seed": np.full(n, p["seed"])}]
+    net, prompt = grp["group_network"][:], grp["group_prompt"][:]
+    common = {"result": rname, "embedding_model": attrs["model"]}
+    if name == "divergence":
+        n = len(net)
+        return [{"run": np.zeros(n), **{k: np.full(n, v) for k, v in common.items()}, "network": net, "prompt": prompt,
+                 **{k: grp[k][:] for k in ("n_runs", "n_pairs", "n_steps", "n_fit_steps", "exponent", "intercept",
+                                           "r_squared", "stderr", "status")}}]
+    d = grp["mean_distance"][:]
+    gg, ss = np.nonzero(~np.isnan(d))
+    return [{"run": gg, **{k: np.full(len(gg), v) for k, v in common.items()}, "network": net[gg], "prompt": prompt[gg],
+             "step": ss, "mean_distance": d[gg, ss]}]
 
 
 def table(name: str, experiment_id: str, store: str | None = None, *, vectors: bool = True):

@@ -116,28 +116,30 @@ class DoctorReport:
 
 
 def render(report: DoctorReport, console) -> None:
-    """The report as rich tables (the CLI prints it on stderr)."""
-    from rich.markup import escape
+    """The report as rich tables (the CLI prints it on stderr). Ids, names and details come from
+    the store: ``shown`` escapes markup and terminal control characters alike."""
     from rich.table import Table
+
+    from ..display import shown
 
     for e in report.experiments:
         if not e.problems:
-            console.print(f"experiment [bold]{escape(e.id)}[/] ({e.state}): no problems")
+            console.print(f"experiment [bold]{shown(e.id)}[/] ({shown(e.state)}): no problems")
             for n in e.notes:
-                console.print(f"  note: {escape(n)}", highlight=False)
+                console.print(f"  note: {shown(n)}", highlight=False)
             continue
-        table = Table("kind", "run", "step", "model", "detail", "fixed", title=escape(f"experiment {e.id} ({e.state})"),
+        table = Table("kind", "run", "step", "model", "detail", "fixed", title=shown(f"experiment {e.id} ({e.state})"),
                       title_justify="left")
         for p in e.problems:
             table.add_row(
-                p.kind, "" if p.run is None else str(p.run), "" if p.step is None else str(p.step), escape(p.model or ""),
-                escape(p.detail), ("[green]yes[/]" if p.fixed else "[red]no[/]") if report.fix else "-",
+                p.kind, "" if p.run is None else str(p.run), "" if p.step is None else str(p.step), shown(p.model or ""),
+                shown(p.detail), ("[green]yes[/]" if p.fixed else "[red]no[/]") if report.fix else "-",
             )
         console.print(table)
         for a in e.actions:
-            console.print(f"  {escape(a)}", highlight=False)
+            console.print(f"  {shown(a)}", highlight=False)
         for n in e.notes:
-            console.print(f"  note: {escape(n)}", highlight=False)
+            console.print(f"  note: {shown(n)}", highlight=False)
     s = report.summary()
     if not report.experiments:
         console.print("no experiments in the store")
@@ -145,4 +147,3 @@ def render(report: DoctorReport, console) -> None:
         console.print(f"{s['problems']} problem(s), {s['fixed']} fixed, {s['remaining']} remaining")
     else:
         console.print(f"{s['problems']} problem(s)" + ("; `panicflow doctor --fix` repairs what can be rebuilt" if s["problems"] else ""))
-

@@ -365,7 +365,10 @@ class Scanner:
                             fill_missing.append(k)
                 elif v is None:
                     fill_missing.append(k)
-            if fill_missing and not (name in LATER_COLUMNS and len(fill_missing) == L):
+            # the earlier tool recorded no seeds for unseeded runs: their imported steps (a prefix) have none
+            unrecorded = (name == "invocation_seed" and not r.seeded and bool(self.exp.meta.get("imported_from"))
+                          and fill_missing == list(range(len(fill_missing))))  # docs/legacy-import.md
+            if fill_missing and not unrecorded and not (name in LATER_COLUMNS and len(fill_missing) == L):
                 s.add("run_gap", f"run {i}: {name} is missing at step(s) {ranges(fill_missing)} (length {L})",
                       run=i, step=fill_missing[0], path=name)
             extra = [k for k in range(L, n_steps) if values[k] is not None]
@@ -428,8 +431,9 @@ class Scanner:
             if (r.loop_start, r.loop_period) != (-1, -1):
                 issues.append(f"loop_start/loop_period are {r.loop_start}/{r.loop_period} for a failed run")
         elif expected is None:
-            what = "an unseeded run must reach" if not r.seeded else "no repeated output, so it must reach"
-            issues.append(f"stopped ({r.stop}) after {L} step(s); {what} max_length {n_steps}")
+            if not (r.stop == "loop" and self._tool_loop(r, hashes[:L])):
+                what = "an unseeded run must reach" if not r.seeded else "no repeated output, so it must reach"
+                issues.append(f"stopped ({r.stop}) after {L} step(s); {what} max_length {n_steps}")
         elif expected[1] < L:
             issues.append(f"went on after its output at step {expected[1] - 1} repeated step {expected[2]}"
                           if expected[0] == "loop" else f"has {L} steps, more than max_length")
@@ -445,6 +449,14 @@ class Scanner:
             issues.append("an unseeded run never stops on a loop")
         if issues:
             s.add("stop_reason", f"run {i}: " + "; ".join(issues), run=i, path="stop_reason")
+
+    def _tool_loop(self, r: Run, hashes: list) -> bool:
+        """An imported run the earlier tool stopped on an image repeat under its own rule (legacy/rules.py)."""
+        if not (r.seeded and self.exp.meta.get("imported_from")):
+            return False
+        from ..legacy.rules import tool_loop
+
+        return tool_loop(self.store.objects, hashes, r.loop_start, r.loop_period)
 
     def _check_replay(self, s: Scan, r: Run) -> None:
         """Re-run the steps of cheap deterministic models (``ModelSpec.cheap_replay``) from their stored

@@ -13,7 +13,10 @@ import contextlib
 import json
 import os
 import secrets
-from typing import TYPE_CHECKING, Iterator
+import signal
+import socket
+import threading
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 import dask.config
 from distributed import Client, LocalCluster
@@ -64,6 +67,112 @@ def check_host(host: str) -> None:
             f"--host: {host!r} is not an address to listen on; give 127.0.0.1 (this machine only, the default) "
             "or this machine's address on the cluster's network"
         )
+
+
+def check_listen(host: str, dashboard_address: str | int | None) -> None:
+    """Refuse, as a user error, a ``--host`` or ``--dashboard-address`` the embedded cluster
+    cannot listen on (a name that does not resolve, an address of another machine, a port
+    out of range), before anything starts: Dask would fail with a bare OSError."""
+    from distributed.utils import clean_dashboard_address
+
+    check_host(host)
+    _check_bind("--host", host)
+    text = dashboard_bind(dashboard_address, host)
+    try:
+        entries = clean_dashboard_address(text, host)
+    except (TypeError, ValueError):
+        entries = []
+    if not entries or any(not e["address"] or not 0 <= e["port"] <= 65535 for e in entries):
+        raise UserError(f"--dashboard-address: {dashboard_address!r} is not HOST:PORT or PORT (a port is 0 to 65535)")
+    for e in entries:
+        _check_bind("--dashboard-address", e["address"])
+
+
+def _check_bind(option: str, host: str) -> None:
+    """``host`` resolves to an address of this machine (bound with port 0: a busy port is Dask's to handle)."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, 0, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
+    except (socket.gaierror, UnicodeError) as exc:
+        raise UserError(f"{option}: cannot resolve {host!r} ({_one_line(exc)})") from None
+    try:
+        with socket.socket(family, kind, proto) as probe:
+            probe.bind(address)
+    except OSError as exc:
+        raise UserError(
+            f"{option}: cannot listen on {host!r} ({exc.strerror or exc}); give an address of this machine"
+        ) from None
+
+
+class _CtrlCHeld:
+    """Ctrl-C held while an embedded cluster starts or stops; ``pressed`` says whether it came.
+
+    The worker processes spawned meanwhile inherit the blocked SIGINT, so a terminal's Ctrl-C
+    (sent to the whole process group) reaches only this process, which closes them: no
+    traceback from each worker. And a cluster half started or half closed by a KeyboardInterrupt
+    leaves processes and an atexit traceback behind. Starting or stopping takes seconds.
+    """
+
+    def __init__(self) -> None:
+        self.pressed = False
+        self._active = (
+            threading.current_thread() is threading.main_thread() and hasattr(signal, "pthread_sigmask")
+            and signal.getsignal(signal.SIGINT) not in (signal.SIG_IGN, None)
+        )
+
+    def __enter__(self) -> "_CtrlCHeld":
+        if self._active:
+            # multiprocessing unblocks SIGINT in the thread that first starts its resource tracker
+            # (which spawns Dask's workers too): start it now, so that the mask set below stays
+            from multiprocessing import resource_tracker
+
+            resource_tracker.ensure_running()
+            # the handler catches a Ctrl-C delivered to a thread started before (a lease renewer),
+            # the mask holds it from this thread and the threads (and processes) it starts now
+            self._previous = signal.signal(signal.SIGINT, self._note)
+            self._mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+        return self
+
+    def _note(self, signum: int, frame: Any) -> None:
+        self.pressed = True
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._active:
+            signal.pthread_sigmask(signal.SIG_SETMASK, self._mask)  # a Ctrl-C held meanwhile reaches _note now
+            signal.signal(signal.SIGINT, self._previous)
+
+    def act(self) -> None:
+        """Act on a Ctrl-C pressed while held, as this process's SIGINT handler would have."""
+        if self.pressed and callable(self._previous):
+            self._previous(signal.SIGINT, None)  # Python's default raises KeyboardInterrupt
+        elif self.pressed:
+            raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def _own(make: Callable[[], Any], security: Security | None) -> Iterator[Client]:
+    """A client of the cluster ``make()`` starts, closed on exit; Ctrl-C is held while it
+    starts and stops (``_CtrlCHeld``) and acted on once it is up, or once it is closed."""
+    with _CtrlCHeld() as starting:
+        cluster = make()
+        try:
+            client = Client(cluster, security=security)
+        except BaseException:
+            cluster.close()
+            raise
+
+    def close() -> _CtrlCHeld:
+        with _CtrlCHeld() as stopping:
+            client.close()
+            cluster.close()
+        return stopping
+
+    try:
+        starting.act()
+        yield client
+    except BaseException:
+        close()  # already stopping: a Ctrl-C meanwhile changes nothing
+        raise
+    close().act()
 
 
 @contextlib.contextmanager
@@ -123,23 +232,23 @@ def connect(
         return
     if workers is not None and workers < 1:
         raise UserError(f"--workers: must be at least 1 (got {workers})")
-    check_host(host)
+    check_listen(host, dashboard_address)
     tls = {"security": security, "protocol": "tls://"} if security is not None else {}
+    dashboard = dashboard_bind(dashboard_address, host)
     if gpus is not None:
-        with _cuda_cluster(gpus, workers, host, dashboard_bind(dashboard_address, host), tls) as cluster, \
-                Client(cluster, security=security) as c:
-            yield c
-        return
-    n = workers or os.cpu_count() or 1
-    with LocalCluster(
-        n_workers=n, threads_per_worker=1, processes=True, host=host,
-        dashboard_address=dashboard_bind(dashboard_address, host), **tls,
-    ) as cluster, Client(cluster, security=security) as c:
+        make = _cuda_cluster(gpus, workers, host, dashboard, tls)
+    else:
+        n = workers or os.cpu_count() or 1
+
+        def make():
+            return LocalCluster(n_workers=n, threads_per_worker=1, processes=True, host=host,
+                                dashboard_address=dashboard, **tls)
+    with _own(make, security) as c:
         yield c
 
 
-def _cuda_cluster(gpus: int, workers: int | None, host: str, dashboard: str, tls: dict):
-    """A LocalCUDACluster with one single-threaded worker per GPU, each declaring ``GPU: 1``.
+def _cuda_cluster(gpus: int, workers: int | None, host: str, dashboard: str, tls: dict) -> Callable[[], Any]:
+    """What starts a LocalCUDACluster with one single-threaded worker per GPU, each declaring ``GPU: 1``.
 
     dask-cuda starts one worker per visible GPU but declares no resource, and
     the coordinator sends GPU models only to workers that declare one.
@@ -152,7 +261,7 @@ def _cuda_cluster(gpus: int, workers: int | None, host: str, dashboard: str, tls
         from dask_cuda import LocalCUDACluster
     except ImportError:
         raise UserError("--gpus needs dask-cuda: pip install 'panicflow[gpu]'") from None
-    return LocalCUDACluster(
+    return lambda: LocalCUDACluster(
         CUDA_VISIBLE_DEVICES=list(range(gpus)), n_workers=gpus, threads_per_worker=1,
         resources={"GPU": 1}, host=host, dashboard_address=dashboard, **tls,
     )

@@ -231,8 +231,11 @@ class Experiment:
             return zarr.open_group(
                 store=self.root.zarr_store(self.data_key, read_only=read_only), mode="r" if read_only else "r+", zarr_format=3
             )
-        except (FileNotFoundError, zarr.errors.BaseZarrError):
-            raise StoreError(f"experiment {self.id}: its data.zarr is missing or damaged") from None
+        except (FileNotFoundError, ValueError, zarr.errors.BaseZarrError):  # ValueError: a zarr.json that is not JSON
+            raise StoreError(
+                f"experiment {self.id}: its data.zarr is missing or damaged ({self.root.path_for_display(self.data_key + '/zarr.json')}); "
+                f"`panicflow doctor {self.id}` says what is wrong"
+            ) from None
 
     @classmethod
     def create(cls, root: StoreRoot, experiment_id: str, config: ExperimentConfig) -> "Experiment":

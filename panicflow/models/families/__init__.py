@@ -29,6 +29,7 @@ from ._common import (
     check_remote_code,
     configure,
     resolve_weights,
+    weights_present,
 )
 
 FAMILIES: dict[str, str] = {

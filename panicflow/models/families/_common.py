@@ -144,6 +144,19 @@ def resolve_weights(spec: ModelSpec) -> Path:
     return path
 
 
+def weights_present(spec: ModelSpec) -> bool | None:
+    """Whether the weights ``spec`` loads are on this machine, looked for as a worker here would
+    (``_resolve``: offline, nothing is downloaded); None for a model with no weights to fetch
+    (a dummy, random weights)."""
+    if not spec.extra.get("hf_id") or spec.extra.get("random_init"):
+        return None
+    try:
+        _resolve(spec)
+    except ModelNotAvailable:
+        return False
+    return True
+
+
 def _resolve(spec: ModelSpec) -> Path:
     """The local folder holding ``spec``'s weights; never touches the network.
 
