@@ -5,6 +5,7 @@ image a video cell, timeline tile or gallery tile shows."""
 import csv
 import hashlib
 import importlib.util
+import os
 import shutil
 
 import imageio_ffmpeg
@@ -185,6 +186,9 @@ def clustered(analysis_experiment, client, tmp_path_factory):
     store, eid = analysis_experiment
     copy = str(tmp_path_factory.mktemp("visual") / "store")
     shutil.copytree(store, copy)
+    # other modules store their own results in the shared experiment: start from none, so that this
+    # copy holds exactly the one clustering below (the gallery's "no clustering of X" error depends on it)
+    shutil.rmtree(os.path.join(copy, "experiments", eid, "data.zarr", "analysis"), ignore_errors=True)
     name = clustering.cluster([eid], "DummyText", store=copy, client=client, min_cluster_size=5, reduce="pca:4")
     return copy, eid, name
 
