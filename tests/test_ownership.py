@@ -206,3 +206,19 @@ def test_doctor_finds_a_step_that_does_not_follow_from_its_input(tmp_path):
 
 
 from s3_util import BUCKET, s3_env  # noqa: E402,F401 (a fixture)
+
+
+def test_each_coordinator_session_records_its_provenance(tmp_path):
+    """Issue 8 item 11 (in part): versions, embedders and effective diagram settings per session."""
+    from importlib import metadata
+
+    store = str(tmp_path / "store")
+    eid = panicflow.run_experiment({**CONFIG, "max_length": 4}, store=store, workers=1)
+    exp = Store(store).experiment(eid)
+    [session] = exp.sessions()
+    assert session["versions"]["numpy"] == metadata.version("numpy")
+    assert session["versions"]["giotto-ph"] == metadata.version("giotto-ph")
+    assert session["embedders"]["DummyText"]["dim"] == 768 and session["embedders"]["DummyText"]["input"] == "text"
+    assert session["persistence"]["maxdim"] == 2 and session["persistence"]["collapse_edges_effective"] is False
+    panicflow.resume_experiment(eid, store=store, workers=1)  # a second session: a second record
+    assert len(exp.sessions()) == 2

@@ -55,6 +55,44 @@ VERIFY_WINDOW_S = 120.0  # outputs journaled this long before a crash are checke
 GATHER_TIMEOUT_S = 10.0  # results are small: longer means one is being computed again (a worker died)
 
 
+PROVENANCE_PACKAGES = ("panicflow", "giotto-ph", "numpy", "torch", "diffusers", "transformers",
+                       "sentence-transformers", "dask", "distributed", "zarr", "xarray", "Pillow")
+
+
+def session_provenance(config: ExperimentConfig) -> dict[str, Any]:
+    """What a coordinator session computes with, as recorded in the store (Experiment.record_session).
+
+    Versions are the coordinator's; workers are expected to run the same environment (a Dask
+    cluster warns when they do not)."""
+    from importlib import metadata
+
+    from ..analysis.topology import PersistenceOptions
+
+    versions = {}
+    for name in PROVENANCE_PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    embedders = {}
+    for m in config.embedding_models:
+        spec = REGISTRY[m]
+        embedders[m] = {"dim": spec.dim, "input": spec.input_kind.value, "description": spec.description,
+                        **{k: v for k, v in spec.extra.items() if isinstance(v, (str, int, float, bool, type(None)))}}
+    persistence = config.persistence.model_dump()
+    defaults = PersistenceOptions()
+    cfg = config.persistence
+    persistence.update(
+        collapse_edges_effective=defaults.collapse_edges if cfg.collapse_edges is None else cfg.collapse_edges,
+        memory_budget_effective=(f"{cfg.memory_budget_gb} GB" if cfg.memory_budget_gb is not None
+                                 else "a share of each worker's memory limit (scheduler/tasks.py _memory_budget_gb)"),
+        n_threads=defaults.n_threads, library="giotto-ph ripser_parallel",
+        metric="euclidean between the stored float32 vectors (an exact float64 distance matrix, metric='precomputed')",
+        coefficients="Z/2",
+    )
+    return {"versions": versions, "embedders": embedders, "persistence": persistence}
+
+
 @dataclass
 class RunState:
     """What the coordinator keeps of one run: only what its next step and loop detection need.
@@ -292,6 +330,7 @@ class Coordinator:
     def run(self) -> Progress:
         self.load()
         self.exp.write_state("running", started_us=now_us())
+        self.exp.record_session(session_provenance(self.config))
         if self.retry_failed:
             self._reopen_failed_runs()
         try:

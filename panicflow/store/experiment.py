@@ -5,6 +5,7 @@ Layout (docs/store.md is the full contract)::
     experiments/<id>/experiment.json   config and metadata; written last at creation
     experiments/<id>/state.json        running | complete | failed, with a heartbeat
     experiments/<id>/lease/            who owns the experiment now (store/lease.py): one writer at a time
+    experiments/<id>/provenance/       per coordinator session: library versions, host, embedders, diagram settings
     experiments/<id>/journal/*.jsonl   recorded steps, until the experiment completes
     experiments/<id>/data.zarr/        the results, one Zarr v3 hierarchy:
         /                              per-run and per-invocation (run, step) arrays
@@ -223,6 +224,27 @@ class Experiment:
                 return "interrupted"  # its coordinator died on this machine: no need to wait for the heartbeat
             return "running"
         return "interrupted"
+
+    # --------------------------------------------------------------- provenance
+    def record_session(self, info: dict[str, Any]) -> None:
+        """Write what this coordinator session computed with (``provenance/<epoch>.json``, one per
+        lease epoch, atomic): library versions, host, the embedders and the diagram settings."""
+        self.check_owner()
+        epoch = getattr(self.lease, "epoch", 0)
+        body = {"started_us": now_us(), "host": socket.gethostname(), "pid": os.getpid(), **info}
+        self.root.write_bytes(f"{self.prefix}/provenance/{epoch:08d}.json", json.dumps(body, indent=1, default=str).encode())
+
+    def sessions(self) -> list[dict[str, Any]]:
+        """The provenance of every coordinator session that worked on the experiment, oldest first."""
+        out = []
+        for name in self.root.list(f"{self.prefix}/provenance"):
+            try:
+                doc = json.loads(self.root.read_bytes(f"{self.prefix}/provenance/{name}"))
+            except (OSError, ValueError):
+                continue
+            if isinstance(doc, dict):
+                out.append(doc)
+        return out
 
     # --------------------------------------------------------------------- zarr
     def group(self, read_only: bool = False) -> zarr.Group:

@@ -167,6 +167,9 @@ def _provenance(source: Source, state: dict[str, Any]) -> str:
     done = state.get("completed_us")
     if isinstance(done, int):
         facts.append(("completed", datetime.fromtimestamp(done / 1e6, timezone.utc).isoformat(timespec="seconds")))
+    for k, session in enumerate(source.exp.sessions(), 1):  # what each coordinator session ran with
+        versions = ", ".join(f"{n} {v}" for n, v in (session.get("versions") or {}).items() if v)
+        facts.append((f"session {k} ({session.get('host', '')})", versions))
     for kind in ("clusters", "drift", "distances"):
         for name, attrs in list_results(source.exp, kind).items():
             what = json.dumps(attrs.get("parameters", {"model": attrs.get("model")}))
