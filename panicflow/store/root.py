@@ -272,19 +272,13 @@ class LocalRoot(StoreRoot):
             return False
         tmp = self._write_tmp(path, data)
         try:
-            # link() fails if the name exists, unlike replace(): exactly one
-            # concurrent writer wins, and the name only ever points at a full file.
-            os.link(tmp, path)
-            return True
-        except FileExistsError:
-            return False
-        except OSError as e:
-            if e.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK):
-                raise
-            # No hard links here (some FUSE/SMB mounts): still atomic, but two
-            # racing writers may both report True (same content, so harmless).
-            os.replace(tmp, path)
-            return True
+            linked = _link_new(tmp, path)
+            if linked is None:
+                # No hard links here (some FUSE/SMB mounts): still atomic, but two
+                # racing writers may both report True (same content, so harmless).
+                os.replace(tmp, path)
+                return True
+            return linked
         finally:
             _unlink_quiet(tmp)
 
@@ -292,15 +286,11 @@ class LocalRoot(StoreRoot):
         path = self._path(key)
         tmp = self._write_tmp(path, data)
         try:
-            os.link(tmp, path)  # fails if the name exists: one winner, and never a partial file
-            return True
-        except FileExistsError:
-            return False
-        except OSError as e:
-            if e.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK):
-                raise
+            linked = _link_new(tmp, path)
         finally:
             _unlink_quiet(tmp)
+        if linked is not None:
+            return linked
         try:  # no hard links here (some FUSE/SMB mounts): O_EXCL is still exclusive
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         except FileExistsError:
@@ -453,6 +443,22 @@ class FsspecRoot(StoreRoot):
 
     def path_for_display(self, key: str) -> str:
         return self._url(key) if key else self.url
+
+
+def _link_new(tmp: str, path: str) -> bool | None:
+    """Give the full file ``tmp`` the name ``path`` unless it exists: link() fails if the name exists,
+    unlike replace(), so exactly one concurrent writer wins and the name only ever points at a full
+    file. True when this call made the name, False when it existed, None where the filesystem has
+    no hard links (some FUSE/SMB mounts)."""
+    try:
+        os.link(tmp, path)
+        return True
+    except FileExistsError:
+        return False
+    except OSError as e:
+        if e.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK):
+            raise
+        return None
 
 
 def _unlink_quiet(path: str) -> None:
