@@ -11,6 +11,7 @@ import hashlib
 import itertools
 import json
 import re
+import unicodedata
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -153,6 +154,11 @@ def _bad_text(text: str) -> str | None:
     return None
 
 
+def _is_prompt_control(ch: str) -> bool:
+    """C0 and C1 controls and DEL, except tab, newline and carriage return."""
+    return ch not in "\t\n\r" and unicodedata.category(ch) == "Cc"
+
+
 def _semantic_problems(raw: dict[str, Any], typed: bool = False, stored: bool = False) -> list[str]:
     """Checks pydantic cannot express; run on whatever parts of ``raw`` are well-formed
     (``typed``: all of it, as pydantic dumped it; ``stored``: the config of an existing
@@ -246,6 +252,11 @@ def _semantic_problems(raw: dict[str, Any], typed: bool = False, stored: bool = 
             problems.append(f"prompts[{p}]: must not be blank")
         elif why := _bad_text(prompt):
             problems.append(f"prompts[{p}]: {why}")
+        elif not stored and (bad := next((ch for ch in prompt if _is_prompt_control(ch)), None)):
+            # an ESC or BEL in a prompt is a paste accident; it would reach the model and every table. Newlines
+            # and tabs (YAML block prompts) and format characters (ZWJ in emoji, ZWNJ in Persian) are text.
+            problems.append(f"prompts[{p}]: must not contain control character {bad!r} (escapes, BEL, ...); "
+                            f"remove it: {_show(prompt)}")
     if isinstance(raw.get("name"), str) and (why := _bad_text(raw["name"])):
         problems.append(f"name: {why}")
     elif isinstance(raw.get("name"), str) and not stored and any(map(is_control, raw["name"])):

@@ -326,6 +326,19 @@ def test_config_refuses_control_characters_in_names():
     assert validate_config({**SMALL, "name": HOSTILE}, stored=True).name == HOSTILE  # an old store stays readable
 
 
+def test_config_refuses_control_characters_in_prompts_but_keeps_text():
+    for prompt in (HOSTILE, "bell\x07", "del\x7f", "c1\x9b[31m"):
+        with pytest.raises(ConfigError) as info:
+            validate_config({**SMALL, "prompts": ["fine", prompt]})
+        [line] = info.value.lines
+        assert line.startswith("prompts[1]: must not contain control character") and not any(
+            ch in line for ch in "\x1b\x07\x7f\x9b"), line
+    # multi-line YAML prompts, tabs, emoji joined by ZWJ and Persian with ZWNJ are text, not control
+    kept = ["two\nlines", "a\ttab", "family \U0001F468\u200d\U0001F469", "\u0645\u06cc\u200c\u062e\u0648\u0627\u0647\u0645"]
+    assert validate_config({**SMALL, "prompts": kept}).prompts == kept
+    assert validate_config({**SMALL, "prompts": [HOSTILE]}, stored=True).prompts == [HOSTILE]  # old stores stay readable
+
+
 def test_list_and_status_never_print_control_characters_from_a_store(tmp_path):
     store = tmp_path / "store"
     eid = created(store, name=HOSTILE)
