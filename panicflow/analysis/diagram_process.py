@@ -37,7 +37,6 @@ import weakref
 from dataclasses import dataclass
 
 import numpy as np
-from gph import ripser_parallel
 from scipy.spatial.distance import pdist, squareform
 
 IDLE_EXIT_S = 300.0  # an idle child exits; the next call starts another
@@ -59,6 +58,8 @@ def exact_distances(points: np.ndarray) -> np.ndarray:
 
 def ripser_diagrams(points: np.ndarray, maxdim: int, collapse_edges: bool, n_threads: int) -> list[np.ndarray]:
     """H0..H``maxdim`` of ``points`` from giotto-ph, as float64 (k, 2) arrays, in this process."""
+    from gph import ripser_parallel  # here, not at the top: giotto-ph pulls in sklearn (~1 s), and only this call needs it
+
     dgms = ripser_parallel(
         exact_distances(points), metric="precomputed", maxdim=maxdim, collapse_edges=collapse_edges,
         n_threads=n_threads, return_generators=False,
