@@ -186,6 +186,37 @@ def test_a_coordinator_paused_past_its_lease_stops_when_it_wakes(tmp_path):
     assert doctor.returncode == 0, doctor.stdout[-3000:] + doctor.stderr[-3000:]
 
 
+def test_a_worker_of_a_real_cluster_writes_nothing_for_a_coordinator_that_lost_its_lease(tmp_path):
+    """An embedding task submitted under lease epoch E runs on a `dask worker` process after another
+    process took epoch E+1: it must write no vector. The same task under E+1 writes them."""
+    from cluster_util import DaskCluster
+    from panicflow.scheduler.tasks import embed_run
+
+    store = str(tmp_path / "store")
+    with DaskCluster(workers=1, nthreads=1) as cluster, cluster.client() as client:
+        eid = panicflow.run_experiment(CONFIG, store=store, client=client)
+        exp = Store(store).experiment(eid)
+        vector = exp.group()["embeddings/DummyText/vector"]
+        run, length = 0, int(exp.group()["length"][0])
+        written = vector[run]
+        assert np.isfinite(written).any()
+        vector[run] = np.nan  # as if the task had not run yet
+        old = Lease.acquire(exp.root, exp.prefix, eid, renew=False)
+        old.release()
+        new = Lease.acquire(exp.root, exp.prefix, eid, renew=False)  # the successor: epoch E+1
+        try:
+            assert new.epoch == old.epoch + 1
+            fenced = client.submit(embed_run, store, eid, run, "DummyText", length, 4, old.epoch, pure=False)
+            with pytest.raises(LeaseLost, match="lost the experiment"):
+                fenced.result(timeout=120)
+            assert np.isnan(vector[run]).all()  # nothing written by the fenced task
+            owned = client.submit(embed_run, store, eid, run, "DummyText", length, 4, new.epoch, pure=False)
+            owned.result(timeout=120)
+            np.testing.assert_array_equal(vector[run], written)
+        finally:
+            new.release()
+
+
 def test_doctor_finds_a_step_that_does_not_follow_from_its_input(tmp_path):
     store = str(tmp_path / "store")
     cfg = {**CONFIG, "seeds": [7, 11], "max_length": 30}
