@@ -25,7 +25,7 @@ from .errors import STORE_WRITE_ERRNOS, RunsFailed, StoreError, StoreIOError, Us
 from .scheduler import dashboard
 from .scheduler.cluster import LOCALHOST, check_security, check_store_reachable, connect
 from .scheduler.coordinator import Coordinator, Progress
-from .store import Experiment, Store
+from .store import Experiment, Store, consolidated
 from .store.experiment import read_markers
 from .store.journal import StepRecord
 from .store.objects import decode_image
@@ -245,7 +245,7 @@ def list_experiments(store: StoreLike = None) -> list[dict[str, Any]]:
     return out
 
 
-def open_experiment(experiment_id: str, store: StoreLike = None) -> xr.DataTree:
+def open_experiment(experiment_id: str, store: StoreLike = None, chunks: int | str | dict | None = None) -> xr.DataTree:
     """The results as an xarray DataTree backed lazily by Zarr.
 
     Root node: per-run variables (network, seed, prompt, length, stop_reason,
@@ -254,27 +254,40 @@ def open_experiment(experiment_id: str, store: StoreLike = None) -> xr.DataTree:
     ``embeddings/<model>``: ``vector`` (run, step, dim), NaN where the model
     does not apply, and ``done``. ``diagrams/<model>``: ``status``, ``reason``,
     ``n_points``, ``entropy`` (run, homology_dim) and the padded pairs
-    ``birth``/``death``/``dimension`` (run, pair). Strings are Python objects (``_strings_as_objects``).
-    Runs still in progress show only what has been materialised.
+    ``birth``/``death``/``dimension`` (run, pair). Both nodes have ``started_at``/``ended_at`` (datetimes)
+    and ``worker`` of each run's task (NaT / empty where none ran; absent, until resumed, in older experiments).
+    Strings are Python objects (``_strings_as_objects``). Runs still in progress show only what has been materialised.
+
+    ``chunks`` as xarray's ``open_*`` take it (``{}``: the stored chunks, ``"auto"``, or sizes by
+    dimension such as ``{"run": 64}``) makes every data variable a Dask array, computed where Dask
+    computes (the cluster of an active ``distributed.Client``); without it variables are read
+    lazily into NumPy. The run labels stay in memory either way. A finished experiment is opened
+    through its consolidated metadata (one read for the whole hierarchy; store/consolidated.py).
     """
     st = _store(store)
     exp = st.experiment(experiment_id)
     exp.config
     markers = None
-    if exp.read_state().get("state") != "complete":
+    state = exp.read_state().get("state")
+    if state != "complete":
         # Still being written: read the markers before the tree's metadata and show those. Rows marked
         # then are final in anything read later, and the pair axis is already as wide as their diagrams
         # need. Markers read lazily after the open could certify pairs beyond the width the view got at
         # open, or data read before them (.load() reads variables in no set order): tests/test_faults.py
         with _metadata_read(exp):
             markers = read_markers(exp)
+    # written only when finished, and dropped before any later change of the hierarchy: never stale
+    use_consolidated = state in consolidated.FINISHED and consolidated.present(exp)
     for attempt in range(20):
         try:
             with _metadata_read(exp):
                 tree = xr.open_datatree(exp.root.zarr_store(exp.data_key, read_only=True), engine="zarr",
-                                        consolidated=False, zarr_format=3)
+                                        consolidated=use_consolidated, zarr_format=3)
             break
         except ValueError as exc:
+            if use_consolidated and "Consolidated metadata requested" in str(exc):
+                use_consolidated = False  # removed since it was looked for: the hierarchy is being changed
+                continue
             # the coordinator widens the diagram pair arrays one after another: a view opened
             # between two of those writes sees two widths; the next look sees one
             if "conflicting sizes" not in str(exc) or attempt == 19:
@@ -287,6 +300,8 @@ def open_experiment(experiment_id: str, store: StoreLike = None) -> xr.DataTree:
             snapshot[f"diagrams/{m}/status"] = markers["diagram_status"][m]
         for path, values in snapshot.items():
             tree[path] = tree[path].copy(data=values)
+    if chunks is not None:
+        _as_dask(tree, chunks)
     _strings_as_objects(tree)
     _label_runs(tree)
     tree.attrs["store"] = st.location
@@ -328,9 +343,6 @@ def _strings_as_objects(tree: xr.DataTree) -> None:
     and ``isin`` raise on any dataset holding one (tests/test_xarray_idioms.py)."""
     from xarray.coding.common import lazy_elemwise_func  # what xarray's own decoders use to convert lazily
 
-    def to_objects(values: np.ndarray) -> np.ndarray:
-        return values.astype(object)
-
     for node in tree.subtree:
         ds = node.to_dataset(inherit=False)
         strings = {name: var for name, var in ds.variables.items() if var.dtype.kind == "T"}
@@ -339,11 +351,43 @@ def _strings_as_objects(tree: xr.DataTree) -> None:
         converted = {
             # an index is in memory already; any other variable is read (and converted) when indexed
             name: var.astype(object) if name in ds.indexes
-            else xr.Variable(var.dims, lazy_elemwise_func(var._data, to_objects, np.dtype(object)), var.attrs, var.encoding)
+            else xr.Variable(var.dims, lazy_elemwise_func(var._data, _as_objects, np.dtype(object)), var.attrs, var.encoding)
             for name, var in strings.items()
         }
         node.dataset = ds.assign_coords({n: v for n, v in converted.items() if n in ds.coords}).assign(
             {n: v for n, v in converted.items() if n not in ds.coords})
+
+
+STRING_BYTES = 64  # what Dask's "auto" chunking counts per string: a sha256 hex digest, a short text
+
+
+def _as_dask(tree: xr.DataTree, chunks: int | str | dict) -> None:
+    """Every variable of every node but the indexes a Dask array, chunked as xarray's ``open_*(chunks=)``
+    chunk it: sizes by dimension, the stored chunks where none is given, "auto" in multiples of them;
+    except that a sharded array's stored chunk is its shard (one object, one task, not one per run).
+    Done here, not by xarray, because Dask cannot size strings by itself ("auto" raises on them)."""
+    from dask.array.core import normalize_chunks
+
+    for node in tree.subtree:
+        ds = node.to_dataset(inherit=False)
+        chunked = {}
+        for name, var in ds.variables.items():
+            if name in ds.indexes:
+                continue
+            shards = var.encoding.get("shards")
+            stored = dict(zip(var.dims, shards)) if shards else var.encoding.get("preferred_chunks", {})
+            spec = chunks if isinstance(chunks, dict) else dict.fromkeys(var.dims, chunks)
+            previous = tuple(stored.get(d, n) for d, n in zip(var.dims, var.shape))
+            wanted = tuple(spec.get(d) or p for d, p in zip(var.dims, previous))
+            dtype = np.dtype(f"S{STRING_BYTES}") if var.dtype.kind == "T" else var.dtype
+            sizes = normalize_chunks(wanted, var.shape, dtype=dtype, previous_chunks=previous)
+            chunked[name] = var.chunk(dict(zip(var.dims, sizes)))
+        node.dataset = ds.assign_coords({n: v for n, v in chunked.items() if n in ds.coords}).assign(
+            {n: v for n, v in chunked.items() if n not in ds.coords})
+
+
+def _as_objects(values: np.ndarray) -> np.ndarray:
+    return values.astype(object)  # module level: a Dask graph carries it to the workers
 
 
 RUN_LABELS = ("network", "seed", "prompt", "stop_reason")

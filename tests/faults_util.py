@@ -291,17 +291,26 @@ class Watch:
         self.tap()
         return [r for lines in self.files.values() for r in lines]
 
-    def _chunks(self, pattern: str) -> int:
-        return sum(1 for p in glob.glob(self._exp("data.zarr", pattern)) if os.path.basename(p).isdigit())
+    def _marked(self, pattern: str) -> int:
+        """Runs set in the marker arrays matching ``pattern``, read from Zarr (a chunk may hold many runs)."""
+        import zarr
+
+        n = 0
+        for path in glob.glob(self._exp("data.zarr", pattern)):
+            try:
+                n += sum(bool(v) for v in zarr.open_array(path, mode="r")[:].tolist())
+            except Exception:  # noqa: BLE001 - not there yet
+                continue
+        return n
 
     def embedded(self) -> int:
-        return self._chunks("embeddings/*/done/c/*") if self.experiment_id() else 0
+        return self._marked("embeddings/*/done") if self.experiment_id() else 0
 
     def diagrams(self) -> int:
-        return self._chunks("diagrams/*/status/c/*") if self.experiment_id() else 0
+        return self._marked("diagrams/*/status") if self.experiment_id() else 0
 
     def ended(self) -> int:
-        return self._chunks("stop_reason/c/*") if self.experiment_id() else 0
+        return self._marked("stop_reason") if self.experiment_id() else 0
 
     def state(self) -> str:
         return self._state().get("state", "none")

@@ -71,29 +71,34 @@ def test_workers_that_join_are_used_and_one_that_leaves_loses_nothing(tmp_path, 
     assert max_overlap(starts, ends) >= 3
 
 
+class FakeFuture:
+    key = "k"
+
+
+class FakeClient:
+    """What the coordinator asks of a cluster of ``workers`` (address -> nthreads, GPU), and what it submits."""
+
+    def __init__(self, workers: dict[str, tuple[int, bool]]):
+        self.workers = workers
+        self.submitted: list[dict] = []
+
+    def scheduler_info(self, n_workers=-1):
+        return {"workers": {a: {"nthreads": n, "resources": {"GPU": 1} if gpu else {}}
+                            for a, (n, gpu) in self.workers.items()}}
+
+    def submit(self, fn, *args, **kwargs):
+        self.submitted.append(kwargs)
+        return FakeFuture()
+
+
 def test_cpu_stages_wait_for_cpu_slots_and_keep_off_gpu_workers(semantics_experiment):
     """Issue 7 item 9: diagrams (and CPU embedders) never take the threads that feed the GPUs."""
     from panicflow.scheduler.coordinator import Coordinator
     from panicflow.store import Store
 
-    class FakeFuture:
-        key = "k"
-
-    class FakeClient:
-        def __init__(self):
-            self.submitted: list[dict] = []
-
-        def scheduler_info(self, n_workers=-1):
-            return {"workers": {"tcp://g": {"nthreads": 2, "resources": {"GPU": 1}},
-                                "tcp://c": {"nthreads": 2, "resources": {}}}}
-
-        def submit(self, fn, *args, **kwargs):
-            self.submitted.append(kwargs)
-            return FakeFuture()
-
     store, eid = semantics_experiment
     st = Store(store)
-    client = FakeClient()
+    client = FakeClient({"tcp://g": (2, True), "tcp://c": (2, False)})
     coord = Coordinator(client, st, st.experiment(eid))
     coord.load()
     assert coord.gpu_cluster and coord.cpu_workers == ["tcp://c"]
@@ -107,9 +112,63 @@ def test_cpu_stages_wait_for_cpu_slots_and_keep_off_gpu_workers(semantics_experi
         run.diagrams.discard(model)
         coord._submit_diagram(run, model)
     assert len(client.submitted) == 3 and len(coord.cpu_queue) == 1
-    assert all(kw["workers"] == ["tcp://c"] and kw["allow_other_workers"] for kw in client.submitted)
+    # pinned, never loosely placed: Dask's work stealing moved loose ones onto the GPU worker until
+    # they held all its threads (scripts/benchmark_starvation.py); the CPU worker's threads first
+    assert [kw["workers"] for kw in client.submitted] == [["tcp://c"], ["tcp://c"], ["tcp://g"]]
+    assert not any(kw.get("allow_other_workers") for kw in client.submitted)
     coord.runs[1].end = coord.runs[0].end  # runs done: every thread may take them
     coord._dirty.add(1)
     coord._look_at_dirty_runs()
     coord._drain_cpu_queue()
     assert len(client.submitted) == 4 and not coord.cpu_queue
+    assert client.submitted[3]["workers"] == ["tcp://g"]  # the GPU worker's last thread, now the runs are done
+
+
+def test_cpu_stages_count_per_worker_and_leave_each_gpu_a_thread(semantics_experiment):
+    """Only GPU workers: CPU stages go to the threads each GPU worker has beyond its GPU's, one
+    task per free thread, never to a one-thread GPU worker while runs remain."""
+    from panicflow.scheduler.coordinator import Coordinator
+    from panicflow.store import Store
+
+    store, eid = semantics_experiment
+    st = Store(store)
+    client = FakeClient({"tcp://g1": (1, True), "tcp://g3": (3, True)})
+    coord = Coordinator(client, st, st.experiment(eid))
+    coord.load()
+    assert coord.cpu_slots == 2
+    run = coord.runs[0]
+    coord.runs[1].end = None  # a run still going
+    coord._dirty.add(1)
+    coord._look_at_dirty_runs()
+    for model in ("DummyText", "DummyText2", "DummyVision"):
+        run.diagrams.discard(model)
+        coord._submit_diagram(run, model)
+    assert [kw["workers"] for kw in client.submitted] == [["tcp://g3"], ["tcp://g3"]]
+    assert len(coord.cpu_queue) == 1
+    done = next(iter(coord.in_flight))  # one comes back: its thread is free again, on g3
+    del coord.in_flight[done]
+    coord._drain_cpu_queue()
+    assert [kw["workers"] for kw in client.submitted][2:] == [["tcp://g3"]] and not coord.cpu_queue
+
+
+def test_model_calls_do_not_prefer_a_holder_whose_threads_cpu_stages_hold(semantics_experiment):
+    """A model call loosely sent to its holder waits there behind a whole diagram: while CPU stages
+    hold every thread of the holder, the call has no preference and Dask places it."""
+    from panicflow.scheduler.coordinator import Coordinator
+    from panicflow.store import Store
+
+    store, eid = semantics_experiment
+    st = Store(store)
+    client = FakeClient({"tcp://g": (2, True), "tcp://c": (1, False)})
+    coord = Coordinator(client, st, st.experiment(eid))
+    coord.load()
+    coord.holders["DummyI2T"] = {"tcp://c"}
+    assert coord._placement("DummyI2T") == {"workers": ["tcp://c"], "allow_other_workers": True}
+    run = coord.runs[0]
+    coord.runs[1].end = None  # a run still going
+    coord._dirty.add(1)
+    coord._look_at_dirty_runs()
+    run.diagrams.discard("DummyText")
+    coord._submit_diagram(run, "DummyText")
+    assert client.submitted[-1]["workers"] == ["tcp://c"]  # the diagram holds c's only thread
+    assert "workers" not in coord._placement("DummyI2T")

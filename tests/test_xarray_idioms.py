@@ -36,10 +36,11 @@ def experiment(client, tmp_path_factory):
     return store, eid
 
 
-@pytest.fixture(scope="module")
-def tree(experiment):
+@pytest.fixture(scope="module", params=[None, "auto"], ids=["numpy", "dask"])
+def tree(experiment, request):
+    """The tree read lazily into NumPy, and as Dask arrays (``chunks``): every idiom works on both."""
     store, eid = experiment
-    return panicflow.open_experiment(eid, store=store)
+    return panicflow.open_experiment(eid, store=store, chunks=request.param)
 
 
 @pytest.fixture(scope="module")
@@ -53,6 +54,13 @@ def _strs(values) -> list[str]:
     return [str(v) for v in values]
 
 
+def _mask(cond):
+    """A condition on data variables for ``where(..., drop=True)``: with Dask arrays xarray wants it
+    computed first (it cannot drop by a lazy mask); a no-op on NumPy. Conditions on the run labels
+    (coordinates, always in memory) need nothing."""
+    return cond.compute()
+
+
 def test_strings_are_python_objects_and_still_lazy(tree):
     for path in ("/", "embeddings/DummyText", "diagrams/DummyText"):
         ds = tree[path].ds
@@ -61,7 +69,7 @@ def test_strings_are_python_objects_and_still_lazy(tree):
     root = tree["/"].ds
     assert root.text.dtype == object and root.model.dtype == object
     assert not isinstance(root.text.variable._data, np.ndarray)  # converted when read, not at open
-    assert isinstance(root.text[0, 1].item(), str)
+    assert isinstance(root.text[0, 1].values.item(), str)  # .values: Dask arrays have no .item()
 
 
 def test_where_drop_on_the_root(tree, raw):
@@ -71,10 +79,10 @@ def test_where_drop_on_the_root(tree, raw):
     kept = ds.where(ds.stop_reason == "length", drop=True)
     assert list(kept.run.values) == [i for i, r in enumerate(stop) if r == "length"]
     assert _strs(kept.text.values[0]) == _strs(raw["text"][kept.run.values[0]])
-    by_model = ds.where(ds.model == "DummyI2T", drop=True)  # a (run, step) mask
+    by_model = ds.where(_mask(ds.model == "DummyI2T"), drop=True)  # a (run, step) mask
     model = np.asarray(_strs(raw["model"][:].ravel())).reshape(raw["model"].shape)
     assert by_model.sizes["step"] == int((model == "DummyI2T").any(axis=0).sum())
-    failed = ds.where(ds.error != "", drop=True)
+    failed = ds.where(_mask(ds.error != ""), drop=True)
     assert _strs(failed.error.values) == [e for e in _strs(raw["error"][:]) if e]
 
 
@@ -86,7 +94,7 @@ def test_where_drop_on_an_embeddings_and_a_diagrams_node(tree, raw):
     np.testing.assert_array_equal(kept.vector.values, raw["embeddings/DummyText/vector"][cats])
     dg = tree["diagrams/DummyText"].ds
     status = _strs(raw["diagrams/DummyText/status"][:])
-    ok = dg.where(dg.status == "ok", drop=True)
+    ok = dg.where(_mask(dg.status == "ok"), drop=True)
     assert list(ok.run.values) == [i for i, s in enumerate(status) if s == "ok"]
     np.testing.assert_array_equal(ok.entropy.values, raw["diagrams/DummyText/entropy"][ok.run.values])
     masked = dg.where(dg.stop_reason != "failed")  # no drop: the failed runs' values become NaN

@@ -25,7 +25,7 @@ import numpy as np
 import zarr
 
 from ..errors import UserError
-from ..store import Store
+from ..store import Store, consolidated
 from ..store.experiment import Experiment
 
 ANALYSIS = "analysis"
@@ -119,6 +119,7 @@ def write_result(
     ``arrays``: name -> (dimension names, values, attributes). Returns the group's path.
     """
     path = f"{ANALYSIS}/{kind}/{name}"
+    consolidated.drop(exp)  # a new node: the consolidated copy would miss it; written again below
     root = exp.group()
     parent = root.require_group(ANALYSIS).require_group(kind)
     g = parent.create_group(name, overwrite=True)
@@ -138,6 +139,7 @@ def write_result(
     meta = {**_jsonable(attrs), "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
     g.attrs.update(meta)
     g.attrs.update({"status": "complete"})  # the marker, last
+    consolidated.refresh(exp)
     return path
 
 

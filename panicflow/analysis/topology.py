@@ -35,11 +35,14 @@ What the numbers are (docs/diagrams.md):
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal, Sequence
+from typing import TYPE_CHECKING, Literal, Sequence
 
 import numpy as np
 
 from .diagram_process import ChildDied, ChildError, OverTime, exact_distances, ripser_diagrams, run_in_child
+
+if TYPE_CHECKING:
+    from ..store.experiment import TaskTiming
 
 __all__ = [
     "DiagramResult", "PersistenceOptions", "STATUS_GROUPS", "compute_diagram", "estimate_cost",
@@ -106,6 +109,7 @@ class DiagramResult:
     used: np.ndarray | None = None  # sorted indices into the given points of those used; None: all (if computed)
     subsample_seed: int = -1  # seed of the subsample; -1 when there is none
     steps: np.ndarray | None = None  # the step of each given point, where the caller knows it (diagram_run)
+    timing: TaskTiming | None = None  # when and on which worker the diagram task ran (diagram_run)
 
     def used_indices(self) -> np.ndarray:
         """Indices of the points the diagrams were computed from (empty when not computed)."""

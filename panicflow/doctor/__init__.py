@@ -25,6 +25,7 @@ docs/store.md is the contract and docs/doctor.md the user's guide. What is check
   are named in a note;
 * leftovers: journal files of a complete experiment, experiment folders whose creation
   crashed (no ``experiment.json``; only when checking the whole store);
+* consolidated metadata: none that differs from the nodes' own, and one in a finished experiment;
 * an experiment no coordinator runs that is not finished (interrupted, its markers cleared by a
   killed ``doctor --fix``, or its state.json lost) is a problem that says to resume it.
 
@@ -38,7 +39,8 @@ cannot be decoded are deleted (they read as fill values, i.e. missing, afterward
 3. rows, run ends, creation arrays, objects, leftovers, from the store itself (journal,
 config, surviving columns, re-running deterministic models and accepting only outputs
 that hash to what the store already holds); 4. embeddings and diagrams, by clearing their
-markers and letting the normal resume machinery recompute them. A problem is reported
+markers and letting the normal resume machinery recompute them; 5. the consolidated metadata,
+written again. A problem is reported
 ``fixed`` when the final check no longer finds it.
 
 The package: ``scan`` (the checks), ``repair`` (the fixes and orphan folders), ``report``
@@ -99,7 +101,7 @@ def _doctor_experiment(store: Store, exp: Experiment, fix: bool, say, resume, ma
     scan = scanner.scan()
     rep.state = scan.effective
     record(scan)
-    if fix and scan.problems:
+    if fix and (scan.problems or scan.unconsolidated):
         if scan.effective == "running":
             for p in scan.problems:
                 doc.note(p, "the experiment is running; stop it before `doctor --fix`")
@@ -113,6 +115,9 @@ def _doctor_experiment(store: Store, exp: Experiment, fix: bool, say, resume, ma
             try:
                 if fix:
                     scan = _fix_rounds(scanner, doc, exp, scan, record, say, max_rounds)
+                if fix and scan.unconsolidated and not scan.problems:
+                    doc.fix_phase(5, [], scan)
+                    scan = scanner.scan()
             finally:
                 if exp.lease is not None:
                     exp.lease.release()

@@ -17,7 +17,7 @@ import numpy as np
 from ..config import UNSEEDED
 from ..models import REGISTRY, Kind
 from ..store import experiment as experiment_module
-from ..store.experiment import INVOCATION_ARRAYS, Experiment
+from ..store.experiment import INVOCATION_ARRAYS, TASK_ARRAYS, Experiment
 from ..store.journal import StepRecord
 from ..store.root import StoreRoot
 from .report import Problem
@@ -44,6 +44,23 @@ CHECKSUM_CODEC = "crc32c"  # the codec whose checksum ends every chunk of arrays
 def is_pair_array(node: str) -> bool:
     parts = node.split("/")
     return len(parts) == 3 and parts[0] == "diagrams" and parts[2] in PAIR_ARRAYS
+
+
+def is_task_array(node: str) -> bool:
+    """started_at, ended_at or worker of an embedding or diagram task (absent in older experiments)."""
+    parts = node.split("/")
+    return len(parts) == 3 and parts[0] in ("embeddings", "diagrams") and parts[2] in TASK_ARRAYS
+
+
+def has_checksum(codecs: Any) -> bool:
+    """Whether a zarr.json ``codecs`` list ends chunks with the checksum codec: itself, or inside a
+    sharding codec (the runs' rows: a checksum per one-run chunk of the shard)."""
+    for c in codecs if isinstance(codecs, list) else []:
+        if isinstance(c, dict) and c.get("name") == CHECKSUM_CODEC:
+            return True
+        if isinstance(c, dict) and c.get("name") == "sharding_indexed" and has_checksum((c.get("configuration") or {}).get("codecs")):
+            return True
+    return False
 
 
 def without_checksum(codecs: Any) -> Any:
@@ -131,13 +148,14 @@ class LayoutRoot(StoreRoot):
 
 
 class Layout:
-    """What ``Experiment.create`` writes for this experiment's config: metadata and creation arrays."""
+    """What ``Experiment.create`` writes for this experiment's config and run chunks (one run per
+    chunk for experiments from before they were recorded): metadata and creation arrays."""
 
     def __init__(self, exp: Experiment) -> None:
         import zarr
 
         root = LayoutRoot()
-        made = Experiment.create(root, exp.id, exp.config)
+        made = Experiment.create(root, exp.id, exp.config, exp.run_chunks)
         self.store = root.zarr_store(made.data_key)
         files = root.zarr_dicts[made.data_key]
         self.meta: dict[str, bytes] = {k: v.to_bytes() for k, v in files.items() if k.endswith("zarr.json")}
@@ -223,6 +241,8 @@ class Scan:
     bad_meta: set[str] = field(default_factory=set)  # nodes whose zarr.json is unusable
     codecs_differ: set[str] = field(default_factory=set)  # arrays whose codecs are not the layout's
     unchecksummed: set[str] = field(default_factory=set)  # arrays created without the checksum codec
+    without_task_times: set[str] = field(default_factory=set)  # "embeddings" / "diagrams" lacking TASK_ARRAYS
+    unconsolidated: bool = False  # finished, without consolidated metadata (a note; --fix writes it)
     read_arrays: set[str] = field(default_factory=set)  # arrays the checks read (the others are read for checksums)
     notes: list[str] = field(default_factory=list)  # facts for the report that are no problem
     per_run: dict[str, Any] = field(default_factory=dict)  # run-chunked arrays read whole, by path

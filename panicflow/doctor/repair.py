@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from ..models import REGISTRY, Kind
-from ..store import Store
+from ..store import Store, consolidated
 from ..store.experiment import INVOCATION_ARRAYS, Experiment
 from ..store.root import StoreRoot
 from .common import (
@@ -73,12 +73,15 @@ class Repairer:
             self._fix_runs_and_objects(problems, s)
         elif phase == 4:
             self._fix_derived(problems, s)
+        elif phase == 5:
+            self._fix_consolidated(s)
 
     # ---------------------------------------------------------- metadata
     def _fix_metadata(self, problems: list[Problem], s: Scan) -> None:
         import zarr
 
         layout = s.layout
+        consolidated.drop(self.exp)  # it would go stale; phase 5 writes it again
         for p in problems:
             node = "" if p.path in ("/", None) else p.path
             if node not in layout.docs:
@@ -156,8 +159,11 @@ class Repairer:
 
     # -------------------------------------------------------------- chunks
     def _fix_chunks(self, problems: list[Problem], s: Scan) -> None:
+        deleted: set[str] = set()
         for p in problems:
             path = p.path or ""
+            if path in deleted:  # a chunk of several runs, reported for each run read from it
+                continue
             array = next((a for a in s.bad_chunks if path.startswith(a + "/c/") or path == a), None)
             if array is None:
                 self.note(p, "no chunk to delete")
@@ -165,12 +171,35 @@ class Repairer:
             if array in s.codecs_differ:
                 self.note(p, "the array's codecs differ from this panicflow's layout; not deleting its chunks")
                 continue
+            if self._rewrite_in_shard(array, path, s):
+                deleted.add(path)
+                continue
             try:
                 self.root.delete(f"{self.exp.data_key}/{path}")
             except Exception as exc:  # noqa: BLE001
                 self.note(p, f"cannot delete it: {short(exc)}")
                 continue
+            deleted.add(path)
             self.act(f"deleted undecodable chunk {path} (it now reads as missing and is rebuilt below)")
+
+    def _rewrite_in_shard(self, array: str, path: str, s: Scan) -> bool:
+        """In a shard of runs' rows, replace only the one-run chunks that do not decode with fill values
+        (they read as missing and are rebuilt below), keeping the shard's other runs. False where the array
+        is not sharded, or where the shard itself does not read (its index): then it is deleted whole."""
+        a = Arrays(self.exp, read_only=False).get(array)
+        if a.shards is None:
+            return False
+        bad = [c for c in sorted(s.bad_chunks[array]) if path == f"{array}/" + a.metadata.encode_chunk_key(
+            tuple(k * ic // sc for k, ic, sc in zip(c, a.chunks, a.shards)))]
+        try:
+            for coords in bad:
+                a[tuple(slice(k * ic, min((k + 1) * ic, n)) for k, ic, n in zip(coords, a.chunks, a.shape))] = a.fill_value
+        except Exception as exc:  # noqa: BLE001 - the shard's index is damaged too
+            log.debug("%s: cannot rewrite chunks inside it: %s", path, exc)
+            return False
+        self.act(f"replaced the undecodable rows of run(s) {ranges(sorted({c[0] for c in bad}))} in {path}, keeping its "
+                 "other runs (they now read as missing and are rebuilt below)")
+        return True
 
     # ------------------------------------------------- runs and objects
     def _fix_runs_and_objects(self, problems: list[Problem], s: Scan) -> None:
@@ -537,6 +566,15 @@ class Repairer:
             return
         self.act("resume finished")
 
+
+
+    def _fix_consolidated(self, s: Scan) -> None:
+        consolidated.drop(self.exp)
+        if s.finished:
+            consolidated.write(self.exp)
+            self.act("rewrote the consolidated metadata of data.zarr from every node's zarr.json")
+        else:
+            self.act("removed the stale consolidated metadata of data.zarr (written when the experiment finishes)")
 
 
 # ------------------------------------------------------------------------------ orphans

@@ -28,8 +28,10 @@ KINDS: dict[str, int | None] = {
     "embedding_rows": 4,
     "diagram_missing": 4,
     "diagram_inconsistent": 4,
+    "consolidated": 5,  # the consolidated metadata (root zarr.json) stale, or missing in a finished experiment
 }
-PHASE_NAMES = {1: "metadata", 2: "undecodable chunks", 3: "runs and objects", 4: "embeddings and diagrams"}
+PHASE_NAMES = {1: "metadata", 2: "undecodable chunks", 3: "runs and objects", 4: "embeddings and diagrams",
+               5: "consolidated metadata"}
 
 
 @dataclass

@@ -11,11 +11,10 @@ import numpy as np
 
 from ..errors import PanicflowError, StoreError
 from ..models import REGISTRY, Kind
-from ..store import Store
+from ..store import Store, consolidated
 from ..store.experiment import INVOCATION_ARRAYS, Experiment
 from ..store.journal import StepRecord
 from .common import (
-    CHECKSUM_CODEC,
     CREATOR_ARRAYS,
     DIAGRAM_STATUSES,
     DIGEST_RE,
@@ -30,7 +29,9 @@ from .common import (
     Scan,
     expected_end,
     generate_one,
+    has_checksum,
     is_pair_array,
+    is_task_array,
     known,
     log,
     ranges,
@@ -51,6 +52,7 @@ class Scanner:
 
     def scan(self) -> Scan:
         s = Scan()
+        self._blocks: dict[str, tuple[int, np.ndarray | None]] = {}  # path -> (first run, rows): _read_row
         exp = self.exp
         try:
             s.cfg = exp.config
@@ -90,6 +92,10 @@ class Scanner:
             s.add("journal_leftover", f"{s.journal_files} journal file(s) left in a complete experiment (harmless)",
                   path=f"{exp.prefix}/journal")
         self._check_progress(s, z)
+        self._check_consolidated(s)
+        if s.without_task_times:
+            s.notes.append(f"the {' and '.join(sorted(s.without_task_times))} have no task times (started_at, ended_at, "
+                           "worker): the experiment was created before panicflow recorded them; a resume adds them")
         if s.unchecksummed:
             arrays = sum(doc.get("node_type") == "array" for doc in s.layout.docs.values())
             s.notes.append(f"{len(s.unchecksummed)} of {arrays} arrays were created without chunk checksums "
@@ -106,8 +112,11 @@ class Scanner:
             try:
                 raw = self.root.read_bytes(key)
             except FileNotFoundError:
-                s.add("metadata", f"{layout.meta_key(node)} is missing", **where)
                 s.bad_meta.add(node)
+                if is_task_array(node):  # an experiment from before task times: no problem, resume adds them
+                    s.without_task_times.add(node.split("/")[0])
+                    continue
+                s.add("metadata", f"{layout.meta_key(node)} is missing", **where)
                 continue
             except Exception as exc:  # noqa: BLE001
                 s.add("metadata", f"{layout.meta_key(node)} cannot be read: {short(exc)}", **where)
@@ -128,7 +137,7 @@ class Scanner:
             elif want.get("node_type") == "array":
                 if without_checksum(doc.get("codecs")) != without_checksum(want.get("codecs")):
                     s.codecs_differ.add(node)
-                if not any(isinstance(c, dict) and c.get("name") == CHECKSUM_CODEC for c in doc.get("codecs") or []):
+                if not has_checksum(doc.get("codecs")):
                     s.unchecksummed.add(node)
         # any other zarr.json under data.zarr must at least parse
         for key in self._walk_meta(""):
@@ -196,26 +205,50 @@ class Scanner:
             return None
         try:
             return a[...]
-        except Exception as exc:  # noqa: BLE001 - read run by run below, to find the bad chunks
-            log.debug("%s: reading run by run: %s", path, exc)
+        except Exception as exc:  # noqa: BLE001 - read chunk by chunk below, to find the bad chunks
+            log.debug("%s: reading chunk by chunk: %s", path, exc)
         out = np.empty(a.shape, dtype=object)
         out[...] = a.fill_value.item() if isinstance(a.fill_value, np.generic) else a.fill_value
-        for r in range(a.shape[0]):
-            row = self._read_row(s, a, path, r)
-            if row is not None:
-                out[r] = row
+        n_runs, per = a.shape[0], a.chunks[0]
+        for b in range(0, n_runs, per):
+            block = slice(b, min(b + per, n_runs))
+            try:
+                out[block] = a[block]
+                continue
+            except Exception as exc:  # noqa: BLE001
+                first = exc
+            if all(c >= n for c, n in zip(a.chunks[1:], a.shape[1:])):  # one chunk across the block: that one
+                self._bad_chunk(s, a, path, (b // per, *(0 for _ in a.shape[1:])), first)
+                continue
+            for r in range(block.start, block.stop):
+                row = self._read_row(s, a, path, r)
+                if row is not None:
+                    out[r] = row
         return out
 
     def _read_row(self, s: Scan, a, path: str, r: int):
         """Row ``r``; chunk by chunk when a chunk does not decode (those parts read as fill values).
-        None for a 1-D array whose chunk does not decode."""
+        None for a 1-D array whose chunk does not decode. Where a chunk holds several runs, their
+        rows are read together, once per scan (the last block read is kept per array)."""
+        per = a.chunks[0]
+        if per > 1:
+            b = r - r % per
+            block = self._blocks.get(path)
+            if block is None or block[0] != b:
+                try:
+                    block = (b, a[b: b + per])
+                except Exception:  # noqa: BLE001 - a chunk that does not decode: this row alone, below
+                    block = (b, None)
+                self._blocks[path] = block
+            if block[1] is not None:
+                return block[1][r - b]
         try:
             return a[r]
         except Exception as exc:  # noqa: BLE001
             first = exc
         shape, chunks = a.shape[1:], a.chunks[1:]
         if not shape:
-            self._bad_chunk(s, a, path, (r // a.chunks[0],), first)
+            self._bad_chunk(s, a, path, (r // a.chunks[0],), first, run=r)
             return None
         row = np.empty(shape, dtype=object)
         row[...] = a.fill_value.item() if isinstance(a.fill_value, np.generic) else a.fill_value
@@ -225,20 +258,34 @@ class Scanner:
             try:
                 row[region] = a[(r, *region)]
             except Exception as exc:  # noqa: BLE001
-                self._bad_chunk(s, a, path, (r // a.chunks[0], *coords), exc)
+                self._bad_chunk(s, a, path, (r // a.chunks[0], *coords), exc, run=r)
         return row
 
-    def _bad_chunk(self, s: Scan, a, path: str, coords: tuple[int, ...], exc: BaseException) -> None:
+    def _bad_chunk(self, s: Scan, a, path: str, coords: tuple[int, ...], exc: BaseException, run: int | None = None) -> None:
+        """Report an undecodable chunk (``coords`` in chunks of ``a.chunks``): for ``run`` (the row being read),
+        else for the run it holds, or for no run when it holds several (named in the detail). A one-run chunk
+        inside a shard (the rows of 16 runs in one object) is named by its shard's object."""
+        shards = a.shards if coords else None
+        stored = tuple(c * ic // sc for c, ic, sc in zip(coords, a.chunks, shards)) if shards else coords
         try:
-            key = a.metadata.encode_chunk_key(coords)
+            key = a.metadata.encode_chunk_key(stored)
         except Exception:  # noqa: BLE001
-            key = "c/" + "/".join(map(str, coords))
+            key = "c/" + "/".join(map(str, stored))
+        if run is None and coords:
+            run = int(coords[0]) if a.chunks[0] == 1 else None
+        if coords in s.bad_chunks[path] and run is None:
+            return  # reported already
         s.bad_chunks[path].add(coords)
         if "checksum do not match" in str(exc):  # zarr's crc32c codec
             why = "is damaged: its bytes no longer match their crc32c checksum (changed after they were written)"
         else:
             why = f"cannot be decoded: {short(exc)}"
-        s.add("unreadable", f"chunk {path}/{key} {why}", run=int(coords[0]) if coords else None, path=f"{path}/{key}")
+        per = (shards or a.chunks)[0] if coords else 1  # runs per object
+        if per > 1:
+            first = int(stored[0]) * per
+            runs = f"runs {first}-{min(first + per, a.shape[0]) - 1}"
+            why += f" (run {run}'s rows, in the shard of {runs})" if shards else f" (it holds {runs})"
+        s.add("unreadable", f"chunk {path}/{key} {why}", run=run, path=f"{path}/{key}")
 
     def _check_creator_arrays(self, s: Scan, z: Arrays) -> None:
         for name in CREATOR_ARRAYS:
@@ -662,6 +709,28 @@ class Scanner:
                     a[region]
                 except Exception as exc:  # noqa: BLE001
                     self._bad_chunk(s, a, node, coords, exc)
+
+    # ------------------------------------------ consolidated metadata
+    def _check_consolidated(self, s: Scan) -> None:
+        """The copy of every node's metadata in the root zarr.json (store/consolidated.py): xarray
+        trusts it, so a stale one is read as the hierarchy; a finished experiment should have one.
+        Not while a node's own metadata is wrong: that is fixed first, and this checked after."""
+        if any(p.kind == "metadata" for p in s.problems):
+            return
+        try:
+            stale = consolidated.check(self.exp)
+        except Exception as exc:  # noqa: BLE001
+            s.add("consolidated", f"the consolidated metadata in data.zarr/zarr.json cannot be checked: {short(exc)}",
+                  path="zarr.json")
+            return
+        if stale:
+            s.add("consolidated", f"the consolidated metadata in data.zarr/zarr.json is stale: it {stale} (xarray's "
+                                  "open_* would read the old hierarchy)", path="zarr.json")
+        elif s.finished and not consolidated.present(self.exp):
+            # not damage (experiments finished before panicflow wrote it have none): a note, and --fix writes it
+            s.unconsolidated = True
+            s.notes.append("data.zarr has no consolidated metadata although the experiment is finished (xarray's "
+                           "open_* warns and reads each node's zarr.json); `doctor --fix` writes it")
 
     # ------------------------------------------------------- progress
     def _check_progress(self, s: Scan, z: Arrays) -> None:

@@ -30,7 +30,7 @@ import numpy as np
 
 from ..config import config_digest
 from ..errors import StoreUnavailable
-from ..store import Store
+from ..store import Store, consolidated
 from ..store.experiment import STEP_CHUNK, Experiment, ExperimentWriter, chunk_compressors, now_us, write_embedding_rows
 from ..store.journal import RunEvent, StepRecord
 from . import verify
@@ -170,6 +170,7 @@ class _ExperimentImport:
             return entry
         with exp.take("legacy import"):
             exp.write_state("running", started_us=now_us())
+            consolidated.drop(exp)  # an earlier, interrupted session's (the layout is written again)
             self._create(exp)
             ctx = self._context(exp)
             writer = ExperimentWriter(exp)
@@ -347,6 +348,8 @@ class _ExperimentImport:
         stops = g["stop_reason"][:]
         left = e.pending.get("embeddings", 0) + e.pending.get("diagrams", 0)
         failed = int((stops == "failed").sum())
+        if not left:
+            consolidated.write(exp)  # every write is done: before the final state, as the coordinator does
         if left:
             exp.write_state("interrupted")
         elif failed:

@@ -32,7 +32,7 @@ from ..config import UNSEEDED, ExperimentConfig, RunSpec
 from ..analysis.topology import status_group
 from ..errors import PermanentError, StoreWriteFailed
 from ..models import REGISTRY, Kind
-from ..store import Store
+from ..store import Store, consolidated
 from ..store.experiment import (
     HEARTBEAT_S,
     STEP_CHUNK,
@@ -45,6 +45,7 @@ from ..store.experiment import (
 from ..store.journal import RunEvent, StepRecord
 from ..store.lease import LeaseLost
 from . import tasks
+from .versions import mismatch_lines, package_versions, worker_info
 
 log = logging.getLogger(__name__)
 
@@ -53,27 +54,21 @@ PRIORITY = {"invoke": 30, "embed": 20, "diagram": 10}
 CLUSTER_LOOK_S = 2.0  # how often the coordinator looks at the cluster's workers (they come and go)
 VERIFY_WINDOW_S = 120.0  # outputs journaled this long before a crash are checked on resume (power cuts)
 GATHER_TIMEOUT_S = 10.0  # results are small: longer means one is being computed again (a worker died)
-
-
-PROVENANCE_PACKAGES = ("panicflow", "giotto-ph", "numpy", "torch", "diffusers", "transformers",
-                       "sentence-transformers", "dask", "distributed", "zarr", "xarray", "Pillow")
+# Runs still going are written to Zarr (their steps not yet in a full 1024-step chunk) at least this
+# often, so that readers see them (docs/store.md, "Reading while writing"); less often only where
+# writing them took more than SHOW_SHARE of the coordinator's time (very many runs going at once)
+SHOW_RUNNING_S = 30.0
+SHOW_SHARE = 0.1
 
 
 def session_provenance(config: ExperimentConfig) -> dict[str, Any]:
     """What a coordinator session computes with, as recorded in the store (Experiment.record_session).
 
-    Versions are the coordinator's; workers are expected to run the same environment (a Dask
-    cluster warns when they do not)."""
-    from importlib import metadata
-
+    Versions are the coordinator's; the coordinator adds each worker's (``workers``) as it
+    meets them, and warns where they differ (``Coordinator._look_at_new_workers``)."""
     from ..analysis.topology import PersistenceOptions
 
-    versions = {}
-    for name in PROVENANCE_PACKAGES:
-        try:
-            versions[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            versions[name] = None
+    versions = package_versions()
     embedders = {}
     for m in config.embedding_models:
         spec = REGISTRY[m]
@@ -98,17 +93,20 @@ class RunState:
     """What the coordinator keeps of one run: only what its next step and loop detection need.
 
     Steps live in the journal and, chunk by chunk, in Zarr; here only the last one and those
-    not yet materialised (at most a chunk, or what a resume read from the journal), so the
-    coordinator's memory does not grow with the length of the runs (issue 7 item 7).
+    since the last full 1024-step chunk (at most a chunk, or what a resume read from the journal),
+    so the coordinator's memory does not grow with the length of the runs (issue 7 item 7). Of
+    those, the first ``written - flushed`` are in Zarr already (shown while the run goes on,
+    ``Coordinator._show_running``); they stay here for loop detection until their chunk is full.
     """
 
     spec: RunSpec
     max_length: int
     n_steps: int = 0
     last: StepRecord | None = None
-    pending: list[StepRecord] = field(default_factory=list)  # recorded, not yet written to Zarr
+    pending: list[StepRecord] = field(default_factory=list)  # recorded since the last full chunk in Zarr
     end: RunEnd | None = None
-    flushed: int = 0  # steps already materialised in Zarr
+    flushed: int = 0  # steps in full chunks in Zarr: pending starts here
+    written: int = 0  # steps in Zarr (>= flushed): pending[: written - flushed] are written
     materialised: bool = False  # stop_reason written
     busy: bool = False  # a model call for this run is in flight
     attempts: int = 0  # failed attempts at the current step
@@ -135,8 +133,14 @@ class RunState:
         elif self.n_steps >= self.max_length:
             self.end = RunEnd(self.n_steps, "length")
 
+    def unwritten(self) -> list[StepRecord]:
+        return self.pending[self.written - self.flushed:]
+
+    def mark_written(self) -> None:
+        self.written = self.n_steps
+
     def mark_flushed(self) -> None:
-        self.flushed = self.n_steps
+        self.flushed = self.written = self.n_steps
         self.pending = []
 
     def input_for_next(self) -> str:
@@ -198,6 +202,8 @@ class Coordinator:
         # model calls never queue behind them on a worker's threads (_drain_cpu_queue)
         self.cpu_queue: deque[tuple[str, str, int, Callable, tuple]] = deque()  # (kind, model, run, fn, args)
         self._last_cluster_look = -math.inf
+        self.workers: dict[str, dict[str, Any]] = {}  # address -> host and versions, of every worker met
+        self._session: dict[str, Any] | None = None  # the provenance record, once run() started
         self._refresh_cluster()
         self.runs: list[RunState] = []
         self.invocations_by_model: Counter[str] = Counter()
@@ -221,6 +227,7 @@ class Coordinator:
         # a cluster whose workers declare a GPU resource (LocalCUDACluster, --gpus, or the user's):
         # models that need a GPU run only there, one batch per GPU at a time
         self.gpu_cluster = bool(gpu_workers)
+        self.gpu_workers = gpu_workers
         self.cpu_workers = sorted(set(workers) - gpu_workers)
         self.worker_threads = {a: int(w.get("nthreads", 1)) for a, w in workers.items()}
         # two batches per worker thread: one running, one queued so the worker never idles
@@ -232,6 +239,25 @@ class Coordinator:
         else:
             self.cpu_slots = max(1, threads // 2)
         self.all_threads = threads
+        if self._session is not None and self._look_at_new_workers(set(workers)):
+            self.exp.record_session(self._session)  # workers that joined an elastic cluster
+
+    def _look_at_new_workers(self, addresses: set[str]) -> bool:
+        """Ask the workers not met before for their host and versions (one ``Client.run``, only
+        when the cluster changed), keep them for the session's provenance record, and warn where
+        their versions differ from the coordinator's. Whether there were any."""
+        new = sorted(addresses - set(self.workers))
+        if not new:
+            return False
+        answers = self.client.run(worker_info, workers=new, on_error="return")
+        met = {}
+        for address, answer in answers.items():
+            # an error: the worker left under the question, or cannot run panicflow (its tasks will say)
+            met[address] = answer if isinstance(answer, dict) else {"error": f"{type(answer).__name__}: {answer}"}
+        for line in mismatch_lines(self._session["versions"], met):
+            log.warning("%s", line)
+        self.workers.update(met)
+        return True
 
     # ------------------------------------------------------------------ loading
     def load(self) -> None:
@@ -248,6 +274,7 @@ class Coordinator:
         self._ready_groups: dict[tuple[int, int], None] = {}  # deterministic: (group, step)s whose runs all wait
         self._members: dict[int, list[RunState]] = defaultdict(list)  # deterministic group -> its runs
         self._solo: set[int] = set()  # idle runs retrying alone (free batching)
+        self._next_show = 0.0  # monotonic time of the next _show_running: at the first tick
         self.invocations_by_model: Counter[str] = Counter()
         self.diagram_outcomes = defaultdict(Counter)
         for st, group in zip(self.runs, batch_groups(cfg)):
@@ -318,6 +345,7 @@ class Coordinator:
                     objects.put_text(rec.text)
                     continue
                 log.warning("run %d: output of step %d was lost (power cut?); computing it again", i, step)
+                self.writer.clear_steps(i, step, max(records) + 1)  # shown while it ran: not its rows any more
                 for k in [k for k in records if k >= step]:
                     del records[k]
                 break
@@ -330,13 +358,16 @@ class Coordinator:
     def run(self) -> Progress:
         self.load()
         self.exp.write_state("running", started_us=now_us())
-        self.exp.record_session(session_provenance(self.config))
+        consolidated.drop(self.exp)  # pair widths may grow now: no stale consolidated copy meanwhile
+        # the workers' versions are in the record before any task is submitted
+        self._session = {"started_us": now_us(), **session_provenance(self.config), "workers": self.workers}
+        self._look_at_new_workers(set(self.worker_threads))
+        self.exp.record_session(self._session)
         if self.retry_failed:
             self._reopen_failed_runs()
         try:
-            for st in self.runs:  # runs that ended before a crash but were not fully handled
-                if st.end is not None:
-                    self._on_run_end(st)
+            # runs that ended before a crash but were not fully handled
+            self._on_run_end(*[st for st in self.runs if st.end is not None])
             while True:
                 self._submit_model_calls()
                 self._drain_cpu_queue()
@@ -381,6 +412,8 @@ class Coordinator:
         snap = self.snapshot()
         failed = snap.stop_reasons.get("failed", 0)
         self.exp.journal.close()
+        # every data write is done: consolidate before the final state (a crash in between is redone by resume)
+        consolidated.write(self.exp)
         if failed:
             self.exp.write_state("failed", error=f"{failed} run(s) failed; see their error in `panicflow experiment status`")
         else:
@@ -407,10 +440,24 @@ class Coordinator:
     def _tick(self) -> None:
         self._refresh_cluster()
         now = time.monotonic()
+        if now >= self._next_show:
+            self._show_running()
         if now - self._last_beat > HEARTBEAT_S:
             self.exp.write_state("running", started_us=now_us())
             self._last_beat = now
         self._report()
+
+    def _show_running(self) -> None:
+        """Write the recorded steps of runs still going that Zarr does not have yet (the journal has
+        them), grouped so that runs sharing a chunk rewrite it once. Every SHOW_RUNNING_S, or
+        after SHOW_SHARE of the time it took, whichever is longer."""
+        began = time.monotonic()
+        going = [st for st in map(self.runs.__getitem__, self._open) if st.end is None and st.n_steps > st.written]
+        self.writer.write_rows({st.spec.index: st.unwritten() for st in going})
+        for st in going:
+            st.mark_written()
+        took = time.monotonic() - began
+        self._next_show = time.monotonic() + max(SHOW_RUNNING_S, took / SHOW_SHARE)
 
     def _report(self, force: bool = False) -> None:
         now = time.monotonic()
@@ -592,7 +639,7 @@ class Coordinator:
             self._invoke_done(task, result)
         elif task.kind == "embed":
             st = self.runs[task.runs[0]]
-            self.writer.mark_embedded(st.spec.index, task.model)
+            self.writer.mark_embedded(st.spec.index, task.model, result)  # result: when and where it ran
             st.embedded.add(task.model)
             self._submit_diagram(st, task.model)
         else:
@@ -622,15 +669,21 @@ class Coordinator:
             )
         self.exp.journal.append(records)  # recorded before anything depends on it
         self.invocations_by_model[task.model] += len(records)
+        ended, full = [], []
         for rec, created in zip(records, new):
             st = self.runs[rec.run]
             st.busy, st.attempts, st.solo = False, 0, False
             st.add(rec, self._first_occurrence(st, rec, created))
             if st.end is not None:
-                self._on_run_end(st)
+                ended.append(st)
             elif st.n_steps % self._step_chunk == 0:
-                self.writer.write_steps(rec.run, st.pending)
-                st.mark_flushed()
+                full.append(st)
+        # runs of one batch often share a chunk: one write of their rows for all of them
+        self.writer.write_rows({st.spec.index: st.unwritten() for st in full})
+        for st in full:
+            st.mark_flushed()
+        if ended:
+            self._on_run_end(*ended)
 
     def _invoke_failed(self, task: _Task, exc: BaseException) -> None:
         retry = self.config.retry
@@ -689,16 +742,22 @@ class Coordinator:
             st.end = RunEnd(st.n_steps, "failed", error=error)
             ended.append(st)
         self.exp.journal.append(events)  # recorded before anything depends on it
-        for st in ended:
-            self._on_run_end(st)
+        self._on_run_end(*ended)
 
-    def _on_run_end(self, st: RunState) -> None:
-        i = st.spec.index
-        if not st.materialised:
-            self.writer.write_steps(i, st.pending)
+    def _on_run_end(self, *ended: RunState) -> None:
+        """Materialise runs that ended (the rows of all of them, then their ends: one write per array,
+        so runs sharing a chunk rewrite it once), then submit their embeddings."""
+        fresh = [st for st in ended if not st.materialised]
+        self.writer.write_rows({st.spec.index: st.unwritten() for st in fresh})
+        for st in fresh:
             st.mark_flushed()
-            self.writer.write_run_end(i, st.end)
+        self.writer.write_run_ends({st.spec.index: st.end for st in fresh})
+        for st in fresh:
             st.materialised = True
+        for st in ended:
+            self._submit_after_end(st)
+
+    def _submit_after_end(self, st: RunState) -> None:
         for model in self.config.embedding_models:
             if st.end.stop_reason == "failed":
                 if model not in st.diagrams:
@@ -734,6 +793,9 @@ class Coordinator:
             # task on a busy holder rather than run it elsewhere, so a preference kept regardless
             # left workers that joined later idle (issue 7 item 4: 4 workers, 2 calls at a time)
             room = sum(self.worker_threads.get(w, 1) for w in holders)
+            # less the threads CPU stages hold there (_cpu_stage_worker pins them): a call queued behind
+            # a diagram waits for all of it (scripts/benchmark_starvation.py, i2t_wait_max_s)
+            room -= sum(1 for t in self.in_flight.values() if self._is_cpu_stage(t.kind, t.model) and t.workers & holders)
             busy = sum(1 for t in self.in_flight.values() if t.model == model and t.kind != "diagram")
             if busy < room:
                 out["workers"] = sorted(holders)
@@ -747,10 +809,10 @@ class Coordinator:
             return
         self._submit_now(kind, model, st, fn, *args)
 
-    def _submit_now(self, kind: str, model: str, st: RunState, fn, *args) -> None:
+    def _submit_now(self, kind: str, model: str, st: RunState, fn, *args, worker: str | None = None) -> None:
         placement = self._placement(model) if kind == "embed" else {}
-        if self._is_cpu_stage(kind, model) and self.gpu_cluster and self.cpu_workers:
-            placement = {"workers": self.cpu_workers, "allow_other_workers": True}  # keep GPU threads free
+        if worker is not None:  # a CPU stage on a GPU cluster: pinned, see _cpu_stage_worker
+            placement = {"workers": [worker]}
         fut = self.client.submit(
             fn, *args, key=task_key(kind, model, f"run{st.spec.index}", uuid.uuid4().hex[:8]), pure=False,
             priority=PRIORITY[kind], retries=self.config.retry.max_attempts - 1, **placement,
@@ -771,12 +833,29 @@ class Coordinator:
         slots = self.cpu_slots if runs_left else max(self.cpu_slots, self.all_threads)
         busy = sum(1 for t in self.in_flight.values() if self._is_cpu_stage(t.kind, t.model))
         while self.cpu_queue and busy < slots:
+            worker = self._cpu_stage_worker(runs_left) if self.gpu_cluster else None
+            if self.gpu_cluster and worker is None:
+                return  # no thread free that the GPUs' model calls do not need
             kind, model, i, fn, args = self.cpu_queue.popleft()
             st = self.runs[i]
             if kind == "diagram" and model in st.diagrams:
                 continue  # recorded meanwhile (its run failed)
-            self._submit_now(kind, model, st, fn, *args)
+            self._submit_now(kind, model, st, fn, *args, worker=worker)
             busy += 1
+
+    def _cpu_stage_worker(self, runs_left: bool) -> str | None:
+        """On a GPU cluster, the worker with the most threads free for a CPU stage (CPU workers
+        first), or None. While runs remain, each GPU worker keeps one thread for its GPU's model
+        calls. The task is pinned there: placed loosely on the CPU workers, Dask's work stealing
+        moved diagrams onto a GPU worker until they held every thread of it and the GPU waited
+        (scripts/benchmark_starvation.py, docs/performance.md)."""
+        used = Counter(w for t in self.in_flight.values() if self._is_cpu_stage(t.kind, t.model) for w in t.workers)
+
+        def free(w: str) -> int:
+            return self.worker_threads[w] - used[w] - (runs_left and w in self.gpu_workers)
+
+        best = max(self.worker_threads, key=lambda w: (free(w), w not in self.gpu_workers), default=None)
+        return best if best is not None and free(best) > 0 else None
 
     # ----------------------------------------------------------------- summary
     def snapshot(self) -> Progress:

@@ -19,7 +19,7 @@ from ..models import REGISTRY, Kind, get_spec
 from ..models.cache import get_model
 from ..store import Store
 from ..store.objects import encode_image
-from ..store.experiment import Experiment, now_us, write_embedding_rows
+from ..store.experiment import Experiment, TaskTiming, now_us, write_embedding_rows
 from .store_faults import returns_store_failures, writes_into
 
 
@@ -92,13 +92,15 @@ def _worker_address() -> str | None:
 
 @returns_store_failures
 def embed_run(store_url: str, experiment_id: str, run: int, model: str, length: int, batch_size: int,
-              lease_epoch: int = 0) -> int:
+              lease_epoch: int = 0) -> TaskTiming:
     """Embed every output of one run that ``model`` can embed, and write its rows.
 
     Reads the run's materialised outputs from Zarr (written by the coordinator
-    before it submits this task); returns how many vectors were written. Nothing is
+    before it submits this task); returns when (until its rows are written) and
+    where it ran, for the coordinator to store with ``done``. Nothing is
     written once the coordinator's lease ``lease_epoch`` was taken over (store/lease.py).
     """
+    started = now_us()
     store = _store(store_url)
     exp = Experiment(store.root, experiment_id)
     if lease_epoch:
@@ -126,7 +128,7 @@ def embed_run(store_url: str, experiment_id: str, run: int, model: str, length: 
             vectors[steps[start : start + batch_size]] = out
     with writes_into(store):
         write_embedding_rows(exp, run, model, vectors)
-    return len(steps)
+    return TaskTiming(started, now_us(), _worker_address() or "")
 
 
 def _memory_budget_gb(configured: float | None) -> float | None:
@@ -161,6 +163,7 @@ def diagram_run(store_url: str, experiment_id: str, run: int, model: str, length
     """
     from ..analysis.topology import PersistenceOptions, compute_diagram
 
+    started = now_us()
     store = _store(store_url)
     exp = Experiment(store.root, experiment_id)
     vectors = exp.group(read_only=True)[f"embeddings/{model}/vector"][run, :length]
@@ -170,4 +173,5 @@ def diagram_run(store_url: str, experiment_id: str, run: int, model: str, length
     # the stored float32 vectors, exactly as a direct giotto-ph call on the store would see them
     result = compute_diagram(vectors[steps], PersistenceOptions(**opts), rng_seed=run)
     result.steps = steps
+    result.timing = TaskTiming(started, now_us(), _worker_address() or "")
     return result

@@ -13,8 +13,9 @@ Layout (docs/store.md is the full contract)::
         /diagrams/<model>/             status, entropy, birth/death pairs per run
 
 Every chunk has exactly one writer: the coordinator writes the root arrays and
-the diagram arrays, the embedding task of (run, model) writes that run's rows of
-``vector``. Markers (``stop_reason``, ``done``, ``status``) are written after the
+the diagram arrays (from one thread, so they hold many runs per chunk or shard:
+``RunChunks``), the embedding task of (run, model) writes that run's rows of
+``vector`` (one run per chunk). Markers (``stop_reason``, ``done``, ``status``) are written after the
 data they certify, so a reader or a resume trusts only marked data.
 """
 
@@ -34,6 +35,7 @@ import zarr
 from ..config import ExperimentConfig, config_digest, validate_stored_config
 from ..errors import StoreError
 from ..models import REGISTRY, Kind
+from . import consolidated
 from .journal import Journal, StepRecord
 from .lease import Fence, Lease, current_holder, now_us, pid_alive
 from .root import StoreRoot
@@ -42,6 +44,46 @@ EXPERIMENT_FORMAT = 2
 READABLE_FORMATS = (1, 2)  # format 1 lacks the batch_* arrays; resume adds them (Experiment.upgrade)
 STEP_CHUNK = 1024  # steps per chunk: a 1024 x 768 float32 embedding chunk is 3 MiB
 PAIR_CHUNK = 4096
+
+
+@dataclass(frozen=True)
+class RunChunks:
+    """Runs per chunk along ``run`` of the arrays only the coordinator writes (docs/store.md, "Chunks").
+
+    ``marks``: the (run,) and (run, homology_dim) arrays (run ends, markers, diagram counts), in
+    chunks of that many runs; ``rows``: the (run, step) and (run, pair) arrays (invocations,
+    point_used, pairs), in shards of that many runs of one-run chunks. Embedding vectors are
+    written by one task per (run, model), so they stay one run per chunk.
+    """
+
+    marks: int
+    rows: int
+
+    def for_runs(self, n_runs: int) -> "RunChunks":
+        """Never wider than the experiment: a 12-run experiment gets 12-run chunks, not 4096."""
+        return RunChunks(max(1, min(self.marks, n_runs)), max(1, min(self.rows, n_runs)))
+
+    def rows_of(self, width: int) -> dict[str, tuple[int, int]]:
+        """``create_array``'s chunks of a (run, step) or (run, pair) array, ``width`` along its second axis:
+        ``rows`` runs per object as a shard of one-run chunks, so that each run's rows keep a checksum of
+        their own and are read, and repaired by the doctor, alone."""
+        if self.rows == 1:
+            return {"chunks": (1, width)}
+        return {"chunks": (1, width), "shards": (self.rows, width)}
+
+
+def chunk_layout(chunks: tuple[int, ...] | dict[str, tuple[int, ...]]) -> dict[str, tuple[int, ...]]:
+    """``create_array``'s keywords for a chunk shape, or for chunks and shards (``RunChunks.rows_of``)."""
+    return chunks if isinstance(chunks, dict) else {"chunks": chunks}
+
+
+# Chosen by measurement (scripts/benchmark_layout.py, docs/performance.md): writing a run end into a (run,)
+# chunk of 4096 runs takes 21 ms against 10 ms into one of a single run, and the markers of 10^5 runs read in
+# 0.06 s instead of 176 s; shards of 16 runs keep the (run, step) arrays' objects below the vectors' own
+# count (one per run and embedder) while a run end rewrites about 16 runs' rows of a shard (zarr 3.1 rewrites
+# a shard whole), 4 times fewer bytes than shards of 64.
+RUN_CHUNKS = RunChunks(marks=4096, rows=16)
+ONE_RUN_PER_CHUNK = RunChunks(marks=1, rows=1)  # every experiment created before run_chunks was recorded
 HEARTBEAT_S = 5.0
 HEARTBEAT_STALE_S = 30.0
 TIME_ATTRS = {"units": "microseconds since 1970-01-01", "calendar": "proleptic_gregorian"}
@@ -73,6 +115,35 @@ RUN_END_ARRAYS: dict[str, tuple[Any, Any, dict]] = {
     "error": (str, "", {"description": "why the run failed"}),
     "stop_reason": (str, "", {"description": "length | loop | failed; empty while running"}),
 }
+# (run,) arrays beside the marker of each (run, model) task (embeddings' done, diagrams' status): when
+# and where its task ran, measured on the worker, written by the coordinator just before the marker
+TASK_ARRAYS: dict[str, tuple[Any, Any, dict]] = {
+    "started_at": ("int64", NO_TIME, {**TIME_ATTRS, "description": "start of the task on its worker (that machine's clock)"}),
+    "ended_at": ("int64", NO_TIME, {**TIME_ATTRS, "description": "end of the task on its worker: its result computed "
+                                                                "(embeddings: its vectors written)"}),
+    "worker": (str, "", {"description": "address of the Dask worker that ran the task (provenance/ names its host "
+                                        "and versions)"}),
+}
+
+
+@dataclass(frozen=True)
+class TaskTiming:
+    """When and where a worker ran the embedding or diagram task of one (run, model)."""
+
+    started_us: int
+    ended_us: int
+    worker: str  # the Dask worker's address; empty off a worker
+
+
+def add_task_arrays(group: zarr.Group, marker: zarr.Array) -> None:
+    """The ``TASK_ARRAYS`` that ``group`` lacks, laid out like its ``marker``: one writer (the
+    coordinator) writes both at the same moment, so whatever the run chunking of the marker,
+    every chunk still has one writer."""
+    for name, (dtype, fill, attrs) in TASK_ARRAYS.items():
+        if name not in group:
+            group.create_array(name, shape=marker.shape, chunks=marker.chunks, shards=marker.shards, dtype=dtype,
+                               fill_value=fill, dimension_names=["run"], attributes=attrs,
+                               compressors=chunk_compressors(dtype))
 
 
 def chunk_compressors(dtype: Any) -> list:
@@ -125,27 +196,43 @@ class Experiment:
 
         Format 1 -> 2 adds the empty batch_* arrays and the diagrams' provenance arrays. Idempotent and crash-safe: arrays are
         created only where missing, and experiment.json says format 2 only after they exist.
+        Experiments of any format created before the task times (``TASK_ARRAYS``) get them here, empty:
+        a panicflow without them reads them as any other array and never writes them, so no format change.
         """
+        self._add_task_arrays()
         if self.meta.get("format") == EXPERIMENT_FORMAT:
             return
+        consolidated.drop(self)  # new arrays: a consolidated copy would go stale (the caller writes it again)
         g = self.group()
         n_runs, n_steps = g["output_hash"].shape
         step_chunk = g["output_hash"].chunks[1]
+        rc = self.run_chunks.for_runs(n_runs)  # laid out as Experiment.create laid out the others
         for name in ADDED_IN_FORMAT_2:
             if name not in g:
                 dtype, fill, attrs = INVOCATION_ARRAYS[name]
-                g.create_array(name, shape=(n_runs, n_steps), chunks=(1, step_chunk), dtype=dtype, fill_value=fill,
+                g.create_array(name, shape=(n_runs, n_steps), **rc.rows_of(step_chunk), dtype=dtype, fill_value=fill,
                                dimension_names=["run", "step"], attributes=attrs, compressors=chunk_compressors(dtype))
         maxdim = self.config.persistence.maxdim
         for model in self.config.embedding_models:
             d = g[f"diagrams/{model}"]
-            for name, (dims, shape, chunks, dtype, fill, attrs) in diagram_provenance_arrays(n_runs, n_steps, maxdim).items():
+            for name, (dims, shape, chunks, dtype, fill, attrs) in diagram_provenance_arrays(n_runs, n_steps, maxdim, rc).items():
                 if name not in d:
-                    d.create_array(name, shape=shape, chunks=chunks, dtype=dtype, fill_value=fill,
+                    d.create_array(name, shape=shape, **chunk_layout(chunks), dtype=dtype, fill_value=fill,
                                    dimension_names=dims, attributes=attrs, compressors=chunk_compressors(dtype))
         meta = {**self.meta, "format": EXPERIMENT_FORMAT}
         self.root.write_bytes(f"{self.prefix}/experiment.json", json.dumps(meta, indent=2).encode())
         self.__dict__.pop("meta", None)
+
+    def _add_task_arrays(self) -> None:
+        g = self.group()
+        places = [(g[f"{kind}/{m}"], marker) for m in self.config.embedding_models
+                  for kind, marker in (("embeddings", "done"), ("diagrams", "status"))]
+        missing = [(group, marker) for group, marker in places if any(name not in group for name in TASK_ARRAYS)]
+        if not missing:
+            return
+        consolidated.drop(self)  # new arrays: a consolidated copy would go stale
+        for group, marker in missing:
+            add_task_arrays(group, group[marker])
 
     @cached_property
     def config(self) -> ExperimentConfig:
@@ -156,6 +243,22 @@ class Experiment:
             return validate_stored_config(self.meta["config"], self.meta.get("config_sha256"))
         except (ConfigError, KeyError) as exc:
             raise StoreError(f"experiment {self.id}: its stored config is invalid: {str(exc).splitlines()[0]}") from None
+
+    @property
+    def run_chunks(self) -> RunChunks:
+        """Runs per chunk this experiment was created with (``run_chunks`` in experiment.json; absent:
+        one run per chunk, as every experiment before it). Readers never need it: Zarr knows each array's
+        chunks; the doctor lays out what the experiment should look like with it."""
+        raw = self.meta.get("run_chunks")
+        if raw is None:
+            return ONE_RUN_PER_CHUNK
+        try:
+            rc = RunChunks(int(raw["marks"]), int(raw["rows"]))
+        except (TypeError, KeyError, ValueError):
+            rc = RunChunks(0, 0)
+        if rc.marks < 1 or rc.rows < 1:
+            raise StoreError(f"experiment {self.id}: experiment.json is damaged (run_chunks {raw!r} is not two positive counts)")
+        return rc
 
     @property
     def name(self) -> str | None:
@@ -248,10 +351,12 @@ class Experiment:
 
     # --------------------------------------------------------------------- zarr
     def group(self, read_only: bool = False) -> zarr.Group:
-        # zarr_format=3: never fall back to reading Zarr v2 metadata, whose codecs include one that unpickles
+        # zarr_format=3: never fall back to reading Zarr v2 metadata, whose codecs include one that unpickles;
+        # each node's own metadata, never the consolidated copy (store/consolidated.py): writers change it
         try:
             return zarr.open_group(
-                store=self.root.zarr_store(self.data_key, read_only=read_only), mode="r" if read_only else "r+", zarr_format=3
+                store=self.root.zarr_store(self.data_key, read_only=read_only), mode="r" if read_only else "r+", zarr_format=3,
+                use_consolidated=False,
             )
         except (FileNotFoundError, ValueError, zarr.errors.BaseZarrError):  # ValueError: a zarr.json that is not JSON
             raise StoreError(
@@ -260,18 +365,24 @@ class Experiment:
             ) from None
 
     @classmethod
-    def create(cls, root: StoreRoot, experiment_id: str, config: ExperimentConfig) -> "Experiment":
-        """Lay out every array, then write experiment.json as the creation marker."""
+    def create(cls, root: StoreRoot, experiment_id: str, config: ExperimentConfig,
+               run_chunks: RunChunks | None = None) -> "Experiment":
+        """Lay out every array, then write experiment.json as the creation marker.
+
+        ``run_chunks``: runs per chunk (default ``RUN_CHUNKS``; the doctor passes the experiment's own
+        to lay out what it should look like)."""
         exp = cls(root, experiment_id)
         runs = config.runs()
         n_runs, n_steps = len(runs), config.max_length
         step_chunk = min(n_steps, STEP_CHUNK)
+        chosen = run_chunks or RUN_CHUNKS
+        rc = chosen.for_runs(n_runs)
         g = zarr.open_group(store=root.zarr_store(exp.data_key), mode="w", zarr_format=3)
         g.attrs.update({"experiment_id": experiment_id, "name": config.name or "", "format": EXPERIMENT_FORMAT})
 
         def arr(group, name, dims, shape, chunks, dtype, fill, attrs, data=None):
             a = group.create_array(
-                name, shape=shape, chunks=chunks, dtype=dtype, fill_value=fill,
+                name, shape=shape, **chunk_layout(chunks), dtype=dtype, fill_value=fill,
                 dimension_names=dims, attributes=attrs, compressors=chunk_compressors(dtype),
             )
             if data is not None:
@@ -286,35 +397,38 @@ class Experiment:
             np.array([r.seed for r in runs]))
         arr(g, "prompt", ["run"], (n_runs,), (n_runs,), str, "", {}, np.array([r.prompt for r in runs]))
         for name, (dtype, fill, attrs) in RUN_END_ARRAYS.items():
-            arr(g, name, ["run"], (n_runs,), (1,), dtype, fill, attrs)
+            arr(g, name, ["run"], (n_runs,), (rc.marks,), dtype, fill, attrs)
         for name, (dtype, fill, attrs) in INVOCATION_ARRAYS.items():
-            arr(g, name, ["run", "step"], (n_runs, n_steps), (1, step_chunk), dtype, fill, attrs)
+            arr(g, name, ["run", "step"], (n_runs, n_steps), rc.rows_of(step_chunk), dtype, fill, attrs)
 
         maxdim = config.persistence.maxdim
         for model in config.embedding_models:
             dim = REGISTRY[model].dim
             e = g.require_group("embeddings").create_group(model)
             e.attrs.update({"model": model, "input_kind": REGISTRY[model].input_kind.value})
-            # float32 vectors barely compress (ratio ~1.1) and compression slows writes 3-15x
+            # float32 vectors barely compress (ratio ~1.1) and compression slows writes 3-15x; one run per
+            # chunk whatever run_chunks says: the embedding task of (run, model) is the writer of its chunks
             arr(e, "vector", ["run", "step", "dim"], (n_runs, n_steps, dim), (1, step_chunk, dim), "float32",
                 np.nan, {"description": f"{model} embedding of each output it can embed; NaN elsewhere"})
-            arr(e, "done", ["run"], (n_runs,), (1,), "bool", False, {"description": "vectors of this run written"})
+            arr(e, "done", ["run"], (n_runs,), (rc.marks,), "bool", False, {"description": "vectors of this run written"})
+            add_task_arrays(e, e["done"])
             d = g.require_group("diagrams").create_group(model)
             d.attrs.update({"model": model, "maxdim": maxdim})
-            arr(d, "status", ["run"], (n_runs,), (1,), str, "",
+            arr(d, "status", ["run"], (n_runs,), (rc.marks,), str, "",
                 {"description": "ok | ok_h1_fallback | ok_subsampled (fallbacks) | over_budget | over_time | "
                                 "too_few_points (skipped) | error | run_failed (failed); empty: pending"})
-            arr(d, "reason", ["run"], (n_runs,), (1,), str, "", {})
-            for name, (dims, shape, chunks, dtype, fill, attrs) in diagram_provenance_arrays(n_runs, n_steps, maxdim).items():
+            add_task_arrays(d, d["status"])
+            arr(d, "reason", ["run"], (n_runs,), (rc.marks,), str, "", {})
+            for name, (dims, shape, chunks, dtype, fill, attrs) in diagram_provenance_arrays(n_runs, n_steps, maxdim, rc).items():
                 arr(d, name, dims, shape, chunks, dtype, fill, attrs)
-            arr(d, "entropy", ["run", "homology_dim"], (n_runs, maxdim + 1), (1, maxdim + 1), "float64", np.nan,
+            arr(d, "entropy", ["run", "homology_dim"], (n_runs, maxdim + 1), (rc.marks, maxdim + 1), "float64", np.nan,
                 {"description": "persistent entropy per homology dimension (natural log, infinite bars dropped); "
                                 "NaN where not computed or without a finite bar, 0.0 for one finite bar"})
             # The pair axis starts at this width and grows to exactly the largest diagram written (never by
             # doubling), so its width is a function of the results, not of the order they arrived in.
             cap = max(16, min(n_steps, PAIR_CHUNK))
             for name, dtype, fill in (("birth", "float64", np.nan), ("death", "float64", np.nan), ("dimension", "int8", -1)):
-                arr(d, name, ["run", "pair"], (n_runs, cap), (1, min(cap, PAIR_CHUNK)), dtype, fill,
+                arr(d, name, ["run", "pair"], (n_runs, cap), rc.rows_of(min(cap, PAIR_CHUNK)), dtype, fill,
                     {"description": "persistence pairs of each run, padded with NaN / -1; death inf = essential "
                                     "class; float32 values from giotto-ph, stored as float64"})
 
@@ -326,6 +440,8 @@ class Experiment:
             "config": json.loads(config.to_json()),
         }
         meta["config_sha256"] = config_digest(config)  # validated now: readers need not repeat it
+        if chosen != ONE_RUN_PER_CHUNK:  # absent: one run per chunk, as in every experiment before it
+            meta["run_chunks"] = {"marks": chosen.marks, "rows": chosen.rows}
         root.write_bytes(f"{exp.prefix}/experiment.json", json.dumps(meta, indent=2).encode())
         return exp
 
@@ -346,10 +462,19 @@ class ExperimentWriter:
 
     def write_steps(self, run: int, steps: list[StepRecord]) -> None:
         """Materialise ``steps`` (consecutive, from ``steps[0].step``) of one run."""
-        if not steps:
+        self.write_rows({run: steps})
+
+    def write_rows(self, rows: dict[int, list[StepRecord]]) -> None:
+        """Materialise recorded steps of several runs (each run's consecutive) in one write per array.
+
+        Runs sharing a chunk cost one read-modify-write of it: Zarr groups the cells of a
+        coordinate selection by chunk. Writing a step again writes the same values (idempotent).
+        """
+        rows = {run: steps for run, steps in rows.items() if steps}
+        if not rows:
             return
         self.exp.check_owner()
-        a, b = steps[0].step, steps[-1].step + 1
+        steps = [s for run_steps in rows.values() for s in run_steps]
         columns = {
             "model": np.array([s.model for s in steps]),
             "kind": np.array([s.kind for s in steps]),
@@ -363,20 +488,45 @@ class ExperimentWriter:
             "batch_size": np.array([s.batch_size for s in steps], dtype="int32"),
             "batch_position": np.array([s.batch_position for s in steps], dtype="int32"),
         }
+        if len(rows) == 1:  # one run: a plain slice is the faster write
+            [run] = rows
+            where = (run, slice(steps[0].step, steps[-1].step + 1))
+            for name, values in columns.items():
+                self._a(name)[where] = values
+            return
+        runs = np.repeat(np.fromiter(rows, dtype=np.int64), [len(run_steps) for run_steps in rows.values()])
+        at = np.array([s.step for s in steps], dtype=np.int64)
         for name, values in columns.items():
-            self._a(name)[run, a:b] = values
+            self._a(name).vindex[runs, at] = values
+
+    def clear_steps(self, run: int, start: int, stop: int) -> None:
+        """Fill values over steps ``start:stop`` of a run: rows shown before a resume dropped those steps."""
+        self.exp.check_owner()
+        for name, (_, fill, _) in INVOCATION_ARRAYS.items():
+            self._a(name)[run, start:stop] = fill
 
     def read_hashes(self, run: int, n: int) -> np.ndarray:
         """The output hashes of a run's first ``n`` (materialised) steps: its history for loop checks."""
         return self._a("output_hash")[run, :n]
 
     def write_run_end(self, run: int, end: RunEnd) -> None:
+        self.write_run_ends({run: end})
+
+    def write_run_ends(self, ends: dict[int, RunEnd]) -> None:
+        """The ends of several runs, one write per array (runs sharing a chunk: one rewrite of it);
+        ``stop_reason``, their marker, last."""
+        if not ends:
+            return
         self.exp.check_owner()
-        self._a("length")[run] = end.length
-        self._a("loop_start")[run] = end.loop_start
-        self._a("loop_period")[run] = end.loop_period
-        self._a("error")[run] = end.error
-        self._a("stop_reason")[run] = end.stop_reason  # the marker, last
+        runs = np.fromiter(ends, dtype=np.int64)
+        for name, values in (
+            ("length", np.array([e.length for e in ends.values()], dtype="int32")),
+            ("loop_start", np.array([e.loop_start for e in ends.values()], dtype="int32")),
+            ("loop_period", np.array([e.loop_period for e in ends.values()], dtype="int32")),
+            ("error", np.array([e.error for e in ends.values()])),
+            ("stop_reason", np.array([e.stop_reason for e in ends.values()])),  # the marker, last
+        ):
+            self._a(name).vindex[runs] = values
 
     def clear_run_end(self, run: int) -> None:
         """Undo ``write_run_end`` for a run that is given another go: marker first."""
@@ -391,12 +541,26 @@ class ExperimentWriter:
         self.exp.check_owner()
         self._a(f"diagrams/{model}/status")[run] = ""
 
-    def mark_embedded(self, run: int, model: str) -> None:
+    def mark_embedded(self, run: int, model: str, timing: TaskTiming | None = None) -> None:
+        """``done``, after when and where its task ran (``timing``; None: unknown)."""
         self.exp.check_owner()
+        self._write_timing(f"embeddings/{model}", run, timing)
         self._a(f"embeddings/{model}/done")[run] = True
 
+    def _write_timing(self, group: str, run: int, timing: TaskTiming | None) -> None:
+        """The task's ``TASK_ARRAYS`` row, where the experiment has them (older ones get them when resumed)."""
+        if not hasattr(self, "_timed"):
+            self._timed = {path for m in self.config.embedding_models for path in (f"embeddings/{m}", f"diagrams/{m}")
+                           if all(name in self.g[path] for name in TASK_ARRAYS)}
+        if group not in self._timed:
+            return
+        t = timing or TaskTiming(NO_TIME, NO_TIME, "")  # none (a failed run's diagram): clear an earlier task's
+        self._a(f"{group}/started_at")[run] = t.started_us
+        self._a(f"{group}/ended_at")[run] = t.ended_us
+        self._a(f"{group}/worker")[run] = t.worker
+
     def write_diagram(self, run: int, model: str, result) -> None:
-        """Pairs, entropy, provenance and counts of one (run, model); ``status`` last, as the marker.
+        """Pairs, entropy, provenance, counts and task times of one (run, model); ``status`` last, as the marker.
 
         The pair axis grows to exactly the pairs this diagram needs, never more, so its
         width ends as max(initial width, largest diagram written): the same whatever
@@ -439,6 +603,7 @@ class ExperimentWriter:
             self._a(f"{d}/computed")[run] = computed
             self._a(f"{d}/subsample_seed")[run] = result.subsample_seed
         self._a(f"{d}/reason")[run] = result.reason
+        self._write_timing(d, run, result.timing)
         self._a(f"{d}/status")[run] = result.status
 
     def _present(self) -> set[str]:
@@ -454,18 +619,19 @@ class ExperimentWriter:
 DIAGRAM_PROVENANCE = ("n_points", "n_points_used", "computed", "subsample_seed", "point_used")
 
 
-def diagram_provenance_arrays(n_runs: int, n_steps: int, maxdim: int) -> dict[str, tuple]:
-    """What each diagram was computed from: name -> (dims, shape, chunks, dtype, fill, attrs)."""
+def diagram_provenance_arrays(n_runs: int, n_steps: int, maxdim: int, rc: RunChunks) -> dict[str, tuple]:
+    """What each diagram was computed from: name -> (dims, shape, chunks, dtype, fill, attrs); ``rc``: runs per
+    chunk, already fitted to ``n_runs``; chunks as ``chunk_layout`` takes them."""
     step_chunk = min(n_steps, STEP_CHUNK)
     return {
-        "n_points": (["run"], (n_runs,), (1,), "int32", -1, {"description": "points in the cloud: the steps with an embedding"}),
-        "n_points_used": (["run"], (n_runs,), (1,), "int32", -1,
+        "n_points": (["run"], (n_runs,), (rc.marks,), "int32", -1, {"description": "points in the cloud: the steps with an embedding"}),
+        "n_points_used": (["run"], (n_runs,), (rc.marks,), "int32", -1,
                           {"description": "points the diagram was computed from (fewer when subsampled; 0: not computed)"}),
-        "computed": (["run", "homology_dim"], (n_runs, maxdim + 1), (1, maxdim + 1), "bool", False,
+        "computed": (["run", "homology_dim"], (n_runs, maxdim + 1), (rc.marks, maxdim + 1), "bool", False,
                      {"description": "homology dimension computed (False: skipped, failed, or above an H1 fallback)"}),
-        "subsample_seed": (["run"], (n_runs,), (1,), "int64", -1,
+        "subsample_seed": (["run"], (n_runs,), (rc.marks,), "int64", -1,
                            {"description": "seed of the subsample (numpy default_rng(seed).choice, sorted); -1: none"}),
-        "point_used": (["run", "step"], (n_runs, n_steps), (1, step_chunk), "bool", False,
+        "point_used": (["run", "step"], (n_runs, n_steps), rc.rows_of(step_chunk), "bool", False,
                        {"description": "the step's embedding is one of the points the diagram was computed from"}),
     }
 

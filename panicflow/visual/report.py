@@ -169,12 +169,41 @@ def _provenance(source: Source, state: dict[str, Any]) -> str:
         facts.append(("completed", datetime.fromtimestamp(done / 1e6, timezone.utc).isoformat(timespec="seconds")))
     for k, session in enumerate(source.exp.sessions(), 1):  # what each coordinator session ran with
         versions = ", ".join(f"{n} {v}" for n, v in (session.get("versions") or {}).items() if v)
-        facts.append((f"session {k} ({session.get('host', '')})", versions))
+        workers = f", {len(session['workers'])} worker(s)" if isinstance(session.get("workers"), dict) else ""
+        facts.append((f"session {k} ({session.get('host', '')}{workers})", versions))
+    facts += _task_durations(source.exp)
     for kind in ("clusters", "drift", "distances"):
         for name, attrs in list_results(source.exp, kind).items():
             what = json.dumps(attrs.get("parameters", {"model": attrs.get("model")}))
             facts.append((f"analysis/{kind}/{name}", f"{what}; {json.dumps(attrs.get('versions', {}))}"))
     return "".join(f"<dt>{html.escape(str(k))}</dt><dd>{html.escape(str(v))}</dd>" for k, v in facts)
+
+
+def _task_durations(exp) -> list[tuple[str, str]]:
+    """Per stage and embedding model, from the task times of the marked results: how many tasks,
+    their median and longest duration, and on how many workers (none for experiments without them)."""
+    import numpy as np
+
+    from ..store.experiment import NO_TIME
+
+    g = exp.group(read_only=True)
+    facts = []
+    for stage, marker in (("embeddings", "done"), ("diagrams", "status")):
+        for model in exp.config.embedding_models:
+            node = g[f"{stage}/{model}"]
+            if "started_at" not in node:
+                continue  # created before task times were recorded
+            start, end = node["started_at"][:], node["ended_at"][:]
+            marked = node[marker][:]
+            marked = marked if marked.dtype == bool else marked != ""
+            timed = marked & (start != NO_TIME) & (end != NO_TIME)
+            if not timed.any():
+                continue
+            seconds = (end[timed] - start[timed]) / 1e6
+            workers = len({str(w) for w in node["worker"][:][timed]} - {""})
+            facts.append((f"{stage} {model}", f"{int(timed.sum())} tasks: median {np.median(seconds):.2f} s, longest "
+                                             f"{seconds.max():.2f} s, {seconds.sum():.1f} s in all, on {workers} worker(s)"))
+    return facts
 
 
 def _version(name: str) -> str:
