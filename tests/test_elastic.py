@@ -150,25 +150,3 @@ def test_cpu_stages_count_per_worker_and_leave_each_gpu_a_thread(semantics_exper
     coord._drain_cpu_queue()
     assert [kw["workers"] for kw in client.submitted][2:] == [["tcp://g3"]] and not coord.cpu_queue
 
-
-def test_model_calls_do_not_prefer_a_holder_whose_threads_cpu_stages_hold(semantics_experiment):
-    """A model call loosely sent to its holder waits there behind a whole diagram: while CPU stages
-    hold every thread of the holder, the call has no preference and Dask places it."""
-    from panicflow.scheduler.coordinator import Coordinator
-    from panicflow.store import Store
-
-    store, eid = semantics_experiment
-    st = Store(store)
-    client = FakeClient({"tcp://g": (2, True), "tcp://c": (1, False)})
-    coord = Coordinator(client, st, st.experiment(eid))
-    coord.load()
-    coord.holders["DummyI2T"] = {"tcp://c"}
-    assert coord._placement("DummyI2T") == {"workers": ["tcp://c"], "allow_other_workers": True}
-    run = coord.runs[0]
-    coord.runs[1].end = None  # a run still going
-    coord._dirty.add(1)
-    coord._look_at_dirty_runs()
-    run.diagrams.discard("DummyText")
-    coord._submit_diagram(run, "DummyText")
-    assert client.submitted[-1]["workers"] == ["tcp://c"]  # the diagram holds c's only thread
-    assert "workers" not in coord._placement("DummyI2T")

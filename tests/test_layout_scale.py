@@ -93,7 +93,7 @@ def test_twenty_thousand_runs_make_fewer_objects_than_runs(tmp_path):
     assert files == metadata + creator + sum(_objects(a) for a in written.values())
     # one run per chunk: an object per run (and per chunk along the other dimensions) in every array
     one_run_per_chunk = sum(n * int(np.prod(a.cdata_shape[1:])) for a in written.values())
-    assert files < one_run_per_chunk / 10, (files, one_run_per_chunk)
+    assert files < n and files < one_run_per_chunk / 10, (files, one_run_per_chunk)
 
     # the coordinator's grouped writes land in the right runs of shared chunks
     writer = ExperimentWriter(exp)
