@@ -210,6 +210,8 @@ def test_an_experiment_of_format_1_is_upgraded_when_resumed(client, tmp_path):
     removed = ["batch_id", "batch_size", "batch_position", "diagrams/DummyText/point_used"]
     for name in removed:
         shutil.rmtree(folder / "data.zarr" / name)
+    root = folder / "data.zarr" / "zarr.json"  # a format-1 experiment has no consolidated metadata either
+    root.write_text(json.dumps({k: v for k, v in json.loads(root.read_text()).items() if k != "consolidated_metadata"}))
     meta = json.loads((folder / "experiment.json").read_text())
     (folder / "experiment.json").write_text(json.dumps({**meta, "format": 1}))
     assert "batch_id" not in panicflow.open_experiment(eid, store=store)["/"].ds  # format 1 still opens
