@@ -35,7 +35,8 @@ elsewhere they are work that ``panicflow experiment resume`` still has to do.
 
 ``fix=True`` repairs in phases, re-checking after each (a repaired ``zarr.json`` can reveal
 data problems behind it): 1. metadata, regenerated from the stored config; 2. chunks that
-cannot be decoded are deleted (they read as fill values, i.e. missing, afterwards);
+cannot be decoded are deleted (they read as fill values, i.e. missing, afterwards; in a
+shard of runs' rows only the damaged run's chunk is replaced);
 3. rows, run ends, creation arrays, objects, leftovers, from the store itself (journal,
 config, surviving columns, re-running deterministic models and accepting only outputs
 that hash to what the store already holds); 4. embeddings and diagrams, by clearing their
