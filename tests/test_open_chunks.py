@@ -15,17 +15,9 @@ from distributed import get_task_stream
 import panicflow
 from panicflow.api import RUN_LABELS
 from panicflow.errors import RunsFailed
+from test_xarray_idioms import CONFIG as IDIOMS_CONFIG
 
-CONFIG = {
-    "name": "chunks",
-    # PoisonT2I fails the "poison" prompt's runs: a finished experiment in state failed, strings in `error`
-    "networks": [["DummyT2I", "DummyI2T"], ["PoisonT2I", "DummyI2T"]],
-    "seeds": [22, -1],
-    "prompts": ["a cat", "a poison dog"],
-    "embedding_models": ["DummyText", "DummyVision"],
-    "max_length": 12,
-    "retry": {"max_attempts": 1, "backoff_s": 0},
-}
+CONFIG = {**IDIOMS_CONFIG, "name": "chunks"}  # the idiom tests' experiment: a failed network, strings in `error`
 MODEL = "DummyText"
 
 
