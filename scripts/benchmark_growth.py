@@ -66,8 +66,14 @@ def one(runs: int, length: int, workers: int, store: str) -> dict:
         marks["cpu0"] = cpu()
         marks["rss0"] = me.memory_info().rss
 
+    expected = runs * length  # unseeded runs never stop early
+    samples: list = []  # (invocations, RSS growth MB) at each tenth of the runs stage: flat or growing?
+
     def progress(p) -> None:
-        marks["rss_max"] = max(marks.get("rss_max", 0), me.memory_info().rss)
+        rss = me.memory_info().rss
+        marks["rss_max"] = max(marks.get("rss_max", 0), rss)
+        if "rss0" in marks and p.invocations >= expected * (len(samples) + 1) / 10 and len(samples) < 10:
+            samples.append((p.invocations, round((rss - marks["rss0"]) / 2**20, 1)))
         if "runs_done" not in marks and p.runs_ended == p.runs:
             marks["runs_done"] = time.perf_counter()
             marks["cpu1"] = cpu()
@@ -87,6 +93,7 @@ def one(runs: int, length: int, workers: int, store: str) -> dict:
         "worker_cpu_ms_per_invocation": round(1000 * (w1 - w0) / n, 3),
         "coordinator_peak_rss_mb": round(peak / 2**20, 1),
         "coordinator_rss_growth_mb": round((marks.get("rss_max", marks["rss0"]) - marks["rss0"]) / 2**20, 1),
+        "rss_growth_mb_by_invocations": samples,
     }
 
 
@@ -128,7 +135,7 @@ def main() -> None:
     if args.out:
         with open(args.out, "w") as f:
             json.dump(rows, f, indent=1)
-    keys = list(rows[0])
+    keys = [k for k in rows[0] if k != "rss_growth_mb_by_invocations"]  # the samples are in the JSON rows
     print("\n| " + " | ".join(keys) + " |\n|" + "---|" * len(keys))
     for r in rows:
         print("| " + " | ".join(str(r[k]) for k in keys) + " |")
