@@ -213,3 +213,22 @@ def test_an_empty_host_is_refused_before_any_cluster_starts(host):
     with pytest.raises(UserError, match="--host"):
         with connect(host=host, workers=1):
             pass
+
+
+def test_a_script_without_the_main_guard_gets_one_line_saying_to_add_it(tmp_path):
+    """Worker processes are spawned and re-run the user's script; a top-level `run_experiment`
+    there used to start a cluster inside each worker and end in ~240 lines of Nanny traces."""
+    script = tmp_path / "experiment.py"
+    script.write_text(
+        "import panicflow\n"
+        f"panicflow.run_experiment({CONFIG!r}, store='./store', workers=1, dashboard_address=':0')\n"
+    )
+    out = subprocess.run([sys.executable, str(script)], cwd=tmp_path, env=child_env(), capture_output=True,
+                         text=True, timeout=300)
+    assert out.returncode != 0
+    last = out.stderr.strip().splitlines()[-1]
+    assert last.startswith("panicflow.errors.UserError: the cluster's worker processes did not start")
+    assert 'if __name__ == "__main__":' in last and str(script) in last
+    # the worker said it too, in one line, instead of starting a cluster of its own
+    assert any(line.startswith("panicflow: put the call under") for line in out.stderr.splitlines())
+    assert not (tmp_path / "store").exists()  # nothing was written

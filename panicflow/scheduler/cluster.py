@@ -15,6 +15,7 @@ import os
 import secrets
 import signal
 import socket
+import sys
 import threading
 from typing import TYPE_CHECKING, Any, Callable, Iterator
 
@@ -148,12 +149,43 @@ class _CtrlCHeld:
             raise KeyboardInterrupt
 
 
+_MAIN_GUARD = (
+    "put the call under `if __name__ == \"__main__\":` in your script: the embedded cluster's worker "
+    "processes start by re-running the script, and must not start a cluster of their own"
+)
+
+
+def _refuse_in_worker_bootstrap() -> None:
+    """Stop a script's top-level call to start a cluster in a worker process that is re-running it.
+
+    Worker processes are spawned: each re-runs the user's ``__main__`` script (as ``__mp_main__``)
+    while ``multiprocessing`` marks it as still inheriting. Without this, that worker would start
+    a LocalCluster of its own and the parent would only see a long "Nanny failed to start" trace.
+    """
+    import multiprocessing
+
+    if getattr(multiprocessing.current_process(), "_inheriting", False):
+        raise SystemExit(f"panicflow: {_MAIN_GUARD}")  # one line on the worker's stderr
+
+
+def _started(make: Callable[[], Any]) -> Any:
+    """``make()``; a failure to start the worker processes of a script without the guard says so."""
+    try:
+        return make()
+    except RuntimeError as exc:
+        main = sys.modules.get("__main__")
+        if "failed to start" in str(exc) and getattr(main, "__file__", None):
+            raise UserError(f"the cluster's worker processes did not start ({_one_line(exc)}); if {main.__file__} "
+                            f"calls panicflow at its top level, {_MAIN_GUARD}") from None
+        raise
+
+
 @contextlib.contextmanager
 def _own(make: Callable[[], Any], security: Security | None) -> Iterator[Client]:
     """A client of the cluster ``make()`` starts, closed on exit; Ctrl-C is held while it
     starts and stops (``_CtrlCHeld``) and acted on once it is up, or once it is closed."""
     with _CtrlCHeld() as starting:
-        cluster = make()
+        cluster = _started(make)
         try:
             client = Client(cluster, security=security)
         except BaseException:
@@ -232,6 +264,7 @@ def connect(
         return
     if workers is not None and workers < 1:
         raise UserError(f"--workers: must be at least 1 (got {workers})")
+    _refuse_in_worker_bootstrap()
     check_listen(host, dashboard_address)
     tls = {"security": security, "protocol": "tls://"} if security is not None else {}
     dashboard = dashboard_bind(dashboard_address, host)
