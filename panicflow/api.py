@@ -22,7 +22,7 @@ from PIL import Image
 
 from .config import ExperimentConfig, load_config
 from .errors import STORE_WRITE_ERRNOS, RunsFailed, StoreError, StoreIOError, UserError
-from .scheduler import dashboard
+from .scheduler import dashboard, spans
 from .scheduler.cluster import LOCALHOST, check_security, check_store_reachable, connect
 from .scheduler.coordinator import Coordinator, Progress
 from .store import Experiment, Store, consolidated
@@ -201,6 +201,7 @@ def _drive(st, exp, c, progress, on_start, retry_failed=False) -> None:
     if on_start:
         on_start(exp, c)
     publisher = _Publisher(c, exp, progress)
+    spans.register(c)  # the scheduler forgets our finished Dask spans: flat memory (scheduler/spans.py)
     Coordinator(c, st, exp, progress=publisher, retry_failed=retry_failed).run()
     status = experiment_status(exp.id, store=st)
     if publisher.enabled:  # the final numbers, read from the store as `panicflow experiment status` does
