@@ -150,3 +150,34 @@ def test_cpu_stages_count_per_worker_and_leave_each_gpu_a_thread(semantics_exper
     coord._drain_cpu_queue()
     assert [kw["workers"] for kw in client.submitted][2:] == [["tcp://g3"]] and not coord.cpu_queue
 
+
+
+def test_a_cluster_left_without_workers_is_reported_and_waited_for(tmp_path, monkeypatch, caplog):
+    """Every worker gone mid-run (an adaptive cluster scaled to zero, a job ended): the coordinator
+    said nothing and waited silently; now it warns, keeps waiting, and finishes once one joins."""
+    import logging
+    import threading
+
+    from panicflow.scheduler import coordinator
+
+    monkeypatch.setattr(coordinator, "NO_WORKERS_WARN_S", 1.0)
+    store = str(tmp_path / "store")
+    config = {**CONFIG, "max_length": 12, "prompts": CONFIG["prompts"][:2]}
+    with DaskCluster(workers=1, nthreads=1, env=child_env(PANICFLOW_TEST_SLEEP_S="0.1")) as cluster, cluster.client() as client:
+        def empty_then_refill() -> None:
+            deadline = time.monotonic() + 120
+            while journaled_steps(store) < 4 and time.monotonic() < deadline:
+                time.sleep(0.05)
+            cluster.kill_worker("w0")
+            while "no Dask worker is connected" not in caplog.text and time.monotonic() < deadline:
+                time.sleep(0.1)
+            cluster.add_worker()
+
+        thread = threading.Thread(target=empty_then_refill, daemon=True)
+        thread.start()
+        with caplog.at_level(logging.WARNING, logger="panicflow"):
+            eid = panicflow.run_experiment(config, store=store, client=client)
+        thread.join(60)
+    assert f"no Dask worker is connected to {cluster.address}" in caplog.text
+    root = panicflow.open_experiment(eid, store=store)["/"].ds
+    assert (root.length.values == 12).all()

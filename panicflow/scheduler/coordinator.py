@@ -52,6 +52,7 @@ log = logging.getLogger(__name__)
 # Dask runs higher priorities first: keep the model calls flowing, then embed, then diagrams
 PRIORITY = {"invoke": 30, "embed": 20, "diagram": 10}
 CLUSTER_LOOK_S = 2.0  # how often the coordinator looks at the cluster's workers (they come and go)
+NO_WORKERS_WARN_S = 60.0  # with none, a warning this often: an adaptive cluster may still start some
 VERIFY_WINDOW_S = 120.0  # outputs journaled this long before a crash are checked on resume (power cuts)
 GATHER_TIMEOUT_S = 10.0  # results are small: longer means one is being computed again (a worker died)
 # Runs still going are written to Zarr (their steps not yet in a full 1024-step chunk) at least this
@@ -196,6 +197,7 @@ class Coordinator:
         # model calls never queue behind them on a worker's threads (_drain_cpu_queue)
         self.cpu_queue: deque[tuple[str, str, int, Callable, tuple]] = deque()  # (kind, model, run, fn, args)
         self._last_cluster_look = -math.inf
+        self._no_workers_since: float | None = None  # since when the cluster has had no worker
         self.workers: dict[str, dict[str, Any]] = {}  # address -> host and versions, of every worker met
         self._session: dict[str, Any] | None = None  # the provenance record, once run() started
         self._refresh_cluster()
@@ -216,6 +218,14 @@ class Coordinator:
             return
         self._last_cluster_look = now
         workers = self.client.scheduler_info(n_workers=-1).get("workers", {})
+        if workers:
+            self._no_workers_since = None
+        elif self._no_workers_since is None:
+            self._no_workers_since = now
+        elif now - self._no_workers_since >= NO_WORKERS_WARN_S:  # left, or never came: say so, keep waiting
+            self._no_workers_since = now
+            log.warning("no Dask worker is connected to %s; waiting for one (start one with `dask worker %s`)",
+                        self.client.scheduler.address, self.client.scheduler.address)
         threads = sum(int(w.get("nthreads", 1)) for w in workers.values()) or 1
         gpu_workers = {a for a, w in workers.items() if "GPU" in (w.get("resources") or {})}
         # a cluster whose workers declare a GPU resource (LocalCUDACluster, --gpus, or the user's):
