@@ -45,6 +45,7 @@ from ..store.experiment import (
 from ..store.journal import RunEvent, StepRecord
 from ..store.lease import LeaseLost
 from . import tasks
+from .pending import PendingSteps
 from .versions import mismatch_lines, package_versions, worker_info
 
 log = logging.getLogger(__name__)
@@ -95,17 +96,18 @@ class RunState:
 
     Steps live in the journal and in Zarr; here only the last one and those not yet written to
     Zarr: since the last full 1024-step chunk or the last time running runs were shown
-    (``Coordinator._show_running``, every 30 s), or what a resume read from the journal. So the
-    coordinator's memory grows neither with the length of the runs nor, beyond 30 s of steps,
-    with their number (issue 7 item 7; keeping shown steps until their chunk filled held about
-    500 bytes per invocation of 10,000 runs of 100 steps). Loop detection reads the rest from Zarr.
+    (``Coordinator._show_running``), or what a resume read from the journal. Those wait in a
+    local temporary file, 8 bytes each in memory (scheduler/pending.py), so the coordinator's
+    memory grows neither with the length of the runs nor with the steps between two shows,
+    which come seldom when many runs are going (issue 7 item 7: about 490 bytes per step in
+    memory held +350 MB with 10,000 runs of 100 steps). Loop detection reads the rest from Zarr.
     """
 
     spec: RunSpec
     max_length: int
     n_steps: int = 0
     last: StepRecord | None = None
-    pending: list[StepRecord] = field(default_factory=list)  # recorded, not yet written to Zarr
+    pending: PendingSteps = field(default_factory=PendingSteps)  # recorded, not in Zarr yet: on local disk
     end: RunEnd | None = None
     flushed: int = 0  # steps in Zarr: pending starts here
     materialised: bool = False  # stop_reason written
@@ -136,7 +138,7 @@ class RunState:
 
     def mark_flushed(self) -> None:
         self.flushed = self.n_steps
-        self.pending = []
+        self.pending.clear()
 
     def input_for_next(self) -> str:
         if self.last is None:
@@ -457,7 +459,7 @@ class Coordinator:
         after SHOW_SHARE of the time it took, whichever is longer."""
         began = time.monotonic()
         going = [st for st in map(self.runs.__getitem__, self._open) if st.end is None and st.pending]
-        self.writer.write_rows({st.spec.index: st.pending for st in going})
+        self.writer.write_rows({st.spec.index: list(st.pending) for st in going})
         for st in going:
             st.mark_flushed()
         took = time.monotonic() - began
@@ -683,7 +685,7 @@ class Coordinator:
             elif st.n_steps % self._step_chunk == 0:
                 full.append(st)
         # runs of one batch often share a chunk: one write of their rows for all of them
-        self.writer.write_rows({st.spec.index: st.pending for st in full})
+        self.writer.write_rows({st.spec.index: list(st.pending) for st in full})
         for st in full:
             st.mark_flushed()
         if ended:
@@ -752,7 +754,7 @@ class Coordinator:
         """Materialise runs that ended (the rows of all of them, then their ends: one write per array,
         so runs sharing a chunk rewrite it once), then submit their embeddings."""
         fresh = [st for st in ended if not st.materialised]
-        self.writer.write_rows({st.spec.index: st.pending for st in fresh})
+        self.writer.write_rows({st.spec.index: list(st.pending) for st in fresh})
         for st in fresh:
             st.mark_flushed()
         self.writer.write_run_ends({st.spec.index: st.end for st in fresh})
