@@ -16,6 +16,8 @@ embedder (DummyText), persistence maxdim 0 (the later stages stay small).
     .venv/bin/python scripts/benchmark_growth.py --runs 10 100 1000 10000 --length 100
     .venv/bin/python scripts/benchmark_growth.py --runs 16 --length 100 1000 5000
     .venv/bin/python scripts/benchmark_growth.py --runs 16 --length 400 --workers 1 2 4
+    .venv/bin/python scripts/benchmark_growth.py --runs 256 --length 20 --workers 1 2 4 8 --model-sleep 0.5
+                                   # model time dominates (SleepT2I): does throughput follow the workers?
     ... --out growth.json                                                  # also write the rows
     ... --compare /tmp/base        # each point also with the panicflow of another checkout, interleaved
                                    # (e.g. `git worktree add /tmp/base <commit>`): ratios from one run
@@ -33,14 +35,19 @@ import tempfile
 import time
 
 
-def one(runs: int, length: int, workers: int, store: str) -> dict:
+class RunsStageDone(Exception):
+    """Raised from the progress callback to stop an experiment once its runs ended (--runs-stage-only)."""
+
+
+def one(runs: int, length: int, workers: int, store: str, sleep_s: float = 0.0, runs_stage_only: bool = False) -> dict:
     import psutil
 
     import panicflow
 
     config = {
         "name": f"growth-{runs}x{length}",
-        "networks": [["DummyT2I", "DummyI2T"]],
+        # SleepT2I: DummyT2I that sleeps PANICFLOW_TEST_SLEEP_S per batch, a GPU-bound model's stand-in
+        "networks": [["SleepT2I" if sleep_s else "DummyT2I", "DummyI2T"]],
         "seeds": [-1] * runs,
         "prompts": ["a lighthouse in a storm"],
         "embedding_models": ["DummyText"],
@@ -78,16 +85,21 @@ def one(runs: int, length: int, workers: int, store: str) -> dict:
             marks["runs_done"] = time.perf_counter()
             marks["cpu1"] = cpu()
             marks["invocations"] = p.invocations
+            if runs_stage_only:
+                raise RunsStageDone
 
     t0 = time.perf_counter()
-    panicflow.run_experiment(config, store=store, workers=workers, on_start=on_start, progress=progress)
+    try:
+        panicflow.run_experiment(config, store=store, workers=workers, on_start=on_start, progress=progress)
+    except RunsStageDone:
+        pass
     total = time.perf_counter() - t0
     wall = marks["runs_done"] - marks["start"]
     n = marks["invocations"]
     (c0, w0), (c1, w1) = marks["cpu0"], marks["cpu1"]
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     return {
-        "runs": runs, "max_length": length, "workers": workers, "invocations": n,
+        "runs": runs, "max_length": length, "workers": workers, "model_sleep_s": sleep_s, "invocations": n,
         "runs_stage_s": round(wall, 2), "total_s": round(total, 2), "invocations_per_s": round(n / wall, 1),
         "coordinator_cpu_ms_per_invocation": round(1000 * (c1 - c0) / n, 3),
         "worker_cpu_ms_per_invocation": round(1000 * (w1 - w0) / n, 3),
@@ -102,6 +114,10 @@ def main() -> None:
     ap.add_argument("--runs", type=int, nargs="+", default=[16])
     ap.add_argument("--length", type=int, nargs="+", default=[100])
     ap.add_argument("--workers", type=int, nargs="+", default=[2])
+    ap.add_argument("--model-sleep", type=float, default=0.0, metavar="S",
+                    help="SleepT2I in place of DummyT2I, sleeping S seconds per batch (model time, not CPU, dominates)")
+    ap.add_argument("--runs-stage-only", action="store_true",
+                    help="stop each experiment once its runs ended (no embeddings or diagrams; total_s is then that)")
     ap.add_argument("--quick", action="store_true", help="4 runs x 20 steps on 1 worker")
     ap.add_argument("--out", help="write the rows as JSON here")
     ap.add_argument("--compare", metavar="DIR", help="a checkout whose panicflow each point also runs with")
@@ -109,8 +125,7 @@ def main() -> None:
     ap.add_argument("--one", help=argparse.SUPPRESS)  # internal: one point, in this process
     args = ap.parse_args()
     if args.one:
-        runs, length, workers, store = json.loads(args.one)
-        print(json.dumps(one(runs, length, workers, store)))
+        print(json.dumps(one(*json.loads(args.one))))
         return
     if args.quick:
         args.runs, args.length, args.workers = [4], [20], [1]
@@ -123,8 +138,11 @@ def main() -> None:
                 for _ in range(args.repeat):
                     for label, code in codes:  # interleaved, so that both see the same machine load
                         with tempfile.TemporaryDirectory(prefix="panicflow-growth-") as tmp:
-                            point = json.dumps([runs, length, workers, os.path.join(tmp, "store")])
+                            point = json.dumps([runs, length, workers, os.path.join(tmp, "store"), args.model_sleep,
+                                                args.runs_stage_only])
                             env = {**os.environ, "PYTHONPATH": os.pathsep.join([code, os.environ.get("PYTHONPATH", "")])}
+                            if args.model_sleep:  # SleepT2I is a test model
+                                env.update(PANICFLOW_TEST_MODELS="1", PANICFLOW_TEST_SLEEP_S=str(args.model_sleep))
                             out = subprocess.run([sys.executable, __file__, "--one", point], capture_output=True,
                                                  text=True, env=env, cwd=tmp)
                         if out.returncode:
