@@ -71,3 +71,28 @@ def test_a_full_temporary_folder_keeps_steps_in_memory(spool, monkeypatch, caplo
     assert "stay in memory" in caplog.text
     p.clear()
     assert spool.live == 0 and not p
+
+
+def test_running_runs_shown_a_group_at_a_time_give_the_same_rows(client, tmp_path, monkeypatch):
+    """_show_running writes SHOW_GROUP runs at a time (their steps come back from disk a group at
+    a time); shown at every round in groups of 16, 40 runs end with the rows they get unshown."""
+    import numpy as np
+
+    import panicflow
+    from panicflow.scheduler import coordinator
+
+    config = {"networks": [["DummyT2I", "DummyI2T"]], "seeds": [7], "prompts": [f"p{i}" for i in range(40)],
+              "embedding_models": ["DummyText"], "max_length": 30, "persistence": {"maxdim": 0}}
+    variables = ("output_hash", "text", "invocation_seed", "model")
+
+    def rows(store: str) -> dict:
+        root = panicflow.open_experiment(panicflow.run_experiment(config, store=store, client=client), store=store)["/"].ds
+        return {v: root[v].values.astype(object) for v in variables}
+
+    plain = rows(str(tmp_path / "plain"))
+    monkeypatch.setattr(coordinator, "SHOW_RUNNING_S", 0.0)
+    monkeypatch.setattr(coordinator, "SHOW_GROUP", 16)
+    shown = rows(str(tmp_path / "shown"))
+    for v in variables:
+        assert np.array_equal(plain[v], shown[v]), v
+    assert (plain["output_hash"] != "").all()  # every step of every run is there

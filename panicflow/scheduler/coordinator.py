@@ -60,6 +60,7 @@ GATHER_TIMEOUT_S = 10.0  # results are small: longer means one is being computed
 # often, so that readers see them (docs/store.md, "Reading while writing"); less often only where
 # writing them took more than SHOW_SHARE of the coordinator's time (very many runs going at once)
 SHOW_RUNNING_S = 30.0
+SHOW_GROUP = 256  # runs whose rows one write of _show_running holds in memory (16 per row chunk)
 SHOW_SHARE = 0.1
 
 
@@ -458,10 +459,15 @@ class Coordinator:
         them), grouped so that runs sharing a chunk rewrite it once. Every SHOW_RUNNING_S, or
         after SHOW_SHARE of the time it took, whichever is longer."""
         began = time.monotonic()
-        going = [st for st in map(self.runs.__getitem__, self._open) if st.end is None and st.pending]
-        self.writer.write_rows({st.spec.index: list(st.pending) for st in going})
-        for st in going:
-            st.mark_flushed()
+        going = sorted((st for st in map(self.runs.__getitem__, self._open) if st.end is None and st.pending),
+                       key=lambda st: st.spec.index)
+        # SHOW_GROUP runs at a time (a multiple of every layout's runs per chunk, so each chunk is
+        # still rewritten once): their pending steps come back from disk a group at a time
+        for _, group in itertools.groupby(going, key=lambda st: st.spec.index // SHOW_GROUP):
+            group = list(group)
+            self.writer.write_rows({st.spec.index: list(st.pending) for st in group})
+            for st in group:
+                st.mark_flushed()
         took = time.monotonic() - began
         self._next_show = time.monotonic() + max(SHOW_RUNNING_S, took / SHOW_SHARE)
 
