@@ -5,9 +5,10 @@ shows the runs still going (``Coordinator._show_running``). Showing rewrites who
 with many runs going it is slow (about 15 ms per run here) and backs off to a tenth of the
 coordinator's time: with 10,000 runs it came every 25 minutes or so, and the steps in between,
 about 490 bytes each as Python objects, grew the coordinator by 350 MB (10,000 runs x 100 steps,
-docs/performance.md). Here each pending step costs 8 bytes of memory: the step itself is pickled
-into one unlinked temporary file per process (``tempfile``: the coordinator's own disk, whatever
-the store is), and read back when it is written to Zarr. The journal, not this file, is what
+docs/performance.md). Here each pending step costs 8 bytes of memory: the step itself, as a
+JSON line like the journal's (nothing is unpickled, tests/test_security.py), goes into one
+unlinked temporary file per process (``tempfile``: the coordinator's own disk, whatever the
+store is) and is read back when it is written to Zarr. The journal, not this file, is what
 makes a step durable: a crash loses the file with the process, and a resume reads the journal.
 
 The file is emptied whenever no pending step is left in it, which every show of the running
@@ -17,15 +18,17 @@ runs brings about. Should the file fail (a full temporary folder), steps stay in
 from __future__ import annotations
 
 import array
+import json
 import logging
 import os
-import pickle
 import tempfile
-from typing import IO, Any, Iterator
+from typing import IO, Iterator
+
+from ..store.journal import StepRecord
 
 log = logging.getLogger(__name__)
 
-_LENGTH_BITS = 24  # a pickled step is far below 16 MB; offset and length share one 64-bit word
+_LENGTH_BITS = 24  # a step's JSON is far below 16 MB; offset and length share one 64-bit word
 
 
 class _Spool:
@@ -37,8 +40,8 @@ class _Spool:
         self.live = 0  # steps written here and not yet released
         self.broken = False  # writing failed once: steps stay in memory from then on
 
-    def put(self, obj: Any) -> int | None:
-        data = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
+    def put(self, step: StepRecord) -> int | None:
+        data = json.dumps(vars(step), ensure_ascii=False).encode()
         if self.broken or len(data) >= 1 << _LENGTH_BITS:
             return None
         try:
@@ -54,9 +57,10 @@ class _Spool:
         self.live += 1
         return where
 
-    def get(self, where: int) -> Any:
+    def get(self, where: int) -> StepRecord:
         assert self._file is not None
-        return pickle.loads(os.pread(self._file.fileno(), where & ((1 << _LENGTH_BITS) - 1), where >> _LENGTH_BITS))
+        data = os.pread(self._file.fileno(), where & ((1 << _LENGTH_BITS) - 1), where >> _LENGTH_BITS)
+        return StepRecord(**json.loads(data))
 
     def release(self, n: int) -> None:
         self.live -= n
@@ -81,7 +85,7 @@ class PendingSteps:
         self._spooled: array.array | None = None  # created at the first step: most runs wait with none
         self._memory: list | None = None
 
-    def append(self, step: Any) -> None:
+    def append(self, step: StepRecord) -> None:
         where = None if self._memory is not None else SPOOL.put(step)  # once in memory, stay: order kept
         if where is None:
             if self._memory is None:
@@ -98,7 +102,7 @@ class PendingSteps:
     def __bool__(self) -> bool:
         return len(self) > 0
 
-    def __iter__(self) -> Iterator[Any]:
+    def __iter__(self) -> Iterator[StepRecord]:
         if self._spooled is not None:
             for where in self._spooled:
                 yield SPOOL.get(where)
