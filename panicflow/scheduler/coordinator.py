@@ -405,6 +405,8 @@ class Coordinator:
         except BaseException as exc:
             for fut in self.in_flight:
                 fut.cancel()
+            for st in self.runs:  # abandoned (the journal has them): the spool may empty for the next experiment
+                st.pending.clear()
             try:
                 self.exp.journal.close()  # what was appended, durable
                 if isinstance(exc, KeyboardInterrupt):

@@ -22,6 +22,7 @@ import json
 import logging
 import os
 import tempfile
+import threading
 from typing import IO, Iterator
 
 from ..store.journal import StepRecord
@@ -35,6 +36,7 @@ class _Spool:
     """One append-only temporary file per process; ``put`` gives where, ``get`` reads it back."""
 
     def __init__(self) -> None:
+        self._lock = threading.Lock()  # two experiments may run in one process, from two threads
         self._file: IO[bytes] | None = None
         self._end = 0
         self.live = 0  # steps written here and not yet released
@@ -44,18 +46,19 @@ class _Spool:
         data = json.dumps(vars(step), ensure_ascii=False).encode()
         if self.broken or len(data) >= 1 << _LENGTH_BITS:
             return None
-        try:
-            if self._file is None:
-                self._file = tempfile.TemporaryFile(prefix="panicflow-pending-")
-            os.pwrite(self._file.fileno(), data, self._end)
-        except OSError as exc:
-            self.broken = True
-            log.warning("pending steps stay in memory from now on: cannot write to %s (%s)", tempfile.gettempdir(), exc)
-            return None
-        where = self._end << _LENGTH_BITS | len(data)
-        self._end += len(data)
-        self.live += 1
-        return where
+        with self._lock:
+            try:
+                if self._file is None:
+                    self._file = tempfile.TemporaryFile(prefix="panicflow-pending-")
+                os.pwrite(self._file.fileno(), data, self._end)
+            except OSError as exc:
+                self.broken = True
+                log.warning("pending steps stay in memory from now on: cannot write to %s (%s)", tempfile.gettempdir(), exc)
+                return None
+            where = self._end << _LENGTH_BITS | len(data)
+            self._end += len(data)
+            self.live += 1
+            return where
 
     def get(self, where: int) -> StepRecord:
         assert self._file is not None
@@ -63,10 +66,11 @@ class _Spool:
         return StepRecord(**json.loads(data))
 
     def release(self, n: int) -> None:
-        self.live -= n
-        if self.live == 0 and self._end and self._file is not None:
-            self._file.truncate(0)  # nothing pending is left here: start the file again
-            self._end = 0
+        with self._lock:
+            self.live -= n
+            if self.live == 0 and self._end and self._file is not None:
+                self._file.truncate(0)  # nothing pending is left here: start the file again
+                self._end = 0
 
     @property
     def size(self) -> int:
@@ -113,9 +117,3 @@ class PendingSteps:
         if self._spooled is not None:
             SPOOL.release(len(self._spooled))
         self._spooled = self._memory = None
-
-    def __del__(self) -> None:  # a run dropped with steps pending (an experiment stopped): free its place
-        try:
-            self.clear()
-        except Exception:  # interpreter shutdown
-            pass
