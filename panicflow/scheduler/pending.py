@@ -6,7 +6,7 @@ with many runs going it is slow (about 15 ms per run here) and backs off to a te
 coordinator's time: with 10,000 runs it came every 25 minutes or so, and the steps in between,
 about 490 bytes each as Python objects, grew the coordinator by 350 MB (10,000 runs x 100 steps,
 docs/performance.md). Here each pending step costs 8 bytes of memory: the step itself, as a
-JSON line like the journal's (nothing is unpickled, tests/test_security.py), goes into one
+journal line (``encode_record``; nothing is unpickled, tests/test_security.py), goes into one
 unlinked temporary file per process (``tempfile``: the coordinator's own disk, whatever the
 store is) and is read back when it is written to Zarr. The journal, not this file, is what
 makes a step durable: a crash loses the file with the process, and a resume reads the journal.
@@ -18,14 +18,13 @@ runs brings about. Should the file fail (a full temporary folder), steps stay in
 from __future__ import annotations
 
 import array
-import json
 import logging
 import os
 import tempfile
 import threading
 from typing import IO, Iterator
 
-from ..store.journal import StepRecord
+from ..store.journal import StepRecord, decode_record, encode_record
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +42,7 @@ class _Spool:
         self.broken = False  # writing failed once: steps stay in memory from then on
 
     def put(self, step: StepRecord) -> int | None:
-        data = json.dumps(vars(step), ensure_ascii=False).encode()
+        data = encode_record(step).encode()
         if self.broken or len(data) >= 1 << _LENGTH_BITS:
             return None
         with self._lock:
@@ -63,7 +62,7 @@ class _Spool:
     def get(self, where: int) -> StepRecord:
         assert self._file is not None
         data = os.pread(self._file.fileno(), where & ((1 << _LENGTH_BITS) - 1), where >> _LENGTH_BITS)
-        return StepRecord(**json.loads(data))
+        return decode_record(data)  # type: ignore[return-value]  # only steps are put here
 
     def release(self, n: int) -> None:
         with self._lock:

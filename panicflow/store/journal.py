@@ -71,6 +71,20 @@ class RunEvent:
 SEGMENT_BYTES = 64 << 20  # a local segment is closed and a new one started past this size
 SYNC_EVERY_S = 1.0  # a local segment is fsynced at most this often (and when the coordinator stops)
 
+
+def encode_record(rec: StepRecord | RunEvent) -> str:
+    """One journal line (without its newline); also the pending-step spool's format."""
+    kind = "step" if isinstance(rec, StepRecord) else "event"
+    return json.dumps({"type": kind, **vars(rec)}, ensure_ascii=False)  # flat: no asdict deep copy
+
+
+def decode_record(line: bytes | str) -> StepRecord | RunEvent:
+    """What ``encode_record`` wrote; ValueError, KeyError, TypeError or AttributeError where it does not parse."""
+    obj = json.loads(line)  # plain JSON: nothing in the store is unpickled
+    kind = obj.pop("type")
+    return StepRecord(**obj) if kind == "step" else RunEvent(**obj)
+
+
 # <session>-<seq>-<token>.jsonl; zero-padded so that a listing sorted by name is in write order
 _NAME = re.compile(r"(\d{8,})-(\d{10,})-([0-9a-f]{6})\.jsonl")
 
@@ -102,10 +116,7 @@ class Journal:
         return f"{self._session:08d}-{next(self._seq):010d}-{self._token}.jsonl"
 
     def append(self, records: Iterable[StepRecord | RunEvent]) -> None:
-        lines = []
-        for rec in records:
-            kind = "step" if isinstance(rec, StepRecord) else "event"
-            lines.append(json.dumps({"type": kind, **vars(rec)}, ensure_ascii=False))  # flat: no asdict deep copy
+        lines = [encode_record(rec) for rec in records]
         if not lines:
             return
         data = ("\n".join(lines) + "\n").encode("utf-8")
@@ -151,9 +162,7 @@ class Journal:
             if n == len(lines):
                 break  # no newline yet: a line being appended, or cut by a power cut; never acted on
             try:
-                obj = json.loads(line)  # plain JSON: nothing in the store is unpickled
-                kind = obj.pop("type")
-                records.append(StepRecord(**obj) if kind == "step" else RunEvent(**obj))
+                records.append(decode_record(line))
             except (ValueError, KeyError, TypeError, AttributeError):
                 raise StoreError(
                     f"journal {self.root.path_for_display(f'{self.prefix}/{name}')} is damaged at line {n}"
