@@ -15,10 +15,11 @@ import unicodedata
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, ValidationInfo
+from pydantic_core import PydanticCustomError
 
 from .display import is_control
 from .errors import ConfigError
@@ -30,24 +31,43 @@ MAX_LENGTH = 1_000_000  # steps per run
 MAX_RUNS = 1_000_000  # networks x seeds x prompts
 
 
+def _no_bool(kind: str):
+    """A before-validator refusing YAML/JSON booleans where a number is expected: pydantic would take
+    ``true`` as 1 (``seeds: [true]`` ran seed 1) while it refuses 1.5. A stored config (validated with
+    ``context={"stored": True}``) is still read as before, so no older experiment becomes unreadable."""
+
+    def check(value: Any, info: ValidationInfo) -> Any:
+        if isinstance(value, bool) and not (info.context or {}).get("stored"):
+            raise PydanticCustomError("bool_number", "Input should be a valid {kind}, got a boolean ({value})",
+                                      {"kind": kind, "value": str(value).lower()})
+        return value
+
+    return BeforeValidator(check)
+
+
+Int = Annotated[int, _no_bool("integer")]  # nested inside lists and dicts (seeds, batch_size values)
+_INT = _no_bool("integer")  # on a whole field, before an ``int | None`` union (one error, not one per member)
+_FLOAT = _no_bool("number")
+
+
 class PersistenceConfig(BaseModel):
     """How persistence diagrams are computed (giotto-ph ``ripser_parallel``)."""
 
     model_config = ConfigDict(extra="forbid")
-    maxdim: int = Field(2, ge=0, le=3)
+    maxdim: Annotated[int, _INT] = Field(2, ge=0, le=3)
     collapse_edges: bool | None = None  # None: the measured default in analysis.topology
-    memory_budget_gb: float | None = Field(None, gt=0, allow_inf_nan=False)  # None: a share of the worker's memory limit
+    memory_budget_gb: Annotated[float | None, _FLOAT] = Field(None, gt=0, allow_inf_nan=False)  # None: a share of the worker's memory limit
     fallback: Literal["skip", "h1", "subsample"] = "skip"
     # a diagram still computing after this long is stopped and recorded as over_time (never wait for ever)
-    time_limit_s: float | None = Field(3600.0, gt=0, allow_inf_nan=False)
+    time_limit_s: Annotated[float | None, _FLOAT] = Field(3600.0, gt=0, allow_inf_nan=False)
 
 
 class RetryConfig(BaseModel):
     """Retries of failed model calls (transient errors such as CUDA faults)."""
 
     model_config = ConfigDict(extra="forbid")
-    max_attempts: int = Field(3, ge=1)
-    backoff_s: float = Field(1.0, ge=0, allow_inf_nan=False)
+    max_attempts: Annotated[int, _INT] = Field(3, ge=1)
+    backoff_s: Annotated[float, _FLOAT] = Field(1.0, ge=0, allow_inf_nan=False)
 
 
 class BatchingConfig(BaseModel):
@@ -64,7 +84,7 @@ class BatchingConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     mode: Literal["auto", "deterministic", "free"] = "auto"
-    group_size: int | None = Field(None, ge=1)  # None: the smallest batch size of the network's models
+    group_size: Annotated[int | None, _INT] = Field(None, ge=1)  # None: the smallest batch size of the network's models
     invariant: Literal["none", "per_item"] = "none"
 
 
@@ -74,12 +94,12 @@ class ExperimentConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     networks: list[list[str]]
-    seeds: list[int]
+    seeds: list[Int]
     prompts: list[str]
     embedding_models: list[str]
-    max_length: int
+    max_length: Annotated[int, _INT]
     name: str | None = None
-    batch_size: dict[str, int] = Field(default_factory=dict)  # per model; defaults from the registry
+    batch_size: dict[str, Int] = Field(default_factory=dict)  # per model; defaults from the registry
     persistence: PersistenceConfig = Field(default_factory=PersistenceConfig)
     retry: RetryConfig = Field(default_factory=RetryConfig)
     batching: BatchingConfig = Field(default_factory=BatchingConfig)
@@ -169,7 +189,8 @@ def _semantic_problems(raw: dict[str, Any], typed: bool = False, stored: bool = 
         val = raw.get(key)
         if not isinstance(val, list):
             return None
-        return val if typed or all(isinstance(v, typ) for v in val) else None
+        # a boolean is an int to Python but not a number here (pydantic reports it)
+        return val if typed or all(isinstance(v, typ) and not isinstance(v, bool) for v in val) else None
 
     networks = raw.get("networks")
     networks = networks if isinstance(networks, list) else None
@@ -265,7 +286,7 @@ def _semantic_problems(raw: dict[str, Any], typed: bool = False, stored: bool = 
     for model, size in (raw.get("batch_size") or {}).items() if isinstance(raw.get("batch_size"), dict) else []:
         if model not in REGISTRY:
             problems.append(f"batch_size.{_key(model)}: unknown model {_show(model)}")
-        elif isinstance(size, int) and size < 1:
+        elif isinstance(size, int) and not isinstance(size, bool) and size < 1:
             problems.append(f"batch_size.{_key(model)}: must be at least 1 (got {_show(size)})")
     return problems
 
@@ -296,7 +317,7 @@ def validate_config(raw: Any, *, stored: bool = False) -> ExperimentConfig:
         raise ConfigError(too_many)  # before pydantic and the checks walk millions of items
     problems: list[str] = []
     try:
-        config = ExperimentConfig.model_validate(raw, strict=False)
+        config = ExperimentConfig.model_validate(raw, strict=False, context={"stored": stored})
     except ValidationError as exc:
         config = None
         for err in exc.errors():
@@ -330,7 +351,7 @@ def validate_stored_config(raw: Any, digest: Any = None) -> ExperimentConfig:
     """
     if isinstance(raw, dict) and isinstance(digest, str) and not _too_many_runs(raw):
         try:
-            config: ExperimentConfig | None = ExperimentConfig.model_validate(raw, strict=False)
+            config: ExperimentConfig | None = ExperimentConfig.model_validate(raw, strict=False, context={"stored": True})
         except ValidationError:
             config = None
         if (

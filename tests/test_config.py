@@ -177,3 +177,55 @@ def test_a_stored_config_naming_a_model_this_process_lacks_is_an_error(tmp_path,
     monkeypatch.delitem(REGISTRY, "DummyI2T")  # as a test model is without PANICFLOW_TEST_MODELS
     with pytest.raises(StoreError, match=r"its stored config is invalid: networks\[0\]\[1\]: unknown model 'DummyI2T'"):
         Experiment(store.root, exp.id).config
+
+
+# ------------------------------------------- booleans are not numbers (issue 21 item 5)
+@pytest.mark.parametrize(
+    "changes, expected",
+    [
+        ({"seeds": [True]}, "seeds[0]: Input should be a valid integer, got a boolean (true)"),
+        ({"seeds": [1, False]}, "seeds[1]: Input should be a valid integer, got a boolean (false)"),
+        ({"max_length": True}, "max_length: Input should be a valid integer, got a boolean (true)"),
+        ({"batch_size": {"DummyT2I": True}}, "batch_size.DummyT2I: Input should be a valid integer, got a boolean (true)"),
+        ({"persistence": {"maxdim": True}}, "persistence.maxdim: Input should be a valid integer, got a boolean (true)"),
+        ({"persistence": {"memory_budget_gb": True}}, "persistence.memory_budget_gb: Input should be a valid number, got a boolean (true)"),
+        ({"persistence": {"time_limit_s": True}}, "persistence.time_limit_s: Input should be a valid number, got a boolean (true)"),
+        ({"retry": {"max_attempts": True}}, "retry.max_attempts: Input should be a valid integer, got a boolean (true)"),
+        ({"retry": {"backoff_s": False}}, "retry.backoff_s: Input should be a valid number, got a boolean (false)"),
+        ({"batching": {"group_size": True}}, "batching.group_size: Input should be a valid integer, got a boolean (true)"),
+    ],
+)
+def test_a_boolean_where_a_number_is_expected_is_refused(changes, expected):
+    """YAML ``true`` was taken as 1 (``seeds: [true]`` ran seed 1, ``max_length: true`` one step)
+    while ``1.5`` was refused: a boolean is refused like any other non-number, one line."""
+    assert problems(**changes) == [expected]
+
+
+def test_booleans_are_reported_with_every_other_problem_from_a_yaml_file(tmp_path):
+    (tmp_path / "c.yaml").write_text("networks: [[DummyT2I, DummyI2T]]\nseeds: [true, 1, 1.5]\nprompts: [a cat]\n"
+                                     "embedding_models: [DummyText]\nmax_length: true\nretry: {max_attempts: yes}\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(tmp_path / "c.yaml")
+    assert info.value.lines == [
+        "seeds[0]: Input should be a valid integer, got a boolean (true)",
+        "seeds[2]: Input should be a valid integer, got a number with a fractional part",
+        "max_length: Input should be a valid integer, got a boolean (true)",
+        "retry.max_attempts: Input should be a valid integer, got a boolean (true)",
+    ]
+    assert validate_config({**GOOD, "persistence": {"collapse_edges": True}}).persistence.collapse_edges is True  # a real bool
+
+
+def test_a_stored_config_holding_a_boolean_number_stays_readable(tmp_path):
+    """Older versions took ``true`` as 1: an experiment whose stored config somehow holds one (edited,
+    or written before this rule) is still read, as 1, with or without its digest."""
+    from panicflow.store.experiment import Experiment
+
+    store, exp = _stored(tmp_path, GOOD)
+    meta_path = tmp_path / "store" / "experiments" / exp.id / "experiment.json"
+    meta = json.loads(meta_path.read_text())
+    meta["config"].update(seeds=[True, 2], max_length=True)
+    meta["config"]["retry"]["max_attempts"] = True
+    meta_path.write_text(json.dumps(meta))
+    config = Experiment(store.root, exp.id).config
+    assert (config.seeds, config.max_length, config.retry.max_attempts) == ([1, 2], 1, 1)
+    assert validate_config({**GOOD, "seeds": [True]}, stored=True).seeds == [1]
