@@ -8,9 +8,9 @@ Memory budget. Each registry entry gives its approximate GPU memory need
 (``extra['approx_gpu_gb']``; dummies need 0). Before building a model that is
 not loaded, the cache evicts the least recently used models until the loaded
 ones plus the new one fit the budget. The budget is, in order: ``set_memory_budget``,
-the ``PANICFLOW_MODEL_MEMORY_GB`` environment variable, dask config
-``panicflow.model-memory-gb``, 90% of the GPU's memory when torch is loaded and
-sees a GPU, else unlimited. A model larger than the whole budget is still
+the ``panicflow.model-memory-gb`` setting (the ``PANICFLOW_MODEL_MEMORY_GB`` environment
+variable, then dask config: docs/settings.md), 90% of the GPU's memory when torch is
+loaded and sees a GPU, else unlimited. A model larger than the whole budget is still
 loaded, alone.
 
 Scheduling. ``loaded_models()`` (on a worker) and ``held_models(client)`` (from
@@ -34,6 +34,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, Iterable, Union
 
+from .. import settings
 from . import REGISTRY, get_spec
 from .base import EmbeddingModel, GenerativeModel, ModelSpec
 
@@ -73,17 +74,9 @@ def memory_budget_gb() -> float | None:
     """The budget in force (``None`` means unlimited)."""
     if _budget_gb is not None:
         return _budget_gb
-    env = os.environ.get(MEMORY_ENV)
-    if env:
-        return float(env)
-    try:
-        import dask
-
-        value = dask.config.get("panicflow.model-memory-gb", default=None)
-        if value is not None:
-            return float(value)
-    except Exception:  # pragma: no cover
-        pass
+    value = settings.get("model-memory-gb")  # $PANICFLOW_MODEL_MEMORY_GB, then dask config
+    if value is not None:
+        return value
     torch = sys.modules.get("torch")  # never import torch just to ask
     if torch is not None:
         try:

@@ -14,6 +14,7 @@ import secrets
 from datetime import datetime, timezone
 from pathlib import Path
 
+from .. import settings
 from ..errors import StoreError, StoreUnavailable, UnknownExperiment
 from .experiment import Experiment
 from .objects import ObjectStore
@@ -25,7 +26,9 @@ DEFAULT_STORE = "./panicflow-store"
 
 
 def default_location() -> str:
-    return os.environ.get("PANICFLOW_STORE") or DEFAULT_STORE
+    """The store used when none is given: the ``panicflow.store`` setting (``$PANICFLOW_STORE``,
+    ``DASK_PANICFLOW__STORE``, Dask's YAML files; default ``./panicflow-store``: docs/settings.md)."""
+    return settings.get("store")
 
 
 class Store:

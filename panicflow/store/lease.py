@@ -33,6 +33,7 @@ import threading
 import time
 from typing import Any
 
+from .. import settings
 from ..errors import PanicflowError, UserError
 from .root import StoreRoot
 
@@ -42,8 +43,10 @@ FENCE_CHECK_S = 0.25
 
 
 def ttl_s() -> float:
-    """The lease's time to live; ``PANICFLOW_LEASE_TTL_S`` shortens it for tests (renewal: a sixth)."""
-    return float(os.environ.get("PANICFLOW_LEASE_TTL_S", LEASE_TTL_S))
+    """The lease's time to live: the ``panicflow.lease-ttl`` setting (default ``LEASE_TTL_S``;
+    ``$PANICFLOW_LEASE_TTL_S`` still works, tests shorten it so; docs/settings.md). The owner
+    renews it every ``HEARTBEAT_S``, or every sixth of it when that is shorter."""
+    return settings.get("lease-ttl")
 
 _EPOCH = re.compile(r"(\d{8,})\.json")
 

@@ -11,10 +11,13 @@ import os
 from pathlib import Path
 from typing import Any
 
+from ... import settings
 from ...errors import PermanentError, UserError
 from ..base import ModelSpec
 
-#: The environment variables this module reads (all optional).
+#: The older environment variables of this module's settings (all optional; the
+#: ``panicflow.models-dir``, ``panicflow.trust-remote-code`` and ``panicflow.device``
+#: settings read them first: docs/settings.md).
 MODELS_DIR_ENV = "PANICFLOW_MODELS_DIR"
 TRUST_REMOTE_CODE_ENV = "PANICFLOW_TRUST_REMOTE_CODE"
 DEVICE_ENV = "PANICFLOW_DEVICE"
@@ -35,8 +38,9 @@ class RemoteCodeNotAllowed(UserError, PermanentError):
 
 
 # Process-wide settings, set by the config/CLI layer (or by a worker plugin) and
-# read on the worker when a model is built. Environment variables and dask
-# config are the fallbacks, so that worker processes see the same choice.
+# read on the worker when a model is built. The panicflow.* settings (the older
+# environment variables, then dask config) are the fallbacks, so that worker
+# processes see the same choice.
 _settings: dict[str, Any] = {"models_dir": None, "trust_remote_code": None}
 _resolved: dict[str, Path] = {}  # model name -> the folder its weights were loaded from
 
@@ -44,27 +48,20 @@ _resolved: dict[str, Path] = {}  # model name -> the folder its weights were loa
 def configure(*, models_dir: str | os.PathLike | None = None, trust_remote_code: bool | None = None) -> None:
     """Set this process's model directory and remote-code permission.
 
-    ``None`` leaves a setting to its fallbacks: dask config
-    (``panicflow.models-dir``, ``panicflow.trust-remote-code``, which distributed
-    hands to the worker processes it starts), then the environment variables
-    ``PANICFLOW_MODELS_DIR`` and ``PANICFLOW_TRUST_REMOTE_CODE=1``.
+    ``None`` leaves a setting to its fallbacks, the ``panicflow.models-dir`` and
+    ``panicflow.trust-remote-code`` settings: the environment variables
+    ``PANICFLOW_MODELS_DIR`` and ``PANICFLOW_TRUST_REMOTE_CODE=1``, then dask config
+    (which distributed hands to the worker processes it starts; docs/settings.md).
     """
     _settings["models_dir"] = None if models_dir is None else str(models_dir)
     _settings["trust_remote_code"] = trust_remote_code
 
 
-def _dask_config(key: str) -> Any:
-    try:
-        import dask
-
-        return dask.config.get(key, default=None)
-    except Exception:  # pragma: no cover - dask is a core dependency
-        return None
-
-
 def models_dirs() -> list[Path]:
-    """The model directories to look in, most specific first."""
-    dirs = [_settings["models_dir"], _dask_config("panicflow.models-dir"), os.environ.get(MODELS_DIR_ENV)]
+    """The model directories to look in, most specific first: ``configure``'s, then every
+    source of the ``panicflow.models-dir`` setting that gives one (``$PANICFLOW_MODELS_DIR``,
+    then dask config), so a folder named in either is searched."""
+    dirs = [_settings["models_dir"], *(value for value, _ in settings.sources("models-dir"))]
     out: list[Path] = []
     for d in dirs:
         if d and Path(d).expanduser() not in out:
@@ -79,10 +76,12 @@ def _truthy(value: Any) -> bool:
 
 
 def remote_code_allowed(explicit: bool | None = None) -> bool:
-    for value in (explicit, _settings["trust_remote_code"], _dask_config("panicflow.trust-remote-code")):
+    """Whether models may run their repositories' code: ``explicit``, ``configure``'s choice,
+    then the ``panicflow.trust-remote-code`` setting (``$PANICFLOW_TRUST_REMOTE_CODE``, dask config)."""
+    for value in (explicit, _settings["trust_remote_code"]):
         if value is not None:
             return _truthy(value)
-    return _truthy(os.environ.get(TRUST_REMOTE_CODE_ENV, ""))
+    return settings.get("trust-remote-code")
 
 
 def check_remote_code(spec: ModelSpec, explicit: bool | None = None) -> bool:
@@ -207,7 +206,7 @@ def _resolve(spec: ModelSpec) -> Path:
 
 
 def pick_device(spec: ModelSpec) -> str:
-    device = spec.extra.get("device") or os.environ.get(DEVICE_ENV)
+    device = spec.extra.get("device") or settings.get("device")  # $PANICFLOW_DEVICE, dask config
     if device:
         return device
     (torch,) = require("torch")
