@@ -56,10 +56,12 @@ class PersistenceConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     maxdim: Annotated[int, _INT] = Field(2, ge=0, le=3)
     collapse_edges: bool | None = None  # None: the measured default in analysis.topology
-    memory_budget_gb: Annotated[float | None, _FLOAT] = Field(None, gt=0, allow_inf_nan=False)  # None: a share of the worker's memory limit
+    # None: the worker's panicflow.diagram.memory-budget-gb setting, by default a share of its memory limit
+    memory_budget_gb: Annotated[float | None, _FLOAT] = Field(None, gt=0, allow_inf_nan=False)
     fallback: Literal["skip", "h1", "subsample"] = "skip"
-    # a diagram still computing after this long is stopped and recorded as over_time (never wait for ever)
-    time_limit_s: Annotated[float | None, _FLOAT] = Field(3600.0, gt=0, allow_inf_nan=False)
+    # a diagram still computing after this long is stopped and recorded as over_time (never wait for ever);
+    # None: the worker's panicflow.diagram.time-limit setting (default 3600 s; docs/settings.md)
+    time_limit_s: Annotated[float | None, _FLOAT] = Field(None, gt=0, allow_inf_nan=False)
 
 
 class RetryConfig(BaseModel):

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from .. import settings
 from ..models import REGISTRY, Kind, get_spec
 from ..models.cache import get_model
 from ..store import Store
@@ -132,7 +133,8 @@ def embed_run(store_url: str, experiment_id: str, run: int, model: str, length: 
 
 
 def _memory_budget_gb(configured: float | None) -> float | None:
-    """The memory one diagram may use: as configured, else a share of this worker's limit.
+    """The memory one diagram may use: as configured (``persistence.memory_budget_gb``), else
+    this worker's ``panicflow.diagram.memory-budget-gb`` setting, else a share of its limit.
 
     Each of a worker's threads may run a diagram at once (each in its own child
     process, which Dask's memory monitor does not see), so the share is half the
@@ -141,6 +143,9 @@ def _memory_budget_gb(configured: float | None) -> float | None:
     """
     if configured is not None:
         return configured
+    setting = settings.get("diagram.memory-budget-gb")
+    if setting is not None:
+        return setting
     try:
         from distributed import get_worker
 
@@ -152,12 +157,19 @@ def _memory_budget_gb(configured: float | None) -> float | None:
     return limit / 1e9 * 0.5 / nthreads if limit else None
 
 
+def _time_limit_s(configured: float | None) -> float | None:
+    """How long one diagram may compute: as configured (``persistence.time_limit_s``), else
+    this worker's ``panicflow.diagram.time-limit`` setting (default 3600 s; None: no limit)."""
+    return configured if configured is not None else settings.get("diagram.time-limit")
+
+
 def diagram_run(store_url: str, experiment_id: str, run: int, model: str, length: int, options: dict[str, Any]):
     """Persistence diagram of one (run, embedding model) point cloud.
 
     giotto-ph runs in a child process of this thread (``analysis.diagram_process``):
     several threads of a worker never share it, ``time_limit_s`` stops it (status
-    ``over_time``), and a child killed for memory is recorded (status ``error``)
+    ``over_time``; not in the config: this worker's ``panicflow.diagram.time-limit``
+    setting), and a child killed for memory is recorded (status ``error``)
     instead of taking the worker down. These outcomes are returned, not raised, so
     Dask does not retry them.
     """
@@ -168,8 +180,9 @@ def diagram_run(store_url: str, experiment_id: str, run: int, model: str, length
     exp = Experiment(store.root, experiment_id)
     vectors = exp.group(read_only=True)[f"embeddings/{model}/vector"][run, :length]
     steps = np.flatnonzero(~np.isnan(vectors).any(axis=1))
-    opts = {k: v for k, v in options.items() if v is not None}  # None: the module's default (no time limit)
+    opts = {k: v for k, v in options.items() if v is not None}  # None: the settings below, or topology's default
     opts["memory_budget_gb"] = _memory_budget_gb(options.get("memory_budget_gb"))
+    opts["time_limit_s"] = _time_limit_s(options.get("time_limit_s"))
     # the stored float32 vectors, exactly as a direct giotto-ph call on the store would see them
     result = compute_diagram(vectors[steps], PersistenceOptions(**opts), rng_seed=run)
     result.steps = steps
