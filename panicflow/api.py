@@ -21,10 +21,11 @@ from distributed import Client
 from PIL import Image
 
 from .config import ExperimentConfig, load_config
-from .errors import STORE_WRITE_ERRNOS, RunsFailed, StoreError, StoreIOError, UserError
+from .errors import STORE_WRITE_ERRNOS, Interrupted, RunsFailed, StoreError, StoreIOError, UserError
 from .scheduler import dashboard, spans
 from .scheduler.cluster import LOCALHOST, check_security, check_store_reachable, connect
 from .scheduler.coordinator import Coordinator, Progress
+from .scheduler.stopping import StopRequest, signals_handled
 from .store import Experiment, Store, consolidated
 from .store.experiment import read_markers
 from .store.journal import StepRecord
@@ -56,6 +57,7 @@ def run_experiment(
     dashboard_address: str | int | None = None,
     gpus: int | None = None,
     scheduler_file: str | os.PathLike | None = None,
+    stop: StopRequest | None = None,
 ) -> str:
     """Run an experiment to the end and return its id.
 
@@ -74,6 +76,12 @@ def run_experiment(
 
     Raises ``RunsFailed`` (with ``.experiment_id``) when the experiment finished
     but some runs failed; ``resume_experiment(id, retry_failed=True)`` retries them.
+
+    SIGTERM, SIGHUP and Ctrl-C (in the main thread) stop it gracefully: nothing new starts,
+    results in flight land for ``stop.grace_s`` seconds (default 5), the experiment is marked
+    interrupted and ``panicflow.errors.Interrupted`` (with ``.experiment_id``) is raised; a second
+    signal stops at once. ``stop`` (a ``panicflow.scheduler.stopping.StopRequest``) sets the grace,
+    and lets another thread stop it (``stop.request("cancel")``).
     """
     cfg = load_config(config)
     if workers is not None and workers < 1:
@@ -88,7 +96,7 @@ def run_experiment(
             st.ensure_created()
             exp = Experiment.create(st.root, st.new_experiment_id(), cfg)
         with _store_faults(st, exp), exp.take():
-            _drive(st, exp, c, progress, on_start)
+            _drive(st, exp, c, progress, on_start, stop=stop)
     return exp.id
 
 
@@ -107,12 +115,14 @@ def resume_experiment(
     dashboard_address: str | int | None = None,
     gpus: int | None = None,
     scheduler_file: str | os.PathLike | None = None,
+    stop: StopRequest | None = None,
 ) -> str:
     """Finish an interrupted experiment exactly as an uninterrupted run would have.
 
     ``retry_failed`` also gives runs that failed (their model kept raising)
-    another go from the step that failed. The cluster arguments are those of
-    ``run_experiment``, and so is ``RunsFailed`` when runs are still failed at the end.
+    another go from the step that failed. The cluster arguments, ``stop`` and the signals
+    are those of ``run_experiment``, and so are ``RunsFailed`` when runs are still failed at
+    the end and ``Interrupted`` when it is stopped again.
     """
     st = _store(store)
     exp = st.experiment(experiment_id)
@@ -130,7 +140,7 @@ def resume_experiment(
         host=host, security=security, gpus=gpus, scheduler_file=scheduler_file,
     ) as c:
         check_store_reachable(c, st)
-        _drive(st, exp, c, progress, on_start, retry_failed)
+        _drive(st, exp, c, progress, on_start, retry_failed, stop=stop)
     return exp.id
 
 
@@ -181,6 +191,7 @@ class _Publisher:
         self.client, self.exp, self.callback, self.interval_s = client, exp, callback, interval_s
         self.enabled = dashboard.register(client)
         self.last = 0.0
+        self.latest: dict[str, Any] = {}  # the last snapshot published
 
     def __call__(self, snap) -> None:
         if self.callback:
@@ -190,19 +201,35 @@ class _Publisher:
             self.last = now
             self.publish({**dashboard.snapshot_dict(snap), "name": self.exp.name or "", "state": "running"})
 
+    def stopped(self, state: str) -> None:
+        """The coordinator stopped before the end: its last numbers, with the state it left
+        (no store read: a batch system's SIGKILL follows its SIGTERM within seconds)."""
+        if self.enabled and self.latest:
+            self.publish({**self.latest, "state": state})
+
     def publish(self, snapshot: dict[str, Any]) -> None:
+        self.latest = snapshot
         try:
             dashboard.publish_progress(self.client, self.exp.id, snapshot)
         except Exception as exc:  # the page is a view: never let it stop an experiment
             log.debug("progress not published: %r", exc)
 
 
-def _drive(st, exp, c, progress, on_start, retry_failed=False) -> None:
+def _drive(st, exp, c, progress, on_start, retry_failed=False, stop: StopRequest | None = None) -> None:
     if on_start:
         on_start(exp, c)
     publisher = _Publisher(c, exp, progress)
     spans.register(c)  # the scheduler forgets our finished Dask spans: flat memory (scheduler/spans.py)
-    Coordinator(c, st, exp, progress=publisher, retry_failed=retry_failed).run()
+    stop = stop or StopRequest()
+    try:
+        with signals_handled(stop):  # SIGTERM, SIGHUP, Ctrl-C: stop gracefully (scheduler/stopping.py)
+            Coordinator(c, st, exp, progress=publisher, retry_failed=retry_failed, stop=stop).run()
+    except (Interrupted, KeyboardInterrupt):
+        publisher.stopped("interrupted")
+        raise
+    except Exception:
+        publisher.stopped("failed")
+        raise
     status = experiment_status(exp.id, store=st)
     if publisher.enabled:  # the final numbers, read from the store as `panicflow experiment status` does
         publisher.publish(dashboard.snapshot_dict(status))

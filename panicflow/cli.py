@@ -28,7 +28,7 @@ from rich.table import Table
 
 from . import api
 from .display import printable, shown
-from .errors import RunsFailed, StoreIOError, UserError
+from .errors import Interrupted, RunsFailed, StoreIOError, UserError
 from .models import list_models
 from .scheduler.cluster import LOCALHOST
 from .scheduler.dashboard import page_url as dashboard_page
@@ -90,6 +90,9 @@ _PEM = dict(exists=True, dir_okay=False, readable=True)
 TlsCaOpt = Annotated[Optional[Path], typer.Option("--tls-ca-file", help="CA certificate (PEM) to verify a tls:// scheduler.", **_PEM)]
 TlsCertOpt = Annotated[Optional[Path], typer.Option("--tls-cert", help="Client certificate (PEM) for a tls:// scheduler.", **_PEM)]
 TlsKeyOpt = Annotated[Optional[Path], typer.Option("--tls-key", help="Key of --tls-cert (PEM), unless the certificate file holds it.", **_PEM)]
+GraceOpt = Annotated[Optional[float], typer.Option(
+    "--grace", min=0, help="Seconds results in flight get to land after SIGTERM, SIGHUP or Ctrl-C (default 5; 0: stop at once).",
+)]
 
 
 def _store(store: Optional[str]) -> str:
@@ -105,6 +108,36 @@ def _cluster(
         scheduler=scheduler, scheduler_file=scheduler_file, workers=workers, gpus=gpus, host=host,
         dashboard_address=dashboard_address, security=_security(tls_ca_file, tls_cert, tls_key),
     )
+
+
+def _cluster_options(
+    scheduler: Optional[str], scheduler_file: Optional[Path], workers: Optional[int], gpus: Optional[int], host: str,
+    tls_ca_file: Optional[Path], tls_cert: Optional[Path], tls_key: Optional[Path],
+) -> str:
+    """The options that name the same cluster again, for the resume command a stop prints: run as
+    printed without them, resume would start a local cluster instead of joining the one it ran on."""
+    import os
+    import shlex
+
+    import dask.config
+
+    parts: list[str] = []
+    if scheduler_file is not None:
+        parts += ["--scheduler-file", os.path.abspath(scheduler_file)]
+    elif scheduler:
+        parts += ["--scheduler", scheduler]
+    elif workers is None and gpus is None and dask.config.get("scheduler-address", None):
+        parts += ["--scheduler", dask.config.get("scheduler-address")]  # what $DASK_SCHEDULER_ADDRESS named then
+    if workers is not None:
+        parts += ["--workers", str(workers)]
+    if gpus is not None:
+        parts += ["--gpus", str(gpus)]
+    if host != LOCALHOST and not (scheduler or scheduler_file):
+        parts += ["--host", host]
+    for option, path in (("--tls-ca-file", tls_ca_file), ("--tls-cert", tls_cert), ("--tls-key", tls_key)):
+        if path is not None:
+            parts += [option, os.path.abspath(path)]
+    return " ".join(shlex.quote(p) for p in parts)
 
 
 def _security(ca_file: Optional[Path], cert: Optional[Path], key: Optional[Path]):
@@ -201,13 +234,21 @@ def _finish(eid: str, store: str, as_json: bool, wall: float) -> None:
 
 
 class _Interrupted(Exception):
-    """Ctrl-C stopped ``experiment run`` or ``resume``: ``main`` prints ``line`` and exits 130."""
+    """Ctrl-C, SIGTERM or SIGHUP stopped ``experiment run`` or ``resume``: ``main`` prints ``line``
+    and exits with ``code`` (128 + the signal's number: 130, 143, 129; scheduler/stopping.py)."""
 
-    def __init__(self, experiment_id: str | None, store: str) -> None:
+    def __init__(self, experiment_id: str | None, store: str, reason: str = "SIGINT", cluster: str = "") -> None:
+        from .scheduler.stopping import EXIT_CODES
+
+        import shlex
+
+        self.reason, self.code = reason, EXIT_CODES.get(reason, 130)
+        by = "" if reason == "SIGINT" else f" ({reason})"
         if experiment_id:
-            self.line = f"interrupted; panicflow experiment resume {experiment_id} --store {store} finishes it"
+            command = " ".join(["panicflow experiment resume", experiment_id, "--store", shlex.quote(store), cluster]).strip()
+            self.line = f"interrupted{by}; {command} finishes it"
         else:
-            self.line = "interrupted before the experiment was created; nothing to resume"
+            self.line = f"interrupted{by} before the experiment was created; nothing to resume"
         super().__init__(self.line)
 
 
@@ -224,31 +265,41 @@ def _completed(experiment_id: str, store: str) -> bool:
         return False
 
 
-def _execute(start: Callable[..., str], store: str, as_json: bool, experiment_id: str | None = None) -> None:
+def _execute(start: Callable[..., str], store: str, as_json: bool, experiment_id: str | None = None,
+             grace: float | None = None, cluster: str = "") -> None:
     """Run or resume an experiment with progress bars, then print its summary (or JSON) and id.
 
-    ``start(progress=..., on_start=...)`` runs it and returns its id. Ctrl-C stops it with one
-    line saying how to resume (``_Interrupted``, exit 130), unless it had completed; any other
-    error once the experiment is known still gives --json its id and the error.
+    ``start(progress=..., on_start=..., stop=...)`` runs it and returns its id. Ctrl-C, SIGTERM
+    or SIGHUP stop it (gracefully while the coordinator runs: ``grace`` seconds for results in
+    flight) with the id on stdout and one line saying how to resume on the same cluster
+    (``cluster``: its options), exit 128 + the signal (``_Interrupted``), unless it had
+    completed; any other error once the experiment is known still gives --json its id and the error.
     """
+    from .scheduler.stopping import DEFAULT_GRACE_S, StopRequest
+
     bars = _Bars(not as_json)
     t0 = time.monotonic()
     known = {"id": experiment_id}
+    stop = StopRequest(DEFAULT_GRACE_S if grace is None else grace, say=_say)
 
     def on_start(exp, client) -> None:
         known["id"] = exp.id
         bars.start(exp, client)
 
     try:
-        eid = start(progress=bars.update, on_start=on_start)
+        eid = start(progress=bars.update, on_start=on_start, stop=stop)
     except RunsFailed as exc:  # the summary (or JSON) still follows; _finish exits 1
         eid = _runs_failed(exc, bars)
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, Interrupted) as exc:
         eid = known["id"]
-        if eid is None or not _completed(eid, store):  # one that completed before the Ctrl-C exits 0
-            stop = _Interrupted(eid, store)
+        if eid is None or not _completed(eid, store):  # one that completed before the signal exits 0
+            bars.stop()
+            reason = exc.reason if isinstance(exc, Interrupted) else _SIGNAL_CAME[0]
+            stop = _Interrupted(eid, store, reason, cluster)
             if as_json:
                 print(json.dumps({"id": eid, "state": "interrupted", "error": stop.line}))
+            elif eid:
+                print(eid)  # what a script reads from stdout, as when it completes
             raise stop from None
     except UserError:
         raise
@@ -259,21 +310,26 @@ def _execute(start: Callable[..., str], store: str, as_json: bool, experiment_id
         raise
     finally:
         bars.stop()
-    with _ctrl_c_ignored():  # it has ended: a Ctrl-C now would only lose its summary (and exit 130)
+    with _ctrl_c_ignored():  # it has ended: a signal now would only lose its summary (and exit 130)
         _finish(eid, store, as_json, time.monotonic() - t0)
+
+
+def _say(line: str) -> None:
+    err.print(shown(line), highlight=False, soft_wrap=True)
 
 
 @contextlib.contextmanager
 def _ctrl_c_ignored() -> Iterator[None]:
-    """Ctrl-C ignored meanwhile (SIGINT handlers are the main thread's to set)."""
+    """Ctrl-C, SIGTERM and SIGHUP ignored meanwhile (signal handlers are the main thread's to set)."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    previous = {s: signal.signal(s, signal.SIG_IGN) for s in _SIGNALS}
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for s, handler in previous.items():
+            signal.signal(s, handler)
 
 
 @experiment_app.command("run")
@@ -290,10 +346,13 @@ def run_cmd(
     tls_ca_file: TlsCaOpt = None,
     tls_cert: TlsCertOpt = None,
     tls_key: TlsKeyOpt = None,
+    grace: GraceOpt = None,
 ) -> None:
     """Run an experiment to the end; prints its id."""
     cluster = _cluster(scheduler, scheduler_file, workers, gpus, host, dashboard_address, tls_ca_file, tls_cert, tls_key)
-    _execute(lambda **hooks: api.run_experiment(config, store=_store(store), **cluster, **hooks), _store(store), as_json)
+    again = _cluster_options(scheduler, scheduler_file, workers, gpus, host, tls_ca_file, tls_cert, tls_key)
+    _execute(lambda **hooks: api.run_experiment(config, store=_store(store), **cluster, **hooks), _store(store), as_json,
+             grace=grace, cluster=again)
 
 
 @experiment_app.command("resume")
@@ -311,12 +370,14 @@ def resume_cmd(
     tls_ca_file: TlsCaOpt = None,
     tls_cert: TlsCertOpt = None,
     tls_key: TlsKeyOpt = None,
+    grace: GraceOpt = None,
 ) -> None:
     """Finish an interrupted experiment."""
     cluster = _cluster(scheduler, scheduler_file, workers, gpus, host, dashboard_address, tls_ca_file, tls_cert, tls_key)
+    again = _cluster_options(scheduler, scheduler_file, workers, gpus, host, tls_ca_file, tls_cert, tls_key)
     _execute(
         lambda **hooks: api.resume_experiment(experiment_id, store=_store(store), retry_failed=retry_failed, **cluster, **hooks),
-        _store(store), as_json, experiment_id,
+        _store(store), as_json, experiment_id, grace=grace, cluster=again,
     )
 
 
@@ -436,21 +497,32 @@ def _root(
     pass
 
 
-def _on_ctrl_c(signum: int, frame: Any) -> None:
-    """SIGINT: quiet what Dask logs about the waits and the cluster the interrupt cuts short (the
-    one line `main` prints says it all), then interrupt as Python would."""
+_SIGNALS = tuple(getattr(signal, n) for n in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, n))
+_SIGNAL_CAME = ["SIGINT"]  # the signal that stopped the command, for its exit status
+
+
+def _on_signal(signum: int, frame: Any) -> None:
+    """SIGINT, SIGTERM, SIGHUP outside a running coordinator (which stops gracefully instead:
+    scheduler/stopping.py): quiet what Dask logs about the waits and the cluster the interrupt
+    cuts short (the one line `main` prints says it all), then interrupt as Ctrl-C would."""
+    _SIGNAL_CAME[0] = signal.Signals(signum).name
     for name in ("distributed", "tornado", "asyncio"):
         logging.getLogger(name).setLevel(logging.CRITICAL)
     raise KeyboardInterrupt
 
 
+_on_signal.panicflow_handler = True  # type: ignore[attr-defined]  # replaced while the coordinator runs
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Entry point: maps errors to exit codes (2: user error, 130: Ctrl-C, 1: anything else)."""
+    """Entry point: maps errors to exit codes (2: user error, 130/143/129: Ctrl-C/SIGTERM/SIGHUP, 1: anything else)."""
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     for noisy in ("distributed", "bokeh", "tornado"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
     in_main_thread = threading.current_thread() is threading.main_thread()
-    previous = signal.signal(signal.SIGINT, _on_ctrl_c) if in_main_thread else None
+    previous = {}
+    if in_main_thread:  # nohup's ignored SIGHUP stays ignored
+        previous = {s: signal.signal(s, _on_signal) for s in _SIGNALS if signal.getsignal(s) is not signal.SIG_IGN or s == signal.SIGINT}
     try:
         # with standalone_mode=False click returns the code of a typer.Exit (e.g. _finish's 1 for an
         # experiment that did not complete) instead of raising it: pass it on, or failures exit 0
@@ -461,14 +533,14 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except _Interrupted as exc:
         err.print(shown(exc.line), highlight=False, soft_wrap=True)
-        return 130
+        return exc.code
     except typer.Exit as exc:
         return exc.exit_code
     except SystemExit as exc:  # pragma: no cover
         return int(exc.code or 0)
     except KeyboardInterrupt:  # outside a command (typer turns one inside into exit 130)
         err.print("interrupted")
-        return 130
+        return {"SIGTERM": 143, "SIGHUP": 129}.get(_SIGNAL_CAME[0], 130)
     except Exception as exc:
         # typer vendors click: find its exception classes through the exception itself
         names = {cls.__name__ for cls in type(exc).__mro__}
@@ -481,8 +553,8 @@ def main(argv: list[str] | None = None) -> int:
         err.print(f"[red]error:[/] {escape(_error_text(exc))}", highlight=False, soft_wrap=True)
         return 1
     finally:
-        if in_main_thread:
-            signal.signal(signal.SIGINT, previous)
+        for s, handler in previous.items():
+            signal.signal(s, handler)
     return code if isinstance(code, int) else 0
 
 

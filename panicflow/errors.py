@@ -90,3 +90,13 @@ class StoreWriteFailed(PanicflowError, OSError):
     The task returns it instead of raising it (``scheduler.store_faults``), so that neither
     Dask's retries nor the coordinator's retry it as a model failure, with a traceback each;
     the coordinator raises it, which stops the experiment with a ``StoreIOError``."""
+
+
+class Interrupted(PanicflowError):
+    """An experiment was stopped on request (SIGTERM, SIGHUP, Ctrl-C, ``cancel()``) and marked
+    ``interrupted``; ``resume_experiment(experiment_id)`` finishes it. ``reason`` names the
+    request: ``"SIGTERM"``, ``"SIGHUP"``, ``"SIGINT"`` or ``"cancel"``."""
+
+    def __init__(self, experiment_id: str, reason: str) -> None:
+        self.experiment_id, self.reason = experiment_id, reason
+        super().__init__(f"experiment {experiment_id} stopped ({reason}); resume it to finish it")

@@ -26,6 +26,7 @@ from pathlib import Path
 import pytest
 
 import panicflow
+from cli_util import Running, cli, write_config
 from panicflow.config import ExperimentConfig, validate_config
 from panicflow.errors import ConfigError, StoreError, StoreIOError
 from panicflow.store import Store
@@ -44,17 +45,6 @@ SLOW = {**SMALL, "networks": [["SleepT2I", "DummyI2T"]], "max_length": 60}
 CLUSTER = ["--workers", "1", "--dashboard-address", ":0"]
 
 
-def cli(*args: str, env: dict | None = None, cwd: str | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "panicflow", *args], capture_output=True, text=True, timeout=300, cwd=cwd,
-        env={**os.environ, "COLUMNS": "200", **(env or {})},
-    )
-
-
-def write_config(path: Path, config: dict) -> str:
-    path.write_text(json.dumps(config))
-    return str(path)
-
 
 def created(store: Path, config: dict = SMALL, **raw) -> str:
     """An experiment laid out without a cluster, its config parsed but not validated (as an older
@@ -64,41 +54,6 @@ def created(store: Path, config: dict = SMALL, **raw) -> str:
 
 
 # ------------------------------------------------------------------ Ctrl-C
-class Running:
-    """``panicflow ARGS`` in a session of its own, so that a SIGINT to its group is a terminal's Ctrl-C."""
-
-    def __init__(self, args: list[str], tmp: Path, env: dict | None = None) -> None:
-        self.out, self.err = tmp / "stdout", tmp / "stderr"
-        with open(self.out, "w") as out, open(self.err, "w") as err:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "panicflow", *args], stdout=out, stderr=err, start_new_session=True,
-                env={**os.environ, "COLUMNS": "200", **(env or {})},
-            )
-
-    def children(self) -> list[str]:
-        found = []
-        for task in os.listdir(f"/proc/{self.proc.pid}/task"):
-            try:
-                found += Path(f"/proc/{self.proc.pid}/task/{task}/children").read_text().split()
-            except OSError:
-                pass
-        return found
-
-    def wait_for(self, what: str, ready, timeout: float = 180) -> None:
-        deadline = time.monotonic() + timeout
-        while not ready():
-            assert self.proc.poll() is None, f"exited ({self.proc.returncode}) before {what}: {self.err.read_text()}"
-            assert time.monotonic() < deadline, f"no {what} within {timeout} s"
-            time.sleep(0.01)
-
-    def ctrl_c(self) -> None:
-        os.killpg(self.proc.pid, signal.SIGINT)
-
-    def finish(self) -> tuple[int, str, str]:
-        code = self.proc.wait(180)
-        return code, self.out.read_text(), self.err.read_text()
-
-
 def _no_noise(stderr: str) -> None:
     for noise in ("Traceback", "KeyboardInterrupt", "Compute Failed", "Exception ignored", "ERROR"):
         assert noise not in stderr, stderr
@@ -132,7 +87,7 @@ def test_ctrl_c_during_cluster_start_of_resume(tmp_path):
     run.ctrl_c()
     code, _, err = run.finish()
     assert code == 130, err
-    assert err.strip().splitlines() == [f"interrupted; panicflow experiment resume {eid} --store {store} finishes it"]
+    assert err.strip().splitlines() == [f"interrupted; panicflow experiment resume {eid} --store {store} --workers 1 finishes it"]
     assert current_holder(Store(store).root, f"experiments/{eid}") is None, "the lease was not given back"
 
 
@@ -146,7 +101,7 @@ def test_ctrl_c_mid_run_says_how_to_resume_and_resume_finishes(tmp_path):
     run.ctrl_c()
     code, out, err = run.finish()
     [eid] = os.listdir(store / "experiments")
-    line = f"interrupted; panicflow experiment resume {eid} --store {store} finishes it"
+    line = f"interrupted; panicflow experiment resume {eid} --store {store} --workers 1 finishes it"
     assert code == 130, err
     _no_noise(err)
     assert err.strip().splitlines()[-1] == line

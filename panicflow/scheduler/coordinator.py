@@ -7,10 +7,17 @@ as results come back and no step waits for a global barrier. When a run ends
 it is materialised into Zarr and its embeddings are submitted at once; when
 an embedding is written the run's persistence diagram is submitted.
 
-Crash safety: a batch's results go to the journal (one atomic file) before
-the coordinator acts on them, and it submits step k+1 of a run only after
-step k is journaled. ``load`` rebuilds the exact same state from the journal
-and the Zarr markers, so a resumed experiment continues as if never stopped.
+Crash safety: a batch's results are appended to the journal (one write to
+this process's segment file, or one file on object storage: store/journal.py)
+before the coordinator acts on them, and it submits step k+1 of a run only
+after step k is journaled. ``load`` rebuilds the exact same state from the
+journal and the Zarr markers, so a resumed experiment continues as if never
+stopped.
+
+Stopping on request (SIGTERM at a walltime, SIGHUP, Ctrl-C, ``cancel()``:
+scheduler/stopping.py): nothing new is submitted, results in flight land for
+at most the grace, the rest is cancelled, the experiment is marked
+``interrupted`` and ``Interrupted`` is raised.
 """
 
 from __future__ import annotations
@@ -30,7 +37,7 @@ from distributed import Client, Future, wait
 
 from ..config import UNSEEDED, ExperimentConfig, RunSpec
 from ..analysis.topology import status_group
-from ..errors import PermanentError, StoreWriteFailed
+from ..errors import Interrupted, PermanentError, StoreWriteFailed
 from ..models import REGISTRY, Kind
 from ..store import Store, consolidated
 from ..store.experiment import (
@@ -46,6 +53,7 @@ from ..store.journal import RunEvent, StepRecord
 from ..store.lease import LeaseLost
 from . import tasks
 from .pending import PendingSteps
+from .stopping import StopRequest
 from .versions import mismatch_lines, package_versions, worker_info
 
 log = logging.getLogger(__name__)
@@ -183,8 +191,10 @@ class Coordinator:
         progress: Callable[[Progress], None] | None = None,
         max_in_flight: int | None = None,
         retry_failed: bool = False,
+        stop: StopRequest | None = None,
     ) -> None:
         self.retry_failed = retry_failed
+        self.stop = stop or StopRequest()  # SIGTERM, Ctrl-C, cancel(): scheduler/stopping.py
         self.client = client
         self.store = store
         self.exp = exp
@@ -375,33 +385,22 @@ class Coordinator:
         try:
             # runs that ended before a crash but were not fully handled
             self._on_run_end(*[st for st in self.runs if st.end is not None])
-            while True:
+            finished = False
+            while not self.stop.requested:
                 self._submit_model_calls()
                 self._drain_cpu_queue()
                 if not self.in_flight:
                     self._look_at_dirty_runs()
                     waiting = [self.runs[i].not_before for i in self._backoff]
                     if not waiting:
+                        finished = True
                         break
-                    time.sleep(max(0.0, min(waiting) - time.monotonic()))
+                    self.stop.wait(max(0.0, min(waiting) - time.monotonic()))
                     continue
-                try:
-                    done, _ = wait(list(self.in_flight), timeout=1.0, return_when="FIRST_COMPLETED")
-                except TimeoutError:  # nothing finished within the heartbeat interval
-                    done = set()
-                    self._requeue_stranded()
-                finished = [f for f in done if f.status == "finished"]
-                results = self._gather(finished) if finished else {}
-                for fut in done:
-                    if fut not in results and fut.status in ("lost", "pending", "finished"):
-                        # finished, but the worker holding its result died before we read it: Dask
-                        # computes it again (we still hold the future), so wait for it; handled as a
-                        # failure it made a diagram "error" for good (tests/test_faults.py, worker kill)
-                        continue
-                    task = self.in_flight.pop(fut)
-                    self._dirty.update(task.runs)
-                    self._handle(fut, task, results.get(fut))
+                self._collect(1.0)
                 self._tick()
+            if not finished:
+                self._wind_down()
         except BaseException as exc:
             for fut in self.in_flight:
                 fut.cancel()
@@ -409,8 +408,10 @@ class Coordinator:
                 st.pending.clear()
             try:
                 self.exp.journal.close()  # what was appended, durable
-                if isinstance(exc, KeyboardInterrupt):
-                    self.exp.write_state("interrupted")
+                if isinstance(exc, Interrupted):
+                    self.exp.write_state("interrupted", reason=exc.reason)
+                elif isinstance(exc, KeyboardInterrupt):
+                    self.exp.write_state("interrupted", reason="SIGINT")
                 else:
                     self.exp.write_state("failed", error=f"{type(exc).__name__}: {exc}")
             except (OSError, LeaseLost) as state_exc:
@@ -430,6 +431,42 @@ class Coordinator:
             self.exp.journal.clear()  # everything is in Zarr now
         self._report(force=True)
         return snap
+
+    def _collect(self, timeout: float, deadline: float = math.inf) -> None:
+        """Wait up to ``timeout`` for tasks in flight and act on those that ended (results read
+        by ``deadline`` at the latest)."""
+        try:
+            done, _ = wait(list(self.in_flight), timeout=timeout, return_when="FIRST_COMPLETED")
+        except TimeoutError:  # nothing finished within the heartbeat interval
+            done = set()
+            if not self.stop.requested:
+                self._requeue_stranded()
+        finished = [f for f in done if f.status == "finished"]
+        results = self._gather(finished, deadline) if finished else {}
+        for fut in done:
+            if fut not in results and fut.status in ("lost", "pending", "finished"):
+                # finished, but the worker holding its result died before we read it: Dask
+                # computes it again (we still hold the future), so wait for it; handled as a
+                # failure it made a diagram "error" for good (tests/test_faults.py, worker kill)
+                continue
+            task = self.in_flight.pop(fut)
+            self._dirty.update(task.runs)
+            self._handle(fut, task, results.get(fut))
+
+    def _wind_down(self) -> None:
+        """Stop on request: submit nothing more, let results in flight land (journaled, marked)
+        until the grace ends, then raise ``Interrupted`` (``run`` cancels what is left)."""
+        stop = self.stop
+        self.cpu_queue.clear()  # never submitted: resume submits them again
+        if self.in_flight and not stop.hard:
+            log.info("stopping (%s): %d tasks in flight get %g s", stop.reason, len(self.in_flight), stop.grace_s)
+        while self.in_flight and not stop.hard:
+            left = stop.deadline() - time.monotonic()
+            if left <= 0:
+                break
+            self._collect(min(1.0, left), stop.deadline())
+            self._report()
+        raise Interrupted(self.exp.id, stop.reason or "cancel")
 
     def _reopen_failed_runs(self) -> None:
         """Give failed runs another go from the step that failed."""
@@ -519,6 +556,8 @@ class Coordinator:
 
     def _submit_model_calls(self) -> None:
         self._look_at_dirty_runs()
+        if self.stop.requested:
+            return
         now = time.monotonic()
         for key in sorted(self._ready_groups):
             members = self._group_at(*key)
@@ -588,17 +627,19 @@ class Coordinator:
             batch_id=batch_id, probe=probe,
         )
 
-    def _gather(self, futures: list[Future]) -> dict[Future, Any]:
-        """Their results in one round trip, or {} after GATHER_TIMEOUT_S.
+    def _gather(self, futures: list[Future], deadline: float = math.inf) -> dict[Future, Any]:
+        """Their results in one round trip, or {} after GATHER_TIMEOUT_S (or at ``deadline``).
 
         A result lost with its worker makes ``gather`` wait until Dask has computed it again,
         for ever if that task is stranded (see ``_requeue_stranded``): the loop must come back
         to requeue it. Futures left out are handled in a later round.
         """
+        timeout = max(0.1, min(GATHER_TIMEOUT_S, deadline - time.monotonic()))
         try:
-            values = self.client.sync(self.client.gather, futures, callback_timeout=GATHER_TIMEOUT_S)
+            values = self.client.sync(self.client.gather, futures, callback_timeout=timeout)
         except TimeoutError:
-            log.warning("results of %d tasks not back in %s s (a worker died?); waiting for them", len(futures), GATHER_TIMEOUT_S)
+            if not self.stop.requested:
+                log.warning("results of %d tasks not back in %s s (a worker died?); waiting for them", len(futures), timeout)
             return {}
         return dict(zip(futures, values))
 
@@ -814,6 +855,8 @@ class Coordinator:
         return out
 
     def _submit(self, kind: str, model: str, st: RunState, fn, *args) -> None:
+        if self.stop.requested:
+            return  # stopping: resume submits it (its marker is not written)
         if self._is_cpu_stage(kind, model):
             self.cpu_queue.append((kind, model, st.spec.index, fn, args))
             self._drain_cpu_queue()
@@ -837,7 +880,7 @@ class Coordinator:
 
     def _drain_cpu_queue(self) -> None:
         """Submit queued CPU-stage tasks while CPU slots are free (all threads once runs are done)."""
-        if not self.cpu_queue:
+        if not self.cpu_queue or self.stop.requested:
             return
         # runs not ended are idle or have a model call in flight: no scan of every run
         runs_left = bool(self._open)
