@@ -160,7 +160,7 @@ def trial(arm: str, p: dict) -> dict:
     # from reaching the scheduler to starting on a worker, per model call
     waits: dict[str, list[tuple[float, float]]] = {"t2i": [], "i2t": []}
     for key, ss in computed.items():
-        stage = key_split(key).split("\u2010")[0]
+        stage = key_split(key).split("_")[0]
         if stage in waits and key in submitted:
             waits[stage].append((submitted[key], ss["start"]))
     # no GPU task running while a call for the GPU waited: union(waiting) minus union(GPU tasks), where a

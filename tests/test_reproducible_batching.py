@@ -26,7 +26,7 @@ import panicflow
 from panicflow.config import validate_config
 from panicflow.models import REGISTRY
 from cluster_util import journaled_steps
-from panicflow.scheduler.coordinator import KEY_HYPHEN, batch_groups, task_key
+from panicflow.scheduler.coordinator import batch_groups, task_key, task_prefix
 
 HERE = Path(__file__).resolve().parent
 
@@ -64,7 +64,8 @@ def test_task_names_read_stage_and_model_on_the_dashboard():
     for name, spec in REGISTRY.items():
         stage = "embed" if spec.role.is_embedder else ("t2i" if spec.output_kind.value == "image" else "i2t")
         for key in (task_key(stage, name, "0123456789abcdef0123456789abcdef"), task_key(stage, name, "run12", "89abcdef")):
-            assert key_split(key).replace(KEY_HYPHEN, "-") == f"{stage}-{name}", key
+            assert key_split(key) == task_prefix(stage, name) == f"{stage}_{name.replace('-', '_')}", key
+            assert key_split(key).isascii(), key  # what a user types to filter the task stream finds it
 
 
 @pytest.mark.parametrize("invariant, calls", [("none", [3]), ("per_item", [1, 1, 1])])

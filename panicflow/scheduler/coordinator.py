@@ -955,16 +955,22 @@ def batch_groups(config: ExperimentConfig) -> list[int | None]:
     return out
 
 
-# Dask's key_split (the dashboard's task-group names) keeps the first "-"-separated word whole and
-# stops at the first later word with a digit: "invoke-DummyT2I2-<id>" showed as "invoke". The stage
-# and the model therefore share the first word, joined by U+2010 HYPHEN, which reads as "-" on the
-# dashboard; a model's own "-" (all-MiniLM-L6-v2) becomes U+2010 too.
-KEY_HYPHEN = "\u2010"
+# Dask's key_split (the dashboard's task-group names, the task stream, performance reports) keeps
+# the first "-"-separated word whole and stops at the first later word with a digit: the stage and
+# the model therefore share the first word, joined by "_", and a model's own "-" (all-MiniLM-L6-v2)
+# becomes "_" too: t2i_DummyT2I, i2t_DummyI2T, embed_all_MiniLM_L6_v2, diagram_DummyText. Plain
+# ASCII, so that what a user types to filter the dashboard finds them (docs/clusters.md).
+STAGES = ("t2i", "i2t", "embed", "diagram")
+
+
+def task_prefix(stage: str, model: str) -> str:
+    """What the dashboard shows for a model's tasks of one stage: ``<stage>_<model>``, ``-`` as ``_``."""
+    return f"{stage}_{model.replace('-', '_')}"
 
 
 def task_key(stage: str, model: str, *parts: str) -> str:
-    """``<stage>-<model>-<parts...>``, named so that ``key_split`` gives ``<stage>-<model>``."""
-    return "-".join([f"{stage}{KEY_HYPHEN}{model.replace('-', KEY_HYPHEN)}", *parts])
+    """``<stage>_<model>-<parts...>``, named so that ``key_split`` gives ``task_prefix(stage, model)``."""
+    return "-".join([task_prefix(stage, model), *parts])
 
 
 def _failed_run_result(config: ExperimentConfig, error: str, status: str = "run_failed"):

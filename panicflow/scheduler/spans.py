@@ -35,8 +35,8 @@ PLUGIN_NAME = "panicflow-span-pruner"
 INTERVAL_S = 30.0
 KEEP = 100  # the newest finished spans stay, for Dask's own pages
 GRACE_S = 600.0
-# coordinator.task_key: "<stage>\u2010<model>-...", so key_split and the group name keep "<stage>\u2010<model>"
-OUR_GROUP = re.compile("^(t2i|i2t|embed|diagram)\u2010")
+# coordinator.task_key: "<stage>_<model>-...", so key_split and the group name keep "<stage>_<model>"
+OUR_GROUP = re.compile(r"^(t2i|i2t|embed|diagram)_\w")
 
 
 def grace_s(floor: float = GRACE_S) -> float:
