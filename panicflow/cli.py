@@ -266,7 +266,7 @@ def _completed(experiment_id: str, store: str) -> bool:
 
 
 def _execute(start: Callable[..., str], store: str, as_json: bool, experiment_id: str | None = None,
-             grace: float | None = None, cluster: str = "") -> None:
+             grace: float | None = None, cluster: str = "", id_file: Path | None = None) -> None:
     """Run or resume an experiment with progress bars, then print its summary (or JSON) and id.
 
     ``start(progress=..., on_start=..., stop=...)`` runs it and returns its id. Ctrl-C, SIGTERM
@@ -284,6 +284,8 @@ def _execute(start: Callable[..., str], store: str, as_json: bool, experiment_id
 
     def on_start(exp, client) -> None:
         known["id"] = exp.id
+        if id_file is not None:
+            _write_id(id_file, exp.id)
         bars.start(exp, client)
 
     try:
@@ -312,6 +314,26 @@ def _execute(start: Callable[..., str], store: str, as_json: bool, experiment_id
         bars.stop()
     with _ctrl_c_ignored():  # it has ended: a signal now would only lose its summary (and exit 130)
         _finish(eid, store, as_json, time.monotonic() - t0)
+
+
+def _write_id(path: Path, experiment_id: str) -> None:
+    """The id, once the experiment exists and before it runs, for a job script that may be killed
+    before the command prints anything (scripts/panicflow-job): written whole or not at all."""
+    import os
+    import tempfile
+
+    path = Path(path).absolute()
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(experiment_id + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
 
 
 def _say(line: str) -> None:
@@ -347,12 +369,17 @@ def run_cmd(
     tls_cert: TlsCertOpt = None,
     tls_key: TlsKeyOpt = None,
     grace: GraceOpt = None,
+    id_file: Annotated[Optional[Path], typer.Option(
+        "--id-file", dir_okay=False, help="Write the experiment's id to this file as soon as it exists (for job scripts).",
+    )] = None,
 ) -> None:
     """Run an experiment to the end; prints its id."""
     cluster = _cluster(scheduler, scheduler_file, workers, gpus, host, dashboard_address, tls_ca_file, tls_cert, tls_key)
     again = _cluster_options(scheduler, scheduler_file, workers, gpus, host, tls_ca_file, tls_cert, tls_key)
+    if id_file is not None and not Path(id_file).absolute().parent.is_dir():
+        raise UserError(f"--id-file: folder {Path(id_file).absolute().parent} does not exist; create it or give another path")
     _execute(lambda **hooks: api.run_experiment(config, store=_store(store), **cluster, **hooks), _store(store), as_json,
-             grace=grace, cluster=again)
+             grace=grace, cluster=again, id_file=id_file)
 
 
 @experiment_app.command("resume")

@@ -221,3 +221,19 @@ if __name__ == "__main__":
     assert got["reason"] == "SIGTERM"
     assert state(store, got["id"])["state"] == "interrupted"
     assert "Traceback" not in err, err
+
+
+def test_id_file_holds_the_id_before_the_experiment_runs(tmp_path):
+    """A job script killed before the command prints anything still knows what to resume."""
+    store = tmp_path / "store"
+    id_file = tmp_path / "experiment.id"
+    run = Running(["experiment", "run", write_config(tmp_path / "c.json", SLOW), "--store", str(store),
+                   "--id-file", str(id_file), *LOCAL], tmp_path, env={"PANICFLOW_TEST_SLEEP_S": "1"})
+    run.wait_for("the id file", id_file.exists)
+    run.signal(signal.SIGKILL)  # no handler, no output: only what was written before
+    run.finish()
+    [eid] = os.listdir(store / "experiments")
+    assert id_file.read_text() == f"{eid}\n"
+    bad = cli("experiment", "run", str(tmp_path / "c.json"), "--store", str(store), "--id-file", str(tmp_path / "no" / "id"))
+    assert bad.returncode == 2 and bad.stderr.strip().startswith("error: --id-file: folder"), bad.stderr
+    assert os.listdir(store / "experiments") == [eid]  # the bad option wrote nothing
