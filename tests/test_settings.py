@@ -53,14 +53,16 @@ def test_defaults_are_the_shipped_yaml_merged_into_dask_config():
             "panicflow.diagram.memory-budget-gb": None, "panicflow.diagram.time-limit": 3600.0,
             "panicflow.model-memory-gb": None, "panicflow.models-dir": None,
             "panicflow.trust-remote-code": False, "panicflow.device": None}
-    assert settings.effective() == want
+    got = settings.effective()
+    assert {k: got[k] for k in want} == want
     assert settings.lookup("max-in-flight") == (2, "panicflow's default")
 
     def leaves(d, prefix=""):
         for k, v in d.items():
             yield from leaves(v, f"{prefix}{k}.") if isinstance(v, dict) else [prefix + k]
 
-    assert sorted(leaves(settings.defaults)) == sorted(want)  # no setting without an entry, nor the reverse
+    # no default without a checked setting, nor the reverse
+    assert sorted(leaves(settings.defaults)) == sorted(s.key for s in settings.SETTINGS.values()) == sorted(got)
     from panicflow.store import DEFAULT_STORE
     from panicflow.store.lease import LEASE_TTL_S
 
@@ -268,3 +270,16 @@ def test_settings_reach_the_tasks_on_the_workers_of_a_local_cluster(monkeypatch,
         assert seen[:2] == (7.5, str(tmp_path / "legacy-store")) and seen[2] != os.getpid()
         assert client.submit(tasks._time_limit_s, None, pure=False).result() == 42.0
         assert client.submit(tasks._time_limit_s, 9.0, pure=False).result() == 9.0  # the config's value wins
+
+
+def test_docs_list_every_setting_with_its_variables_and_default():
+    doc = (ROOT / "docs" / "settings.md").read_text()
+    rows = {line.split("|")[1].strip().strip("`"): [c.strip() for c in line.split("|")[2:6]]
+            for line in doc.splitlines() if line.startswith("| `panicflow.")}
+    assert sorted(rows) == sorted(s.key for s in settings.SETTINGS.values())
+    for s in settings.SETTINGS.values():
+        dask_var, legacy, default, meaning = rows[s.key]
+        assert dask_var == f"`{s.dask_variable}`" and legacy == (f"`{s.legacy}`" if s.legacy else "—"), s.key
+        shown = "null" if s.default is None else str(s.default).lower() if isinstance(s.default, bool) else s.default
+        assert default.split()[0] == f"`{shown}`" and meaning, s.key
+    assert "docs/settings.md" in (ROOT / "README.md").read_text()
