@@ -96,6 +96,10 @@ SETTINGS: dict[str, Setting] = {
                 "be taken over", legacy="PANICFLOW_LEASE_TTL_S"),
         Setting("progress-interval", "seconds", "time between the progress snapshots sent to the scheduler's "
                 "/panicflow page and /metrics", strict=False),
+        Setting("progress-stale", "seconds", "on the scheduler: a running experiment without a progress snapshot "
+                "for this long shows as stale on /panicflow and /metrics"),
+        Setting("progress-retention", "seconds", "on the scheduler: an experiment that ended leaves /panicflow and "
+                "/metrics this long after its last snapshot"),
         Setting("stop-grace", "seconds", "after SIGTERM, SIGHUP or Ctrl-C, how long the model calls in flight "
                 "get to land before the coordinator stops", strict=False),
         Setting("diagram.memory-budget-gb", "gb", "largest estimated memory of one persistence diagram; null: half "

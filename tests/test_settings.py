@@ -49,7 +49,8 @@ def test_defaults_are_the_shipped_yaml_merged_into_dask_config():
     assert dask.config.get("panicflow.lease-ttl") == 30
     assert dask.config.get("panicflow.diagram.time-limit") == 3600
     want = {"panicflow.store": "./panicflow-store", "panicflow.max-in-flight": 2, "panicflow.lease-ttl": 30.0,
-            "panicflow.progress-interval": 1.0, "panicflow.stop-grace": 5.0,
+            "panicflow.progress-interval": 1.0, "panicflow.progress-stale": 30.0,
+            "panicflow.progress-retention": 3600.0, "panicflow.stop-grace": 5.0,
             "panicflow.diagram.memory-budget-gb": None, "panicflow.diagram.time-limit": 3600.0,
             "panicflow.model-memory-gb": None, "panicflow.models-dir": None,
             "panicflow.trust-remote-code": False, "panicflow.device": None}
