@@ -43,8 +43,8 @@ POISON = {
     "retry": {"max_attempts": 2, "backoff_s": 0.01},
 }
 # the numbers the dashboard page and `panicflow experiment status --json` share
-SHARED = ("runs", "runs_complete", "runs_failed", "invocations", "invocations_by_model", "embeddings",
-          "persistence_diagrams", "stop_reasons")
+SHARED = ("runs", "runs_complete", "runs_failed", "invocations", "invocations_max", "invocations_by_model",
+          "invocations_max_by_model", "embeddings", "persistence_diagrams", "stop_reasons")
 
 
 def _cli(args: list[str], cwd: Path, env: dict[str, str], timeout: float = 300) -> subprocess.CompletedProcess:
@@ -185,10 +185,12 @@ def test_progress_snapshots_use_the_status_names_and_give_rates():
 
     snap = Progress(runs=4, runs_ended=3, invocations=40, invocations_max=48, embeddings={"DummyText": 2},
                     diagrams={"DummyText": 1}, stop_reasons={"length": 1, "loop": 1, "failed": 1}, runs_to_embed=3,
-                    invocations_by_model={"DummyT2I": 20, "DummyI2T": 20})
+                    invocations_by_model={"DummyT2I": 20, "DummyI2T": 20},
+                    invocations_max_by_model={"DummyT2I": 24, "DummyI2T": 24})
     d = dashboard.snapshot_dict(snap)
     assert d == {"runs": 4, "runs_complete": 2, "runs_failed": 1, "invocations": 40, "invocations_max": 48,
                  "invocations_by_model": {"DummyT2I": 20, "DummyI2T": 20},
+                 "invocations_max_by_model": {"DummyT2I": 24, "DummyI2T": 24},
                  "embeddings": {"DummyText": 2}, "persistence_diagrams": {"DummyText": 1},
                  "stop_reasons": {"length": 1, "loop": 1, "failed": 1}}
     assert set(d) <= set(dashboard.SNAPSHOT_KEYS)

@@ -11,7 +11,17 @@ Contract:
   (invocations per second per model) from the snapshots of the last ``RATE_WINDOW_S``.
 * The scheduler's HTTP server then serves ``/panicflow`` (an HTML table that refreshes
   itself), ``/panicflow/json`` (the same numbers as JSON) and, among Dask's own metrics on
-  ``/metrics`` (needs ``prometheus_client``), the ``panicflow_*`` metrics of ``METRICS``.
+  ``/metrics`` (needs ``prometheus_client``), the ``panicflow_*`` metrics of ``METRICS``
+  (``exposed_metric_names()``: their names as exposed, ``_total`` added to counters).
+* The snapshots are the coordinator's heartbeat. A running experiment with none for
+  ``stale_s`` (``STALE_S``; the setting ``panicflow.progress-stale`` of the scheduler's dask
+  config) shows state ``stale``: its coordinator was killed, or cannot reach the scheduler. Its
+  rates and its estimate go (they would stay frozen otherwise). An experiment that ended
+  (complete, failed, interrupted, stale) leaves the page and the metrics ``retention_s`` after
+  its last snapshot (``RETENTION_S``; ``panicflow.progress-retention``).
+* Every view carries ``eta``: the time left, from ``eta.py`` (the same estimate as the
+  terminal bars, ``experiment status --json`` and the report page), with the plugin's window of
+  snapshots for the rates.
 
 The numbers have the names of ``panicflow experiment status --json`` (``SNAPSHOT_KEYS``):
 a snapshot published from the store at the end of an experiment reads exactly as that
@@ -30,6 +40,8 @@ from typing import Any, Iterator, Mapping
 
 from distributed.diagnostics.plugin import SchedulerPlugin
 
+from . import eta as _eta
+
 log = logging.getLogger(__name__)
 
 TOPIC = "panicflow-progress"
@@ -37,11 +49,23 @@ PLUGIN_NAME = "panicflow-progress"
 ROUTE = "/panicflow"
 RATE_WINDOW_S = 10.0
 MAX_EXPERIMENTS = 50  # the oldest finished ones are forgotten beyond this
+# A running experiment without a snapshot (they come about once a second) for this long shows as
+# stale: like the store's HEARTBEAT_STALE_S. Its coordinator was killed or cannot reach the scheduler.
+STALE_S = 30.0
+# An experiment that ended (ENDED) leaves the page and /metrics this long after its last snapshot.
+RETENTION_S = 3600.0
+# panicflow's settings (panicflow.yaml) that change them, read on the scheduler when the plugin starts
+# (DASK_PANICFLOW__PROGRESS_STALE=5 in the `dask scheduler`'s environment, or a Dask YAML file there)
+STALE_SETTING = "progress-stale"
+RETENTION_SETTING = "progress-retention"
+STATES = ("running", "complete", "failed", "interrupted", "stale")
+ENDED = ("complete", "failed", "interrupted", "stale")
 
 #: the snapshot's keys, as `panicflow experiment status --json` names them
 SNAPSHOT_KEYS = (
     "name", "state", "runs", "runs_complete", "runs_failed", "invocations", "invocations_max",
-    "invocations_by_model", "embeddings", "persistence_diagrams", "stop_reasons", "task_failures",
+    "invocations_by_model", "invocations_max_by_model", "embeddings", "persistence_diagrams", "stop_reasons",
+    "task_failures",
 )
 
 #: Prometheus metric -> (type, help); labels: experiment, and model where per model
@@ -50,12 +74,26 @@ METRICS = {
     "panicflow_runs_complete": ("gauge", "Runs that ended normally (length or loop)"),
     "panicflow_runs_failed": ("gauge", "Runs that failed (their model kept raising)"),
     "panicflow_invocations": ("counter", "Model invocations recorded, per generative model"),
+    "panicflow_invocations_max": ("gauge", "Model invocations at most, per generative model (runs going may make "
+                                           "up to max_length steps; those that ended made their length)"),
     "panicflow_invocations_per_second": ("gauge", f"Model invocations per second over the last {RATE_WINDOW_S:g} s, per model"),
     "panicflow_embeddings": ("gauge", "Runs embedded, per embedding model"),
     "panicflow_persistence_diagrams": ("gauge", "Runs with a persistence diagram, per embedding model"),
     "panicflow_task_failures": ("counter", "Failed task attempts (each retried or recorded)"),
-    "panicflow_last_update_seconds": ("gauge", "Unix time of the experiment's latest snapshot"),
+    "panicflow_last_update_seconds": ("gauge", "Unix time of the experiment's latest snapshot (its heartbeat)"),
+    "panicflow_state": ("gauge", "1 for the experiment's state (running, complete, failed, interrupted, stale), "
+                                 "0 for the others"),
+    "panicflow_eta_seconds": ("gauge", "Seconds left (a lower bound where panicflow_eta_partial is 1); only while "
+                                       "running and known"),
+    "panicflow_eta_partial": ("gauge", "1 where a stage with work left has no measured rate yet"),
 }
+PER_MODEL = ("panicflow_invocations", "panicflow_invocations_max", "panicflow_invocations_per_second",
+             "panicflow_embeddings", "panicflow_persistence_diagrams")
+
+
+def exposed_metric_names() -> list[str]:
+    """The metric names as /metrics exposes them: Prometheus' client adds ``_total`` to counters."""
+    return sorted(name + "_total" if kind == "counter" else name for name, (kind, _) in METRICS.items())
 
 
 def snapshot_dict(snapshot: Any) -> dict[str, Any]:
@@ -123,12 +161,17 @@ class _Experiment:
         self.snapshot: dict[str, Any] = {}
         self.updated = 0.0
         self.history: deque[tuple[float, int, dict[str, int]]] = deque()  # (time, invocations, per model)
+        self.window = _eta.Window()  # the estimate's rates, per stage
 
-    def add(self, t: float, snapshot: dict[str, Any]) -> None:
+    def add(self, t: float, snapshot: dict[str, Any], stale_s: float = STALE_S) -> None:
+        if self.updated and t - self.updated >= stale_s:  # back after a gap (resumed): rates start afresh
+            self.history.clear()
+            self.window.clear()
         self.snapshot, self.updated = snapshot, t
         self.history.append((t, snapshot.get("invocations", 0), dict(snapshot.get("invocations_by_model", {}))))
         while len(self.history) > 2 and t - self.history[1][0] >= RATE_WINDOW_S:
             self.history.popleft()
+        self.window.add(t, snapshot)
 
     def rates(self) -> dict[str, float]:
         """Invocations per second per model ("all": every model) over the window."""
@@ -142,21 +185,42 @@ class _Experiment:
         out["all"] = max(0, n1 - n0) / dt
         return out
 
-    def view(self) -> dict[str, Any]:
-        return {**self.snapshot, "invocations_per_second": self.rates(), "updated": self.updated}
+    def state(self, now: float, stale_s: float = STALE_S) -> str:
+        state = str(self.snapshot.get("state") or "running")
+        if state == "running" and now - self.updated >= stale_s:
+            return "stale"
+        return state
+
+    def view(self, now: float | None = None, stale_s: float = STALE_S) -> dict[str, Any]:
+        """The latest numbers; rates and the estimate only while running (never frozen after)."""
+        now = time.time() if now is None else now
+        state = self.state(now, stale_s)
+        going = state == "running"
+        estimate = _eta.estimate(_eta.work_left(self.snapshot), self.window.rates() if going else {},
+                                 self.window.window_s)
+        return {**self.snapshot, "state": state, "invocations_per_second": self.rates() if going else {},
+                "eta": estimate, "updated": self.updated, "seconds_since_update": round(max(0.0, now - self.updated), 1)}
 
 
 class ProgressPlugin(SchedulerPlugin):
-    """On the scheduler: aggregates ``TOPIC`` events, serves them as a page, JSON and metrics."""
+    """On the scheduler: aggregates ``TOPIC`` events, serves them as a page, JSON and metrics.
+
+    ``stale_s`` and ``retention_s`` (None: panicflow's settings ``progress-stale`` and
+    ``progress-retention`` in the scheduler's dask config, defaults ``STALE_S`` and
+    ``RETENTION_S``), read when it starts there."""
 
     name = PLUGIN_NAME
     idempotent = True
 
-    def __init__(self) -> None:
+    def __init__(self, stale_s: float | None = None, retention_s: float | None = None) -> None:
         self.experiments: dict[str, _Experiment] = {}
+        self.stale_s = stale_s
+        self.retention_s = retention_s
 
     async def start(self, scheduler) -> None:
         self.scheduler = scheduler
+        self.stale_s = _seconds(self.stale_s, STALE_SETTING, STALE_S)
+        self.retention_s = _seconds(self.retention_s, RETENTION_SETTING, RETENTION_S)
         _ACTIVE[0] = self
         app = getattr(scheduler, "http_application", None)
         if app is not None:
@@ -175,20 +239,36 @@ class ProgressPlugin(SchedulerPlugin):
             return
         eid = str(msg["experiment"])
         exp = self.experiments.get(eid)
-        if exp is None:
+        new = exp is None
+        if new:
             exp = self.experiments[eid] = _Experiment()
+        exp.add(time.time(), {k: v for k, v in msg.items() if k not in ("experiment", "time")}, self._stale())
+        if new:
             self._forget_old()
-        exp.add(time.time(), {k: v for k, v in msg.items() if k not in ("experiment", "time")})
 
-    def _forget_old(self) -> None:
+    def _stale(self) -> float:
+        return STALE_S if self.stale_s is None else float(self.stale_s)
+
+    def _retention(self) -> float:
+        return RETENTION_S if self.retention_s is None else float(self.retention_s)
+
+    def _forget_old(self, now: float | None = None) -> None:
+        """Experiments that ended more than the retention ago go; the oldest beyond MAX_EXPERIMENTS too."""
+        now = time.time() if now is None else now
+        stale_s, retention_s = self._stale(), self._retention()
+        for eid in [e for e, x in self.experiments.items()
+                    if x.state(now, stale_s) in ENDED and now - x.updated >= retention_s]:
+            del self.experiments[eid]
         while len(self.experiments) > MAX_EXPERIMENTS:
             oldest = min(self.experiments, key=lambda e: self.experiments[e].updated)
             del self.experiments[oldest]
 
-    def view(self) -> dict[str, dict[str, Any]]:
-        """Every experiment's latest numbers and rates, newest first."""
+    def view(self, now: float | None = None) -> dict[str, dict[str, Any]]:
+        """Every experiment's latest numbers, rates and estimate, newest first (ended ones past the retention gone)."""
+        now = time.time() if now is None else now
+        self._forget_old(now)
         items = sorted(self.experiments.items(), key=lambda kv: kv[1].updated, reverse=True)
-        return {eid: exp.view() for eid, exp in items}
+        return {eid: exp.view(now, self._stale()) for eid, exp in items}
 
     # ------------------------------------------------------------- /metrics
     def metrics(self) -> Iterator[Any]:
@@ -196,23 +276,43 @@ class ProgressPlugin(SchedulerPlugin):
 
         families = {}
         for name, (kind, doc) in METRICS.items():
-            per_model = name in ("panicflow_invocations", "panicflow_invocations_per_second", "panicflow_embeddings",
-                                 "panicflow_persistence_diagrams")
+            labels = ["experiment"] + (["model"] if name in PER_MODEL else ["state"] if name == "panicflow_state" else [])
             cls = CounterMetricFamily if kind == "counter" else GaugeMetricFamily
-            families[name] = cls(name, doc, labels=["experiment", "model"] if per_model else ["experiment"])
+            families[name] = cls(name, doc, labels=labels)
         for eid, v in self.view().items():
             for key in ("runs", "runs_complete", "runs_failed", "task_failures"):
                 if key in v:
                     families[f"panicflow_{key}"].add_metric([eid], v[key])
             for model, n in v.get("invocations_by_model", {}).items():
                 families["panicflow_invocations"].add_metric([eid, model], n)
+            for model, n in v.get("invocations_max_by_model", {}).items():
+                families["panicflow_invocations_max"].add_metric([eid, model], n)
             for model, rate in v["invocations_per_second"].items():
                 families["panicflow_invocations_per_second"].add_metric([eid, model], rate)
             for key in ("embeddings", "persistence_diagrams"):
                 for model, n in v.get(key, {}).items():
                     families[f"panicflow_{key}"].add_metric([eid, model], n)
             families["panicflow_last_update_seconds"].add_metric([eid], v["updated"])
+            for state in STATES:
+                families["panicflow_state"].add_metric([eid, state], 1.0 if v["state"] == state else 0.0)
+            if v["state"] == "running" and v["eta"]["seconds_left"] is not None:
+                families["panicflow_eta_seconds"].add_metric([eid], v["eta"]["seconds_left"])
+                families["panicflow_eta_partial"].add_metric([eid], 1.0 if v["eta"]["partial"] else 0.0)
         yield from families.values()
+
+
+def _seconds(given: float | None, name: str, default: float) -> float:
+    """``given``, else panicflow's setting ``name`` in this process's dask config (the scheduler's:
+    ``DASK_PANICFLOW__PROGRESS_STALE``, a Dask YAML file), else ``default``."""
+    if given is not None:
+        return float(given)
+    try:
+        from .. import settings
+
+        return float(settings.get(name))
+    except Exception as exc:  # a bad value: said once in the scheduler's log, the page works on
+        log.warning("panicflow progress page: %s; using %g s", exc, default)
+        return default
 
 
 # One collector per process, reading whichever plugin is active: the default Prometheus
@@ -265,6 +365,17 @@ def _cells(d: Mapping[str, Any], fmt: str = "{}") -> str:
     return ", ".join(f"{html.escape(str(k))}: {fmt.format(v)}" for k, v in d.items()) or "-"
 
 
+def _steps(v: Mapping[str, Any]) -> str:
+    """Invocations done of at most how many, with the share: the progress that moves all along
+    (runs end in waves, so "runs ended" reads 3/32 when 94% of the steps are done)."""
+    done = int(v.get("invocations", 0))
+    if "invocations_max" not in v:
+        return str(done)
+    most = int(v["invocations_max"])
+    share = f" ({100 * done / most:.0f}%)" if most else ""
+    return f"{done} of at most {most}{share}"
+
+
 def render_page(view: Mapping[str, Mapping[str, Any]]) -> str:
     """The /panicflow page: one table per experiment, refreshed every 2 s."""
     parts = [
@@ -277,10 +388,16 @@ def render_page(view: Mapping[str, Mapping[str, Any]]) -> str:
         parts.append("<p>No experiment has reported to this scheduler yet.</p>")
     for eid, v in view.items():
         title = html.escape(eid) + (f" ({html.escape(v['name'])})" if v.get("name") else "")
+        state = str(v.get("state", "running"))
+        since = v.get("seconds_since_update")
+        state_cell = html.escape(state) + (
+            f" (no progress snapshot for {_eta.seconds_text(since)}: its coordinator stopped or cannot reach "
+            "the scheduler; <code>panicflow experiment status</code> says which)" if state == "stale" and since else "")
         rows = [
-            ("state", html.escape(str(v.get("state", "running")))),
+            ("state", state_cell),
+            ("steps (invocations)", _steps(v)),
+            ("time left", html.escape(_eta.for_state(v.get("eta"), state))),
             ("runs", f"{v.get('runs_complete', 0)} complete, {v.get('runs_failed', 0)} failed, {v.get('runs', '?')} in all"),
-            ("invocations", f"{v.get('invocations', 0)}" + (f" of at most {v['invocations_max']}" if "invocations_max" in v else "")),
             ("invocations per model", _cells(v.get("invocations_by_model", {}))),
             ("invocations per second", _cells(v.get("invocations_per_second", {}), "{:.1f}")),
             ("embeddings (runs)", _cells(v.get("embeddings", {}))),
@@ -296,5 +413,6 @@ def render_page(view: Mapping[str, Mapping[str, Any]]) -> str:
     return "".join(parts)
 
 
-__all__ = ["METRICS", "PLUGIN_NAME", "ProgressPlugin", "ROUTE", "SNAPSHOT_KEYS", "TOPIC", "page_url",
-           "publish_progress", "register", "render_page", "snapshot_dict"]
+__all__ = ["ENDED", "METRICS", "PLUGIN_NAME", "ProgressPlugin", "RETENTION_S", "ROUTE", "SNAPSHOT_KEYS", "STALE_S",
+           "STATES", "TOPIC", "exposed_metric_names", "page_url", "publish_progress", "register", "render_page",
+           "snapshot_dict"]
