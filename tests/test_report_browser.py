@@ -85,6 +85,10 @@ def test_written_page_in_chromium(browser, analysis_experiment, tmp_path):
     assert _position(w.page) == 1 and w.page.locator("#viewer-slider").get_attribute("max") == "5"
     assert w.page.locator("table.runs tbody tr").count() == 16
     assert w.page.inner_text("#state") == "complete"
+    # steps first (runs end in waves), then runs; the time left from scheduler/eta.py
+    labels = w.page.locator("#bars > span:not(.count)").all_inner_texts()
+    assert labels[:2] == ["steps (invocations)", "runs ended"], labels
+    assert "time left" in w.page.inner_text("#facts") and "done" in w.page.inner_text("#facts")
     assert w.page.evaluate("[...document.images].every(i => i.complete && i.naturalWidth > 0)")
     _not_blank(w.page.screenshot(full_page=True))
     assert w.errors == []
@@ -101,7 +105,8 @@ def test_served_page_is_live(browser, analysis_experiment, monkeypatch):
     def status(source):  # the real numbers, but "running" with 3 runs ended until the test says otherwise
         polled.append(1)
         s = real(source)
-        return s if finished["now"] else {**s, "state": "running", "runs_complete": 3, "runs_failed": 0}
+        return s if finished["now"] else {**s, "state": "running", "runs_complete": 3, "runs_failed": 0,
+                                          "invocations": s["invocations_max"] - 5, "eta_text": "about 2m 05s left"}
 
     monkeypatch.setattr(report, "_status", status)
     with report.serve_report(eid, store, port=0, plots=False, max_runs=16).start() as server:
@@ -109,10 +114,14 @@ def test_served_page_is_live(browser, analysis_experiment, monkeypatch):
         w.page.goto(server.url)
         expect(w.page.locator("#updated")).to_contain_text("updated")  # polled api/status
         expect(w.page.locator("#state")).to_have_text("running")
-        expect(w.page.locator("#bars .count").first).to_have_text("3 / 16")
+        most = real(report.Source(eid, store))["invocations_max"]
+        expect(w.page.locator("#bars .count").first).to_have_text(f"{most - 5} / {most}")  # steps first
+        expect(w.page.locator("#bars .count").nth(1)).to_have_text("3 / 16")
+        expect(w.page.locator("#facts")).to_contain_text("about 2m 05s left")
         finished["now"] = True
         expect(w.page.locator("#state")).to_have_text("complete", timeout=20_000)  # a later poll
-        expect(w.page.locator("#bars .count").first).to_have_text("16 / 16")
+        expect(w.page.locator("#bars .count").first).to_have_text(f"{most} / {most}")
+        expect(w.page.locator("#bars .count").nth(1)).to_have_text("16 / 16")
         expect(w.page.locator("#reload-note")).to_have_text(re.compile(r"^13 more runs have ended"))  # than the page shows
         _check_viewer(w.page)
         w.page.select_option("#viewer-run", "7")

@@ -26,12 +26,15 @@
     badge.className = "badge " + s.state;
     const bars = $("bars");
     bars.replaceChildren();
+    // steps first: runs end in waves ("runs ended" reads 3 / 32 when 94% of the steps are done)
+    if (s.invocations_max) bar(bars, "steps (invocations)", s.invocations, s.invocations_max);
     bar(bars, "runs ended", s.runs_complete + s.runs_failed, s.runs);
     for (const [m, n] of Object.entries(s.embeddings)) bar(bars, `embeddings ${m}`, n, s.runs);
     for (const [m, n] of Object.entries(s.persistence_diagrams)) bar(bars, `diagrams ${m}`, n, s.runs);
     const facts = $("facts");
     facts.replaceChildren();
     const fact = (k, v) => facts.append(el("dt", {}, k), el("dd", {}, v));
+    if (s.eta_text) fact("time left", s.eta_text);
     fact("runs", `${s.runs_complete} complete, ${s.runs_failed} failed, ${s.runs} in all`);
     fact("invocations", `${s.invocations}` + (Object.keys(s.invocations_by_model || {}).length
       ? " (" + Object.entries(s.invocations_by_model).map(([m, n]) => `${m}: ${n}`).join(", ") + ")" : ""));

@@ -225,9 +225,13 @@ def _charts(paths: list[Path], skipped: list[str]) -> str:
 
 
 def _status(source: Source) -> dict[str, Any]:
+    """``panicflow experiment status --json``, and ``eta_text``: its estimate in words (scheduler/eta.py)."""
     from ..api import experiment_status
+    from ..scheduler import eta
 
-    return experiment_status(source.id, store=source.store).to_dict()
+    status = experiment_status(source.id, store=source.store).to_dict()
+    status["eta_text"] = eta.for_state(status.get("eta"), status["state"])
+    return status
 
 
 def build_report(
