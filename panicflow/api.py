@@ -28,6 +28,7 @@ from .scheduler.coordinator import Coordinator, Progress
 from .scheduler.stopping import StopRequest, signals_handled
 from .store import Experiment, Store, consolidated
 from .store.experiment import read_markers
+from .store.writable import check_writable
 from .store.journal import StepRecord
 from .store.objects import decode_image
 
@@ -88,6 +89,7 @@ def run_experiment(
         raise UserError(f"--workers: must be at least 1 (got {workers})")
     check_security(security)
     st = _store(store, create=True, lazy=True)
+    check_writable(st)  # an existing store that refuses writes: one line now, not once a cluster has started
     # a new store and the experiment are written once a cluster is there: a bad --scheduler writes nothing
     with connect(client, scheduler=scheduler, workers=workers, dashboard_address=dashboard_address,
                  host=host, security=security, gpus=gpus, scheduler_file=scheduler_file) as c:
@@ -134,6 +136,7 @@ def resume_experiment(
         )
     exp.config  # fail on a damaged stored config, or data.zarr, before starting a cluster
     exp.group(read_only=True)
+    check_writable(st)  # a read-only or full store: one line (exit 2), not an experiment "stopped" by it
     # own the experiment before the cluster starts (seconds): a second resume meanwhile is refused
     with _store_faults(st, exp), exp.take(), connect(
         client, scheduler=scheduler, workers=workers, dashboard_address=dashboard_address,
@@ -548,7 +551,10 @@ def doctor(
 
     if workers is not None and workers < 1:
         raise UserError(f"--workers: must be at least 1 (got {workers})")
-    return run_doctor(experiment_id, _store(store), fix=fix, client=client, scheduler=scheduler, workers=workers, say=say,
+    st = _store(store)
+    if fix:
+        check_writable(st)  # nothing can be repaired in a store that refuses writes: one line (exit 2)
+    return run_doctor(experiment_id, st, fix=fix, client=client, scheduler=scheduler, workers=workers, say=say,
                       resume=resume_experiment)  # passed in: the doctor package does not import the API
 
 

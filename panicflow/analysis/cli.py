@@ -47,6 +47,18 @@ def _client(scheduler: Optional[str], workers: int):
         yield c
 
 
+@contextmanager
+def _writing(store: Optional[str]):
+    """A command that writes its result into the store: one that refuses writes (read-only, full)
+    is said in one line (exit 2) before a cluster starts or anything is computed, and so is a
+    write refused later (panicflow/store/writable.py)."""
+    from ..store.writable import writing_into
+    from .results import open_store
+
+    with writing_into(open_store(_store(store))):
+        yield
+
+
 _SHOWN = 20  # groups listed on stderr by `analyse divergence`
 
 
@@ -70,7 +82,7 @@ def cluster_cmd(
     from . import clustering
 
     clustering.ClusterParams(model, min_cluster_size, min_samples, _parse_reduce(reduce), sample, algorithm).check()
-    with _client(scheduler, workers) as c:
+    with _writing(store), _client(scheduler, workers) as c:
         result = clustering.cluster(experiment_ids, model, store=_store(store), client=c, min_cluster_size=min_cluster_size,
                                     min_samples=min_samples, reduce=_parse_reduce(reduce), sample=sample,
                                     algorithm=algorithm, name=name)
@@ -91,7 +103,7 @@ def drift_cmd(
     """Semantic drift of every step from its run's start (cosine distance and unit euclidean distance)."""
     from .drift import semantic_drift
 
-    with _client(scheduler, workers) as c:
+    with _writing(store), _client(scheduler, workers) as c:
         path = semantic_drift(experiment_id, model, store=_store(store), client=c)
     print(json.dumps({"path": path}) if as_json else path)
 
@@ -112,7 +124,7 @@ def distances_cmd(
         chosen = None if runs is None else [int(r) for r in runs.split(",") if r.strip()]
     except ValueError:
         raise UserError(f"--runs: expected comma-separated run numbers, got {runs!r}") from None
-    with _client(scheduler, workers) as c:
+    with _writing(store), _client(scheduler, workers) as c:
         path = pairwise_distances(experiment_ids, model, store=_store(store), client=c, runs=chosen, metrics=tuple(metric), name=name)
     print(json.dumps({"path": path}) if as_json else path)
 
@@ -130,7 +142,7 @@ def divergence_cmd(
     from .results import open_result, open_store
 
     window = parse_window(fit_steps)
-    with _client(scheduler, workers) as c:
+    with _writing(store), _client(scheduler, workers) as c:
         path = divergence(experiment_id, model, store=_store(store), client=c, fit_steps=window, name=name)
     g = open_result(open_store(_store(store)).experiment(experiment_id), "divergence", path.rsplit("/", 1)[1])
     groups = [{"network": n, "prompt": p, "exponent": float(e), "r_squared": float(r), "n_pairs": int(k), "status": st}
@@ -158,7 +170,8 @@ def sequences_cmd(
     from .results import open_result, open_store
     from .sequences import sequences
 
-    path = sequences(experiment_id, clustering, store=_store(store), drop_noise=drop_noise, name=name)
+    with _writing(store):
+        path = sequences(experiment_id, clustering, store=_store(store), drop_noise=drop_noise, name=name)
     g = open_result(open_store(_store(store)).experiment(experiment_id), "sequences", path.rsplit("/", 1)[1])
     rows = [(str(n), int(f), int(t), int(c)) for n, f, t, c in zip(g["transition_network"][:], g["transition_from"][:],
                                                                  g["transition_to"][:], g["transition_count"][:]) if f != t]
@@ -189,8 +202,9 @@ def entropy_cmd(
     from .entropy import entropy_summary
     from .results import open_result, open_store
 
-    path = entropy_summary(experiment_id, store=_store(store), statistic=statistic, confidence=confidence,
-                           n_resamples=n_resamples, method=method, seed=seed, name=name)
+    with _writing(store):
+        path = entropy_summary(experiment_id, store=_store(store), statistic=statistic, confidence=confidence,
+                               n_resamples=n_resamples, method=method, seed=seed, name=name)
     g = open_result(open_store(_store(store)).experiment(experiment_id), "entropy", path.rsplit("/", 1)[1])
     keys = ("group_network", "group_model", "group_homology_dim", "n", statistic, "ci_low", "ci_high")
     rows = list(zip(*(g[k][:] for k in keys)))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 from typing import Optional
@@ -13,6 +14,18 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from ..store import default_location
 from .importer import import_legacy
 from .report import render
+
+
+@contextlib.contextmanager
+def _writing(location: str):
+    """An import into a store that refuses writes (read-only, full): one line (exit 2), before the
+    database is read, and so is a write refused later (panicflow/store/writable.py)."""
+    from ..store import Store
+    from ..store.writable import writing_into
+
+    with writing_into(Store(location, create=True, lazy=True)):  # a new store is created by the import
+        yield
+
 
 import_app = typer.Typer(no_args_is_help=True, help="Import data written by other tools.")
 
@@ -27,10 +40,12 @@ def legacy_cmd(
 ) -> None:
     """Import every experiment of the database (idempotent; an interrupted import continues); prints the experiment ids."""
     err = Console(stderr=True)
-    with Progress(TextColumn("{task.description:<12}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=err, transient=True, disable=as_json) as bars:
+    location = store or default_location()
+    with (contextlib.nullcontext() if dry_run else _writing(location)), \
+            Progress(TextColumn("{task.description:<12}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                     console=err, transient=True, disable=as_json) as bars:
         task = bars.add_task("runs", total=None)
-        report = import_legacy(str(path), store=store or default_location(), dry_run=dry_run, skip_diagrams=skip_diagrams,
+        report = import_legacy(str(path), store=location, dry_run=dry_run, skip_diagrams=skip_diagrams,
                                progress=lambda what, done, total: bars.update(task, completed=done, total=total))
     if as_json:
         print(json.dumps(report.to_dict()))
