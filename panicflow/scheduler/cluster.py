@@ -18,7 +18,9 @@ import signal
 import socket
 import sys
 import threading
+import warnings
 from typing import TYPE_CHECKING, Any, Callable, Iterator
+from urllib.parse import urlsplit
 
 import dask.config
 from distributed import Client, LocalCluster
@@ -201,6 +203,28 @@ def _started(make: Callable[[], Any]) -> Any:
         raise
 
 
+def _port_taken_said(make: Callable[[], Any], dashboard: str) -> Callable[[], Any]:
+    """``make``, without the UserWarning (a multi-line one, with a site-packages path) that Dask
+    prints when the dashboard's port is taken and it listens on another: one panicflow line instead,
+    naming both ports (the dashboard link the CLI prints then says the one it got)."""
+
+    def start() -> Any:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=r"Port \d+ is already in use", category=UserWarning)
+            cluster = make()
+        try:
+            wanted = urlsplit(dashboard if "://" in dashboard else f"//{dashboard}").port
+            got = urlsplit(cluster.dashboard_link).port
+        except Exception:  # no dashboard (bokeh missing): nothing to say
+            wanted = got = None
+        if wanted and got and got != wanted:
+            print(f"panicflow: port {wanted} is in use (another Dask dashboard?); the dashboard listens on port {got} instead",
+                  file=sys.stderr, flush=True)
+        return cluster
+
+    return start
+
+
 @contextlib.contextmanager
 def _own(make: Callable[[], Any], security: Security | None) -> Iterator[Client]:
     """A client of the cluster ``make()`` starts, closed on exit; Ctrl-C is held while it
@@ -299,7 +323,7 @@ def connect(
             # distributed logger (ERROR): the one line panicflow prints says what happened
             return LocalCluster(n_workers=n, threads_per_worker=1, processes=True, host=host, silence_logs=logging.ERROR,
                                 dashboard_address=dashboard, **tls)
-    with _own(make, security) as c:
+    with _own(_port_taken_said(make, dashboard), security) as c:
         yield c
 
 
