@@ -137,3 +137,169 @@ def test_crash_after_resume_retry_failed_keeps_the_last_event(client, tmp_path, 
         assert run0.end is not None and run0.end.stop_reason == "failed" and run0.end.error == "boom again"
     else:
         assert run0.end is None, f"a retried, healthy run was marked {run0.end}"
+
+
+# ------------------------------------------------------- lines that parse but hold a bad value (issue 21 item 3)
+def _line(rec) -> dict:
+    from panicflow.store.journal import encode_record
+
+    return json.loads(encode_record(rec))
+
+
+def _good_text_step() -> dict:
+    text = "a caption"
+    return {"type": "step", "run": 0, "step": 1, "model": "DummyI2T", "kind": "text",
+            "hash": hashlib.sha256(text.encode()).hexdigest(), "text": text, "seed": 3, "started_us": 1, "ended_us": 2,
+            "parameters_hash": "", "batch_id": "b", "batch_size": 1, "batch_position": 0}
+
+
+VALUE_DAMAGE = {
+    "hash-not-hex": (lambda d: d.update(hash="g" + d["hash"][1:]), r'hash "g.*" is not a sha256 hex digest'),
+    "hash-short": (lambda d: d.update(hash=d["hash"][:-1]), "is not a sha256 hex digest"),
+    "text-changed": (lambda d: d.update(text="a captioN"), "text and hash disagree"),
+    "step-negative": (lambda d: d.update(step=-1), "step -1 is not a step number"),
+    "step-a-string": (lambda d: d.update(step="1"), 'step "1" is not a step number'),
+    "step-a-float": (lambda d: d.update(step=1.0), "step 1.0 is not a step number"),
+    "run-a-bool": (lambda d: d.update(run=True), "run true is not a run number"),
+    "kind-unknown": (lambda d: d.update(kind="video"), 'kind "video" is not text or image'),
+    "image-with-text": (lambda d: d.update(kind="image"), "an image step with a text"),
+    "text-missing": (lambda d: d.update(text=None), "a text step without its text"),
+    "seed-a-float": (lambda d: d.update(seed=3.5), "seed 3.5 is not a seed"),
+    "parameters-hash": (lambda d: d.update(parameters_hash="xyz"), "parameters_hash .* is not a sha256 hex digest"),
+    "batch-size": (lambda d: d.update(batch_size=-2), "batch_size -2 is not a batch size"),
+    "time-too-large": (lambda d: d.update(started_us=2**64), "started_us .* is not a time"),
+    "field-unknown": (lambda d: d.update(hsh="x"), 'has no field "hsh"'),
+    "field-missing": (lambda d: d.pop("seed"), "without seed"),
+    "type-unknown": (lambda d: d.update(type="stp"), 'type "stp" is neither step nor event'),
+    "model-empty": (lambda d: d.update(model=""), 'model "" is not a model name'),
+}
+
+
+@pytest.mark.parametrize("damage", list(VALUE_DAMAGE))
+def test_decode_record_refuses_a_bad_value(damage):
+    """Each field is checked for the type and format encode_record writes: before, any JSON with the
+    right keys decoded (a non-hex hash failed later, deep in resume, naming no file or line)."""
+    from panicflow.store.journal import BadRecord, decode_record
+
+    good = _good_text_step()
+    assert decode_record(json.dumps(good)) == StepRecord(**{k: v for k, v in good.items() if k != "type"})
+    change, reason = VALUE_DAMAGE[damage]
+    change(good)
+    with pytest.raises(BadRecord, match=reason):
+        decode_record(json.dumps(good))
+
+
+@pytest.mark.parametrize("event", [{"event": "paused"}, {"step": -3}, {"error": 7}, {"run": "0"}])
+def test_decode_record_refuses_a_bad_event(event):
+    from panicflow.store.journal import BadRecord, decode_record
+
+    good = {"type": "event", "run": 0, "event": "failed", "step": 2, "error": "boom"}
+    assert decode_record(json.dumps(good)) == RunEvent(0, "failed", 2, "boom")
+    with pytest.raises(BadRecord):
+        decode_record(json.dumps({**good, **event}))
+
+
+def _experiment_journal(tmp_path):
+    store = Store(str(tmp_path / "store"), create=True)
+    exp = Experiment.create(store.root, "20250101-000000-abcdef", validate_config(CONFIG))
+    return store, Experiment(store.root, exp.id)
+
+
+def _write_lines(journal: Journal, lines: list[dict]) -> str:
+    name = "00000001-0000000000-abcdef.jsonl"
+    journal.root.write_bytes(f"{journal.prefix}/{name}", "".join(json.dumps(d) + "\n" for d in lines).encode())
+    return name
+
+
+# values that parse and have the right format, but that the experiment never wrote
+EXPERIMENT_DAMAGE = {
+    "model-not-the-networks": (lambda d: d.update(model="DummyT2I"), "model 'DummyT2I' is not the network's model at step 1"),
+    "model-unknown": (lambda d: d.update(model="NoSuchModel"), "model 'NoSuchModel' is not the network's model"),
+    "kind-not-the-models": (lambda d: d.update(step=0, model="DummyT2I"), "kind 'text' is not DummyT2I's output kind"),
+    "run-not-in-experiment": (lambda d: d.update(run=7), "run 7 is not a run of this experiment"),
+    "step-past-max-length": (lambda d: d.update(step=11), "step 11 is past max_length 10"),
+    "seed-not-the-runs": (lambda d: d.update(seed=4), "seed 4 is not the run's seed 3"),
+    "step-out-of-order": (lambda d: d.update(step=3), "step 3 of run 0 comes before its step 1"),
+}
+
+
+@pytest.mark.parametrize("damage", list(EXPERIMENT_DAMAGE))
+def test_a_value_that_does_not_fit_the_experiment_names_the_file_and_line(tmp_path, damage):
+    """The journal of an experiment also checks each line against its config (runs, networks, seeds) and
+    the order steps are journaled in: JournalDamaged, a StoreError (exit 2), naming the file, the line
+    and the way on, instead of a wrong model or seed recorded in the rows or a run continued from a hole."""
+    from panicflow.store.journal import JournalDamaged
+
+    store, exp = _experiment_journal(tmp_path)
+    first = _line(_step(0, 0, store))
+    bad = _good_text_step()
+    change, reason = EXPERIMENT_DAMAGE[damage]
+    change(bad)
+    name = _write_lines(exp.journal, [first, bad])
+    with pytest.raises(JournalDamaged, match=reason) as info:
+        list(exp.journal.read())
+    assert isinstance(info.value, StoreError)
+    assert (info.value.segment, info.value.line) == (name, 2)
+    message = str(info.value)
+    assert f"{name} is damaged at line 2: " in message and "\n" not in message
+    assert f"panicflow doctor {exp.id} --fix" in message
+
+
+def test_a_bad_value_in_a_journal_names_the_file_and_line(tmp_path):
+    """The issue's case: one character of a hash changed; resume failed with `ValueError: not a sha256 hex
+    digest` naming no file or line."""
+    journal = _journal(tmp_path)
+    journal.append([_step(0, 0), _step(0, 1), _step(0, 2)])
+    name = journal.names()[0]
+    path = os.path.join(journal.root.path, *journal.prefix.split("/"), name)
+    lines = open(path).read().splitlines()
+    bad = json.loads(lines[1])
+    bad["hash"] = "Z" + bad["hash"][1:]
+    lines[1] = json.dumps(bad)
+    with open(path, "w") as f:
+        f.write("\n".join(lines) + "\n")
+    with pytest.raises(StoreError, match=rf"journal .*{name} is damaged at line 2: hash \"Z.*\" is not a sha256 hex digest"):
+        list(journal.read())
+
+
+def test_survey_drops_the_damaged_run_from_the_bad_line_on_and_keeps_the_others(tmp_path):
+    """What `doctor --fix` does: the bad line, and its run's later steps and events (computed from what
+    the bad line recorded), go; everything before it, and the other runs, stay byte for byte."""
+    store, exp = _experiment_journal(tmp_path)
+    journal = exp.journal
+    steps = {(run, k): _line(_step(run, k, store)) for run in (0, 1) for k in range(6)}
+    order = [steps[(run, k)] for k in range(6) for run in (0, 1)]  # interleaved, as batches are
+    order.insert(9, {"type": "event", "run": 0, "event": "failed", "step": 5, "error": "boom"})  # after run 0 step 4
+    bad_at = order.index(steps[(0, 2)])
+    order[bad_at] = {**order[bad_at], "hash": "g" + order[bad_at]["hash"][1:]}
+    name = _write_lines(journal, order)
+    survey = journal.survey()
+    [damage] = survey.damaged
+    assert (damage.segment, damage.line, damage.run, damage.step) == (name, bad_at + 1, 0, 2)
+    assert survey.cuts == {0: 2}
+    kept = [(r.run, r.step) for r in survey.records]
+    assert kept == [(0, 0), (1, 0), (0, 1), (1, 1), (1, 2), (1, 3), (1, 4), (1, 5)]  # run 0's failure went too
+    before = open(os.path.join(journal.root.path, *journal.prefix.split("/"), name), "rb").read().split(b"\n")
+    journal.drop(survey)
+    after = open(os.path.join(journal.root.path, *journal.prefix.split("/"), name), "rb").read().split(b"\n")
+    assert after == [line for n, line in enumerate(before, 1) if n not in survey.drops[name]]
+    assert [(r.run, r.step) for r in journal.read()] == kept
+    assert journal.survey().damaged == []
+
+
+def test_survey_of_a_line_whose_run_is_damaged_drops_the_run_it_was(tmp_path):
+    """A line whose run field is bad cannot say which run it was; the steps of that run after it then come
+    out of order, and the first of them says which run lost its step."""
+    store, exp = _experiment_journal(tmp_path)
+    journal = exp.journal
+    order = [_line(_step(run, k, store)) for k in range(4) for run in (0, 1)]
+    order[2] = {**order[2], "run": -1}  # run 0 step 1
+    name = _write_lines(journal, order)
+    with pytest.raises(StoreError, match=r"line 3: run -1 is not a run number.*drops this line"):
+        list(journal.read())
+    survey = journal.survey()
+    assert [(d.line, d.run) for d in survey.damaged] == [(3, None), (5, 0)]
+    assert survey.cuts == {0: 1}
+    assert [(r.run, r.step) for r in survey.records] == [(0, 0), (1, 0), (1, 1), (1, 2), (1, 3)]
+    journal.drop(survey)
+    assert journal.survey().damaged == [] and len(list(journal.read())) == 5

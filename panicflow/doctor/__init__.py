@@ -15,14 +15,17 @@ docs/store.md is the contract and docs/doctor.md the user's guide. What is check
   ``loop_start``/``loop_period``; otherwise at ``max_length``; an unseeded run never loops);
 * objects: every output referenced by the rows (and by the journal) exists and hashes to its name;
 * embeddings: for a run whose ``done`` is set, non-NaN rows exactly at the steps whose kind
-  is the embedder's input kind; ``done`` set for every ended, non-failed run of a finished
-  experiment;
+  is the embedder's input kind, and rows that hash to the ``vector_sha256`` recorded with
+  ``done`` (experiments from before it have none: a note); ``done`` set for every ended,
+  non-failed run of a finished experiment;
 * diagrams: a status for every run of a finished experiment; for a status, pairs form a
   padded prefix, entropy equals the persistent entropy of the stored pairs, ``n_points``
   equals the embedded rows; no pairs where nothing was computed;
 * checksums: every chunk of an array created with the crc32c codec is checked against it when
   read (a changed byte is an ``unreadable`` chunk); arrays without it (stores created before)
   are named in a note;
+* the journal: every line a valid record of this experiment, in order (``Journal.survey``); a
+  damaged line is named by file and line;
 * leftovers: journal files of a complete experiment, experiment folders whose creation
   crashed (no ``experiment.json``; only when checking the whole store);
 * consolidated metadata: none that differs from the nodes' own, and one in a finished experiment;
@@ -39,7 +42,8 @@ cannot be decoded are deleted (they read as fill values, i.e. missing, afterward
 shard of runs' rows only the damaged run's chunk is replaced);
 3. rows, run ends, creation arrays, objects, leftovers, from the store itself (journal,
 config, surviving columns, re-running deterministic models and accepting only outputs
-that hash to what the store already holds); 4. embeddings and diagrams, by clearing their
+that hash to what the store already holds), and damaged journal lines dropped with their
+run's records from there on (resume computes those steps again); 4. embeddings and diagrams, by clearing their
 markers and letting the normal resume machinery recompute them; 5. the consolidated metadata,
 written again. A problem is reported
 ``fixed`` when the final check no longer finds it.

@@ -14,7 +14,7 @@ import numpy as np
 
 from ..models import REGISTRY, Kind
 from ..store import Store, consolidated
-from ..store.experiment import INVOCATION_ARRAYS, Experiment
+from ..store.experiment import INVOCATION_ARRAYS, RUN_END_ARRAYS, Experiment
 from ..store.root import StoreRoot
 from .common import (
     DIGEST_RE,
@@ -232,12 +232,57 @@ class Repairer:
                 self._repair_object(s, p)
             except Exception as exc:  # noqa: BLE001
                 self.note(p, f"repair failed: {short(exc)}")
+        if by_kind.get("journal"):
+            try:
+                self._fix_journal(by_kind["journal"], s, z)
+            except Exception as exc:  # noqa: BLE001
+                for p in by_kind["journal"]:
+                    self.note(p, f"repair failed: {short(exc)}")
         for p in by_kind.get("journal_leftover", []):
             try:
                 self.exp.journal.clear()
                 self.act("deleted the journal left in a complete experiment")
             except Exception as exc:  # noqa: BLE001
                 self.note(p, f"cannot delete it: {short(exc)}")
+
+    def _fix_journal(self, problems: list[Problem], s: Scan, z: Arrays) -> None:
+        """Drop the damaged journal lines and, for each run they belong to, its records from there on
+        (``Journal.survey``), so that resume computes those steps again (fixed-seed runs: the same
+        outputs). A run that ended and was materialised is trusted from its rows; one materialised as
+        failed is reopened (its end and diagram markers cleared, as ``resume --retry-failed`` does);
+        the rows a running run showed past the drop are cleared."""
+        if s.state == "complete":
+            for p in problems:
+                self.note(p, "a complete experiment's journal is not needed: it is deleted (journal_leftover)")
+            return
+        journal = self.exp.journal
+        survey = journal.survey()  # again, now that doctor holds the lease
+        if not survey.damaged:
+            return
+        journal.drop(survey)
+        stops = z.get("stop_reason")
+        reopened, cleared = [], []
+        for run, step in sorted(survey.cuts.items()):
+            stop = str(stops[run])
+            if stop and stop != "failed":
+                continue  # ended and materialised: its rows, certified by stop_reason, are what resume uses
+            if stop == "failed":
+                z.get("stop_reason")[run] = ""  # the marker first
+                for name, (_, fill, _) in RUN_END_ARRAYS.items():
+                    z.get(name)[run] = fill
+                for m in s.cfg.embedding_models:
+                    z.get(f"diagrams/{m}/status")[run] = ""
+                reopened.append(run)
+            for name, (_, fill, _) in INVOCATION_ARRAYS.items():
+                z.get(name)[run, step:] = fill
+            cleared.append(f"run {run} from step {step}")
+        runs = ", ".join(f"run {run} from step {step}" for run, step in sorted(survey.cuts.items())) or "no run known"
+        self.act(f"dropped {survey.dropped} journal line(s) ({len(survey.damaged)} damaged; {runs}); "
+                 f"`panicflow experiment resume {self.exp.id}` computes those steps again")
+        if cleared:
+            self.act(f"cleared the rows shown past the dropped steps ({', '.join(cleared)})")
+        if reopened:
+            self.act(f"reopened failed run(s) {ranges(reopened)}: their failure was among the dropped records")
 
     def _object_ok(self, digest: str) -> bool:
         if digest in self.verified:
@@ -536,7 +581,7 @@ class Repairer:
             if p.run in damaged_runs:
                 self.note(p, f"not recomputed: run {p.run}'s outputs are damaged (see its other problems)")
                 continue
-            if p.kind in ("embedding_missing", "embedding_rows"):
+            if p.kind in ("embedding_missing", "embedding_rows", "embedding_digest"):
                 clear[(p.run, p.model)] |= {"done", "status"}
             else:
                 clear[(p.run, p.model)].add("status")

@@ -10,7 +10,7 @@ from typing import Any
 KINDS: dict[str, int | None] = {
     "experiment": None,  # experiment.json or its config unreadable: nothing else can be checked
     "interrupted": None,  # no coordinator, not finished: `panicflow experiment resume` finishes it
-    "journal": None,  # a journal file that does not parse
+    "journal": 3,  # a journal line that does not parse or holds a bad value: that run's steps from there are dropped
     "metadata": 1,  # a zarr.json missing, damaged, or not the layout's
     "unreadable": 2,  # a chunk that cannot be decoded
     "layout": 3,  # run/step/network/seed/prompt differ from the config
@@ -26,6 +26,7 @@ KINDS: dict[str, int | None] = {
     "orphan": 3,  # an experiment folder without experiment.json
     "embedding_missing": 4,
     "embedding_rows": 4,
+    "embedding_digest": 4,  # the vectors of a run no longer hash to the digest recorded when they were committed
     "diagram_missing": 4,
     "diagram_inconsistent": 4,
     "consolidated": 5,  # the consolidated metadata (root zarr.json) stale, or missing in a finished experiment

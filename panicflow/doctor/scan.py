@@ -9,10 +9,10 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from ..errors import PanicflowError, StoreError
+from ..errors import PanicflowError
 from ..models import REGISTRY, Kind
 from ..store import Store, consolidated
-from ..store.experiment import INVOCATION_ARRAYS, Experiment
+from ..store.experiment import INVOCATION_ARRAYS, VECTOR_DIGEST, Experiment, vector_digest
 from ..store.journal import StepRecord
 from .common import (
     CREATOR_ARRAYS,
@@ -32,6 +32,7 @@ from .common import (
     has_checksum,
     is_pair_array,
     is_task_array,
+    is_vector_digest,
     known,
     log,
     ranges,
@@ -96,6 +97,13 @@ class Scanner:
         if s.without_task_times:
             s.notes.append(f"the {' and '.join(sorted(s.without_task_times))} have no task times (started_at, ended_at, "
                            "worker): the experiment was created before panicflow recorded them; a resume adds them")
+        if s.without_vector_digests:
+            s.notes.append(f"the embeddings of {', '.join(sorted(s.without_vector_digests))} have no vector digests "
+                           f"({VECTOR_DIGEST}): the experiment was created before panicflow recorded them, so their "
+                           "vectors are checked for their NaN pattern only; a resume adds the array")
+        for m, n in sorted(s.undigested.items()):
+            s.notes.append(f"{n} run(s) of {m} were embedded without a vector digest (before panicflow recorded "
+                           "them): their vectors are checked for their NaN pattern only")
         if s.unchecksummed:
             arrays = sum(doc.get("node_type") == "array" for doc in s.layout.docs.values())
             s.notes.append(f"{len(s.unchecksummed)} of {arrays} arrays were created without chunk checksums "
@@ -115,6 +123,9 @@ class Scanner:
                 s.bad_meta.add(node)
                 if is_task_array(node):  # an experiment from before task times: no problem, resume adds them
                     s.without_task_times.add(node.split("/")[0])
+                    continue
+                if is_vector_digest(node):  # likewise from before vector digests
+                    s.without_vector_digests.add(node.split("/")[1])
                     continue
                 s.add("metadata", f"{layout.meta_key(node)} is missing", **where)
                 continue
@@ -304,25 +315,22 @@ class Scanner:
     def _read_journal(self, s: Scan) -> None:
         journal = self.exp.journal
         try:
-            names = journal.names()
+            s.journal_files = len(journal.names())
+            survey = journal.survey()  # every line validated as resume reads it; what dropping the bad ones takes
         except Exception as exc:  # noqa: BLE001
-            s.add("journal", f"the journal cannot be listed: {short(exc)}", path=journal.prefix)
+            s.add("journal", f"the journal cannot be read: {short(exc)}", path=journal.prefix)
             return
-        s.journal_files = len(names)
-        for name in names:  # in the order written: the first record of a step is the one that counts
-            try:
-                records = journal.read_file(name)
-            except FileNotFoundError:
-                continue  # cleared meanwhile
-            except StoreError as exc:
-                s.add("journal", str(exc), path=f"{journal.prefix}/{name}")
-                continue
-            except Exception as exc:  # noqa: BLE001
-                s.add("journal", f"journal file {name} cannot be read: {short(exc)}", path=f"{journal.prefix}/{name}")
-                continue
-            for rec in records:
-                if isinstance(rec, StepRecord):
-                    s.journal[rec.run].setdefault(rec.step, rec)
+        for d in survey.damaged:
+            if d.run is not None and d.run in survey.cuts:
+                drop = f"run {d.run}'s journaled steps from step {survey.cuts[d.run]} on"
+            else:
+                drop = "this line"
+            s.add("journal", f"journal {d.segment} is damaged at line {d.line}: {d.reason} (resume stops on it); "
+                             f"`--fix` drops {drop}, which resume then computes again",
+                  run=d.run, step=d.step, path=f"{journal.prefix}/{d.segment}:{d.line}")
+        for rec in survey.records:  # in the order written: the first record of a step is the one that counts
+            if isinstance(rec, StepRecord):
+                s.journal[rec.run].setdefault(rec.step, rec)
 
     def _read_runs(self, s: Scan, z: Arrays) -> None:
         cfg = s.cfg
@@ -577,6 +585,7 @@ class Scanner:
             if done is None:
                 continue
             vec = self._array(s, z, f"embeddings/{m}/vector")
+            digests = None if m in s.without_vector_digests else self._read_per_run(s, z, f"embeddings/{m}/{VECTOR_DIGEST}")
             input_kind = REGISTRY[m].input_kind.value
             for r in s.runs.values():
                 if not r.ended or r.stop == "failed":
@@ -595,6 +604,7 @@ class Scanner:
                 rows = self._read_row(s, vec, f"embeddings/{m}/vector", r.index)
                 if rows is None or len(s.problems) > before:
                     continue  # undecodable chunks: reported, and --fix deletes them first
+                stored = rows
                 rows = np.asarray(rows, dtype=np.float64)
                 nan = np.isnan(rows)
                 present, partial = ~nan.any(axis=1), nan.any(axis=1) & ~nan.all(axis=1)
@@ -613,6 +623,26 @@ class Scanner:
                         parts.append(f"partly NaN vectors at step(s) {ranges(np.flatnonzero(partial).tolist())}")
                     s.add("embedding_rows", f"run {r.index} / {m}: " + "; ".join(parts), run=r.index, model=m,
                           step=int((missing.tolist() + extra.tolist() + [0])[0]), path=f"embeddings/{m}/vector")
+                elif digests is not None:
+                    self._check_vector_digest(s, r, m, str(digests[r.index]), stored)
+
+    @staticmethod
+    def _check_vector_digest(s: Scan, r: Run, m: str, recorded: str, stored) -> None:
+        """The run's vectors against the digest recorded beside ``done`` when they were committed: a value
+        changed through Zarr (which writes a new checksum for the chunk) keeps the NaN pattern but not this."""
+        if recorded == "":
+            s.undigested[m] = s.undigested.get(m, 0) + 1  # embedded before digests were recorded: a note
+            return
+        path = f"embeddings/{m}/{VECTOR_DIGEST}"
+        if not DIGEST_RE.fullmatch(recorded):
+            s.add("embedding_digest", f"run {r.index} / {m}: the recorded vector digest {recorded[:20]!r} is not a "
+                                      "sha256 hex digest", run=r.index, model=m, path=path)
+            return
+        got = vector_digest(np.asarray(stored[: r.L], dtype=np.float32))
+        if got != recorded:
+            s.add("embedding_digest", f"run {r.index} / {m}: its vectors hash to {got[:12]}..., not to the digest "
+                                      f"{recorded[:12]}... recorded when they were written (changed since)",
+                  run=r.index, model=m, path=path)
 
     # ------------------------------------------------------------ diagrams
     def _check_diagrams(self, s: Scan, z: Arrays) -> None:

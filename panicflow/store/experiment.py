@@ -21,24 +21,46 @@ data they certify, so a reader or a resume trusts only marked data.
 
 from __future__ import annotations
 
+import atexit
+import hashlib
 import json
 import os
 import socket
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from functools import cached_property
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import zarr
 
-from ..config import ExperimentConfig, config_digest, validate_stored_config
+from ..config import UNSEEDED, ExperimentConfig, config_digest, validate_stored_config
 from ..errors import StoreError
 from ..models import REGISTRY, Kind
 from . import consolidated
-from .journal import Journal, StepRecord
+from .journal import BadRecord, Journal, RunEvent, StepRecord
 from .lease import Fence, Lease, current_holder, now_us, pid_alive
 from .root import StoreRoot
+
+
+def _stop_zarr_io_thread() -> None:
+    """At exit, before zarr's own clean-up (atexit runs the handlers registered last first): stop the
+    event loop of zarr's I/O thread and wait for it. zarr waits 0.2 s, then closes the loop even if it
+    still runs, which printed ``RuntimeError: Cannot close a running event loop`` after a command that
+    had failed cleanly, on a busy machine; a stopped loop it closes quietly."""
+    from zarr.core import sync
+
+    loop, thread = sync.loop[0], sync.iothread[0]
+    if loop is None or thread is None or not thread.is_alive() or loop.is_closed():
+        return
+    try:
+        loop.call_soon_threadsafe(loop.stop)
+    except RuntimeError:  # closed meanwhile
+        return
+    thread.join(timeout=10)
+
+
+atexit.register(_stop_zarr_io_thread)  # after zarr's (registered when `import zarr` loaded zarr.core.sync): runs before it
 
 EXPERIMENT_FORMAT = 2
 READABLE_FORMATS = (1, 2)  # format 1 lacks the batch_* arrays; resume adds them (Experiment.upgrade)
@@ -135,6 +157,37 @@ class TaskTiming:
     worker: str  # the Dask worker's address; empty off a worker
 
 
+@dataclass(frozen=True)
+class EmbeddingTiming(TaskTiming):
+    """What an embedding task returns: when and where it ran, and ``vector_digest`` of the rows it wrote."""
+
+    vector_sha256: str = ""
+
+
+# (run,) array beside each embedding model's ``done``: the sha256 of the run's vectors as its task wrote
+# them, written by the coordinator with the task times, just before ``done``
+VECTOR_DIGEST = "vector_sha256"
+VECTOR_DIGEST_ATTRS = {
+    "description": "sha256 (hex) of the run's vectors as written: the little-endian float32 bytes of its (step, dim) "
+                   "rows 0 to length-1, row after row, NaN rows included; empty where not recorded (runs embedded "
+                   "before panicflow recorded it)",
+}
+
+
+def vector_digest(vectors: np.ndarray) -> str:
+    """sha256 of a run's (length, dim) vectors in their canonical byte form (``VECTOR_DIGEST_ATTRS``)."""
+    return hashlib.sha256(np.ascontiguousarray(vectors, dtype="<f4").tobytes()).hexdigest()
+
+
+def add_digest_array(group: zarr.Group, marker: zarr.Array) -> None:
+    """``VECTOR_DIGEST`` where an embeddings ``group`` lacks it, laid out like its ``done``
+    (one writer, the coordinator, writes both)."""
+    if VECTOR_DIGEST not in group:
+        group.create_array(VECTOR_DIGEST, shape=marker.shape, chunks=marker.chunks, shards=marker.shards, dtype=str,
+                           fill_value="", dimension_names=["run"], attributes=VECTOR_DIGEST_ATTRS,
+                           compressors=chunk_compressors(str))
+
+
 def add_task_arrays(group: zarr.Group, marker: zarr.Array) -> None:
     """The ``TASK_ARRAYS`` that ``group`` lacks, laid out like its ``marker``: one writer (the
     coordinator) writes both at the same moment, so whatever the run chunking of the marker,
@@ -224,15 +277,19 @@ class Experiment:
         self.__dict__.pop("meta", None)
 
     def _add_task_arrays(self) -> None:
+        """The task times, and the embeddings' vector digests (``VECTOR_DIGEST``), where missing."""
         g = self.group()
         places = [(g[f"{kind}/{m}"], marker) for m in self.config.embedding_models
                   for kind, marker in (("embeddings", "done"), ("diagrams", "status"))]
-        missing = [(group, marker) for group, marker in places if any(name not in group for name in TASK_ARRAYS)]
+        missing = [(group, marker) for group, marker in places if any(name not in group for name in TASK_ARRAYS)
+                   or (marker == "done" and VECTOR_DIGEST not in group)]
         if not missing:
             return
         consolidated.drop(self)  # new arrays: a consolidated copy would go stale
         for group, marker in missing:
             add_task_arrays(group, group[marker])
+            if marker == "done":
+                add_digest_array(group, group[marker])
 
     @cached_property
     def config(self) -> ExperimentConfig:
@@ -273,7 +330,40 @@ class Experiment:
 
     @cached_property
     def journal(self) -> Journal:
-        return Journal(self.root, f"{self.prefix}/journal", fence=self.check_owner)
+        return Journal(self.root, f"{self.prefix}/journal", fence=self.check_owner, check=self._journal_check(),
+                       experiment_id=self.id)
+
+    def _journal_check(self) -> Callable[[StepRecord | RunEvent], None]:
+        """What a journal line must say of this experiment (``BadRecord`` otherwise): a run it has, a step
+        below max_length, the network's model for that step and that model's output kind, and the run's
+        seed for a seeded run. Built from the config at the first line read."""
+        rules: list[Any] = []
+
+        def check(rec: StepRecord | RunEvent) -> None:
+            if not rules:
+                cfg = self.config
+                rules.append((cfg.runs(), cfg.max_length))
+            runs, max_length = rules[0]
+            if rec.run >= len(runs):
+                raise BadRecord(f"run {rec.run} is not a run of this experiment (it has {len(runs)})")
+            if not isinstance(rec, StepRecord):
+                if rec.step > max_length:
+                    raise BadRecord(f"{rec.event} event at step {rec.step}, past max_length {max_length}", run=rec.run)
+                return
+            spec, step = runs[rec.run], rec.step
+            if step >= max_length:
+                raise BadRecord(f"step {step} is past max_length {max_length}", run=rec.run)
+            model = spec.model_at(step)
+            if rec.model != model:
+                raise BadRecord(f"model {rec.model!r} is not the network's model at step {step} ({model})",
+                                run=rec.run, step=step)
+            kind = REGISTRY[model].output_kind.value if model in REGISTRY else rec.kind
+            if rec.kind != kind:
+                raise BadRecord(f"kind {rec.kind!r} is not {model}'s output kind ({kind})", run=rec.run, step=step)
+            if spec.seed != UNSEEDED and rec.seed != spec.seed:
+                raise BadRecord(f"seed {rec.seed} is not the run's seed {spec.seed}", run=rec.run, step=step)
+
+        return check
 
     # ---------------------------------------------------------------- ownership
     def take(self, purpose: str = "coordinator") -> Lease:
@@ -412,6 +502,7 @@ class Experiment:
                 np.nan, {"description": f"{model} embedding of each output it can embed; NaN elsewhere"})
             arr(e, "done", ["run"], (n_runs,), (rc.marks,), "bool", False, {"description": "vectors of this run written"})
             add_task_arrays(e, e["done"])
+            add_digest_array(e, e["done"])
             d = g.require_group("diagrams").create_group(model)
             d.attrs.update({"model": model, "maxdim": maxdim})
             arr(d, "status", ["run"], (n_runs,), (rc.marks,), str, "",
@@ -541,10 +632,15 @@ class ExperimentWriter:
         self.exp.check_owner()
         self._a(f"diagrams/{model}/status")[run] = ""
 
-    def mark_embedded(self, run: int, model: str, timing: TaskTiming | None = None) -> None:
-        """``done``, after when and where its task ran (``timing``; None: unknown)."""
+    def mark_embedded(self, run: int, model: str, timing: TaskTiming | None = None, digest: str | None = None) -> None:
+        """``done``, after when and where its task ran (``timing``; None: unknown) and the digest of the
+        vectors it wrote (``digest``, else the one an ``EmbeddingTiming`` carries; none: cleared)."""
         self.exp.check_owner()
         self._write_timing(f"embeddings/{model}", run, timing)
+        if not hasattr(self, "_digested"):  # absent in experiments created before it (resume adds it)
+            self._digested = {m for m in self.config.embedding_models if VECTOR_DIGEST in self.g[f"embeddings/{m}"]}
+        if model in self._digested:
+            self._a(f"embeddings/{model}/{VECTOR_DIGEST}")[run] = digest or getattr(timing, "vector_sha256", "")
         self._a(f"embeddings/{model}/done")[run] = True
 
     def _write_timing(self, group: str, run: int, timing: TaskTiming | None) -> None:
