@@ -13,12 +13,14 @@ from .api import (
     run_experiment,
 )
 from .config import ExperimentConfig, load_config
+from .handle import ExperimentHandle, submit_experiment, submit_resume
 from .legacy import import_legacy
 
 __version__ = "0.1.0"
 
 __all__ = [
     "ExperimentConfig",
+    "ExperimentHandle",
     "experiment_status",
     "import_legacy",
     "list_experiments",
@@ -28,4 +30,6 @@ __all__ = [
     "open_experiment",
     "resume_experiment",
     "run_experiment",
+    "submit_experiment",
+    "submit_resume",
 ]

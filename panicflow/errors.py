@@ -95,7 +95,8 @@ class StoreWriteFailed(PanicflowError, OSError):
 class Interrupted(PanicflowError):
     """An experiment was stopped on request (SIGTERM, SIGHUP, Ctrl-C, ``cancel()``) and marked
     ``interrupted``; ``resume_experiment(experiment_id)`` finishes it. ``reason`` names the
-    request: ``"SIGTERM"``, ``"SIGHUP"``, ``"SIGINT"`` or ``"cancel"``."""
+    request: ``"SIGTERM"``, ``"SIGHUP"``, ``"SIGINT"``, ``"cancel"`` or ``"exit"`` (a submitted
+    experiment still running when the interpreter exited: ``panicflow.handle``)."""
 
     def __init__(self, experiment_id: str, reason: str) -> None:
         self.experiment_id, self.reason = experiment_id, reason
