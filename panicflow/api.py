@@ -20,6 +20,7 @@ import xarray as xr
 from distributed import Client
 from PIL import Image
 
+from . import settings
 from .config import ExperimentConfig, load_config
 from .errors import STORE_WRITE_ERRNOS, Interrupted, RunsFailed, StoreError, StoreIOError, UserError
 from .scheduler import dashboard, spans
@@ -79,7 +80,7 @@ def run_experiment(
     but some runs failed; ``resume_experiment(id, retry_failed=True)`` retries them.
 
     SIGTERM, SIGHUP and Ctrl-C (in the main thread) stop it gracefully: nothing new starts,
-    results in flight land for ``stop.grace_s`` seconds (default 5), the experiment is marked
+    results in flight land for ``stop.grace_s`` seconds (the ``panicflow.stop-grace`` setting, 5), the experiment is marked
     interrupted and ``panicflow.errors.Interrupted`` (with ``.experiment_id``) is raised; a second
     signal stops at once. ``stop`` (a ``panicflow.scheduler.stopping.StopRequest``) sets the grace,
     and lets another thread stop it (``stop.request("cancel")``).
@@ -221,7 +222,7 @@ class _Publisher:
 def _drive(st, exp, c, progress, on_start, retry_failed=False, stop: StopRequest | None = None) -> None:
     if on_start:
         on_start(exp, c)
-    publisher = _Publisher(c, exp, progress)
+    publisher = _Publisher(c, exp, progress, interval_s=settings.get("progress-interval"))
     spans.register(c)  # the scheduler forgets our finished Dask spans: flat memory (scheduler/spans.py)
     stop = stop or StopRequest()
     try:
@@ -474,6 +475,11 @@ class ExperimentStatus:
     invocations_by_model: dict[str, int] = field(default_factory=dict)
     # per embedding model: diagrams ok / fallback / skipped / failed (persistence_diagrams counts all four)
     diagram_outcomes: dict[str, dict[str, int]] = field(default_factory=dict)
+    # steps at most: a run going may make max_length, one that ended made its length (in all, per model)
+    invocations_max: int = 0
+    invocations_max_by_model: dict[str, int] = field(default_factory=dict)
+    # the time left (scheduler/eta.py): rates from what the store recorded in the last eta.WINDOW_S
+    eta: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         d = dict(self.__dict__)
@@ -482,25 +488,39 @@ class ExperimentStatus:
 
 
 def experiment_status(experiment_id: str, store: StoreLike = None) -> ExperimentStatus:
-    """Exact progress, derived from the journal and the Zarr markers."""
+    """Exact progress, derived from the journal and the Zarr markers; ``eta`` from what ended recently."""
+    from .scheduler import eta as _eta
+
     st = _store(store)
     exp = st.experiment(experiment_id)
     exp.config  # a damaged stored config is a clear error here, not later
     with _metadata_read(exp):
         markers = read_markers(exp)
+    effective = exp.effective_state()
     reasons = [str(r) for r in markers["stop_reason"]]
+    # the window the rates are measured over: the last eta.WINDOW_S of this coordinator session
+    now = time.time() * 1e6
+    sessions = [s["started_us"] for s in exp.sessions() if isinstance(s.get("started_us"), int)]
+    since = max([now - _eta.WINDOW_S * 1e6, *sessions])
+    recent_steps: Counter[str] = Counter()
     steps: dict[int, int] = {}
     for rec in exp.journal.read():
         if isinstance(rec, StepRecord):
             steps[rec.run] = max(steps.get(rec.run, 0), rec.step + 1)
+            if rec.ended_us >= since:
+                recent_steps[rec.model] += 1
     lengths = markers["length"]
     done = [int(lengths[i]) if reasons[i] else steps.get(i, 0) for i in range(len(reasons))]
     invocations = sum(done)
+    max_length = exp.config.max_length
     by_model: dict[str, int] = {}
+    max_by_model: dict[str, int] = {}
     for spec in exp.config.runs():  # step k of a run calls network[k % len(network)]
         n, k = done[spec.index], len(spec.network)
+        most = int(lengths[spec.index]) if reasons[spec.index] else max_length
         for j, model in enumerate(spec.network):
             by_model[model] = by_model.get(model, 0) + max(0, (n - j + k - 1) // k)
+            max_by_model[model] = max_by_model.get(model, 0) + max(0, (most - j + k - 1) // k)
     g = exp.group(read_only=True)
     failed = [i for i, r in enumerate(reasons) if r == "failed"]
     errors = {i: str(g["error"][i]) for i in failed}
@@ -509,10 +529,17 @@ def experiment_status(experiment_id: str, store: StoreLike = None) -> Experiment
         if r:
             counts[r] = counts.get(r, 0) + 1
     state = exp.read_state()
-    return ExperimentStatus(
+    rates: dict[str, dict[str, float]] = {}
+    if effective == "running":  # a stopped experiment has no rate (what ended before it stopped is no guide)
+        recent = {"invocations": dict(recent_steps),
+                  "embeddings": _ended_since(g, "embeddings", markers["embedded"], since),
+                  "diagrams": _ended_since(g, "diagrams", {m: np.asarray([bool(str(x)) for x in v])
+                                                                  for m, v in markers["diagram_status"].items()}, since)}
+        rates = _eta.rates_from_counts(recent, (now - since) / 1e6)
+    status = ExperimentStatus(
         id=exp.id,
         name=exp.name,
-        state=exp.effective_state(),
+        state=effective,
         runs=len(reasons),
         runs_complete=sum(1 for r in reasons if r in ("length", "loop")),
         runs_failed=len(failed),
@@ -525,7 +552,21 @@ def experiment_status(experiment_id: str, store: StoreLike = None) -> Experiment
         error=state.get("error"),
         invocations_by_model=by_model,
         diagram_outcomes={m: _outcomes(v) for m, v in markers["diagram_status"].items()},
+        invocations_max=sum(max_by_model.values()),
+        invocations_max_by_model=max_by_model,
     )
+    status.eta = _eta.estimate(_eta.work_left(status.to_dict()), rates)
+    return status
+
+
+def _ended_since(g, stage: str, marked: dict[str, Any], since_us: float) -> dict[str, int]:
+    """Per embedding model, the runs whose ``stage`` task (embeddings, diagrams) ended since ``since_us``."""
+    out = {}
+    for model, done in marked.items():
+        node = g[f"{stage}/{model}"]
+        if "ended_at" in node:  # experiments from before task times have none: no rate
+            out[model] = int(np.count_nonzero((node["ended_at"][:] >= since_us) & np.asarray(done, dtype=bool)))
+    return out
 
 
 def doctor(

@@ -91,7 +91,7 @@ TlsCaOpt = Annotated[Optional[Path], typer.Option("--tls-ca-file", help="CA cert
 TlsCertOpt = Annotated[Optional[Path], typer.Option("--tls-cert", help="Client certificate (PEM) for a tls:// scheduler.", **_PEM)]
 TlsKeyOpt = Annotated[Optional[Path], typer.Option("--tls-key", help="Key of --tls-cert (PEM), unless the certificate file holds it.", **_PEM)]
 GraceOpt = Annotated[Optional[float], typer.Option(
-    "--grace", min=0, help="Seconds results in flight get to land after SIGTERM, SIGHUP or Ctrl-C (default 5; 0: stop at once).",
+    "--grace", min=0, help="Seconds results in flight get to land after SIGTERM, SIGHUP or Ctrl-C (default: the panicflow.stop-grace setting, 5; 0: stop at once).",
 )]
 
 
@@ -156,12 +156,18 @@ def _security(ca_file: Optional[Path], cert: Optional[Path], key: Optional[Path]
 
 
 class _Bars:
-    """Rich progress bars for the three stages, fed by coordinator snapshots."""
+    """Rich progress bars for the three stages, fed by coordinator snapshots: steps first (runs end
+    in waves), and per bar the time left from scheduler/eta.py, with rates over the last minute of
+    snapshots (the estimate of the /panicflow page and `status --json`, not rich's own per bar)."""
 
     def __init__(self, enabled: bool) -> None:
+        from .scheduler import eta
+
         self.enabled = enabled
         self.progress: Progress | None = None
         self.tasks: dict[str, Any] = {}
+        self.window = eta.Window()
+        self.eta: dict[str, Any] | None = None  # the latest estimate
 
     def start(self, exp, client) -> None:
         if not self.enabled:
@@ -171,24 +177,44 @@ class _Bars:
         page = dashboard_page(client)
         if page:
             err.print(f"panicflow progress: {escape(page)} (and panicflow_* metrics on /metrics)")
-        self.progress = Progress(
-            TextColumn("{task.description:<24}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-            console=err, transient=False,
-        )
+        self.progress = Progress(*self.columns(), console=err, transient=False)
         self.progress.start()
+
+    @staticmethod
+    def columns() -> tuple:
+        """Name, bar, done/total, time elapsed, and the time left of ``rows`` (not rich's own)."""
+        return (TextColumn("{task.description:<24}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                TextColumn("{task.fields[eta]}", markup=False))
+
+    def rows(self, snap, now: float | None = None) -> dict[str, tuple[int, int, str]]:
+        """Per bar: done, total and the time left (``eta.brief``); the estimate is kept in ``self.eta``."""
+        from .scheduler import eta
+        from .scheduler.dashboard import snapshot_dict
+
+        d = snapshot_dict(snap)
+        self.window.add(time.monotonic() if now is None else now, d)
+        self.eta = eta.estimate(eta.work_left(d), self.window.rates())
+
+        def left(*where: str) -> str:
+            text = eta.brief(self.eta, *where)
+            return text if text == "done" else f"{text} left"
+
+        steps = left("invocations")
+        rows = {"steps (invocations)": (snap.invocations, snap.invocations_max, steps),
+                "runs": (snap.runs_ended, snap.runs, steps)}
+        for m, n in snap.embeddings.items():
+            rows[f"embeddings {m}"] = (n, snap.runs_to_embed, left("embeddings", m))
+        for m, n in snap.diagrams.items():
+            rows[f"diagrams {m}"] = (n, snap.runs, left("diagrams", m))
+        return rows
 
     def update(self, snap) -> None:
         if not self.progress:
             return
-        rows = {"runs": (snap.runs_ended, snap.runs), "invocations": (snap.invocations, snap.invocations_max)}
-        for m, n in snap.embeddings.items():
-            rows[f"embeddings {m}"] = (n, snap.runs_to_embed)
-        for m, n in snap.diagrams.items():
-            rows[f"diagrams {m}"] = (n, snap.runs)
-        for name, (done, total) in rows.items():
+        for name, (done, total, left) in self.rows(snap).items():
             if name not in self.tasks:
-                self.tasks[name] = self.progress.add_task(escape(name), total=total)
-            self.progress.update(self.tasks[name], completed=done, total=total)
+                self.tasks[name] = self.progress.add_task(escape(name), total=total, eta=left)
+            self.progress.update(self.tasks[name], completed=done, total=total, eta=left)
 
     def stop(self) -> None:
         if self.progress:
@@ -201,8 +227,14 @@ def _print_summary(status: api.ExperimentStatus, wall: float | None = None) -> N
     table = Table(title=shown(title), show_header=False)
     table.add_row("state", shown(status.state))
     table.add_row("results", shown(f"{status.store} (panicflow.open_experiment({status.id!r}, store={status.store!r}))"))
+    most = status.invocations_max
+    share = f" ({100 * status.invocations / most:.0f}%)" if most else ""
+    table.add_row("steps (invocations)", f"{status.invocations} of at most {most}{share}")
+    if status.state == "running":  # scheduler/eta.py: from the rates the store shows over the last minute
+        from .scheduler import eta
+
+        table.add_row("time left", eta.describe(status.eta))
     table.add_row("runs", f"{status.runs_complete} complete, {status.runs_failed} failed, {status.runs} in all")
-    table.add_row("invocations", str(status.invocations))
     table.add_row("stop reasons", shown(", ".join(f"{k}: {v}" for k, v in sorted(status.stop_reasons.items())) or "-"))
     table.add_row("embeddings (runs)", shown(", ".join(f"{k}: {v}" for k, v in status.embeddings.items())))
     table.add_row("persistence diagrams", shown(", ".join(f"{k}: {v}" for k, v in status.persistence_diagrams.items())))
@@ -275,12 +307,12 @@ def _execute(start: Callable[..., str], store: str, as_json: bool, experiment_id
     (``cluster``: its options), exit 128 + the signal (``_Interrupted``), unless it had
     completed; any other error once the experiment is known still gives --json its id and the error.
     """
-    from .scheduler.stopping import DEFAULT_GRACE_S, StopRequest
+    from .scheduler.stopping import StopRequest
 
     bars = _Bars(not as_json)
     t0 = time.monotonic()
     known = {"id": experiment_id}
-    stop = StopRequest(DEFAULT_GRACE_S if grace is None else grace, say=_say)
+    stop = StopRequest(grace, say=_say)  # None: the panicflow.stop-grace setting
 
     def on_start(exp, client) -> None:
         known["id"] = exp.id

@@ -92,6 +92,8 @@ SETTINGS: dict[str, Setting] = {
                 legacy="PANICFLOW_STORE"),
         Setting("max-in-flight", "count", "model calls the coordinator keeps in flight per worker thread",
                 minimum=1, strict=False),
+        Setting("backlog", "count", "model calls submitted beyond max-in-flight per thread (full batches only), so "
+                "that Dask sees the work that waits (adaptive scaling); 0: none", minimum=0, strict=False),
         Setting("lease-ttl", "seconds", "an experiment's owner that has not renewed its lease for this long may "
                 "be taken over", legacy="PANICFLOW_LEASE_TTL_S"),
         Setting("progress-interval", "seconds", "time between the progress snapshots sent to the scheduler's "

@@ -146,7 +146,7 @@ def test_cpu_stages_count_per_worker_and_leave_each_gpu_a_thread(semantics_exper
     assert [kw["workers"] for kw in client.submitted] == [["tcp://g3"], ["tcp://g3"]]
     assert len(coord.cpu_queue) == 1
     done = next(iter(coord.in_flight))  # one comes back: its thread is free again, on g3
-    del coord.in_flight[done]
+    coord.in_flight.pop(done)
     coord._drain_cpu_queue()
     assert [kw["workers"] for kw in client.submitted][2:] == [["tcp://g3"]] and not coord.cpu_queue
 

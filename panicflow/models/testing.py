@@ -14,6 +14,8 @@ starting its cluster.
 * ``SleepT2I`` behaves like DummyT2I but each call sleeps
   ``PANICFLOW_TEST_SLEEP_S`` seconds (default 0.2) and, on a cluster whose
   workers declare a ``GPU`` resource, needs one: a stand-in for a GPU model.
+  ``SleepI2T`` is the same for DummyI2T: with both, a network's model calls
+  all wait on the "GPU" and leave the CPU to the other stages.
 * ``TinySDXL``, ``TinyBLIP2``, ``TinyBertText``, ``TinyCLIPVision``: real
   architectures (diffusers, transformers, sentence-transformers, CLIP) at a
   tiny size with seeded random weights, built on the worker from their
@@ -29,7 +31,7 @@ import random
 from PIL import Image
 
 from .base import ModelSpec
-from .dummy import IMAGE_SIZE, DummyT2I
+from .dummy import IMAGE_SIZE, DummyI2T, DummyT2I
 
 
 class ConstantT2I(DummyT2I):
@@ -72,6 +74,16 @@ class SleepT2I(DummyT2I):
         return super().generate(inputs, seeds)
 
 
+class SleepI2T(DummyI2T):
+    """DummyI2T that takes PANICFLOW_TEST_SLEEP_S seconds per call (a GPU model stand-in)."""
+
+    def generate(self, inputs, seeds):
+        import time
+
+        time.sleep(float(os.environ.get("PANICFLOW_TEST_SLEEP_S", "0.2")))
+        return super().generate(inputs, seeds)
+
+
 TINY_MODELS = {"TinySDXL": "sdxl", "TinyBLIP2": "blip2", "TinyBertText": "bert-embedder", "TinyCLIPVision": "clip-vision"}
 
 
@@ -86,6 +98,9 @@ def specs() -> list[ModelSpec]:
     out.append(ModelSpec(name="SleepT2I", role=SleepT2I.role, factory=lambda spec: SleepT2I(),
                          description="DummyT2I taking PANICFLOW_TEST_SLEEP_S per call; needs a GPU resource (testing)",
                          extra={"approx_gpu_gb": 1}, cheap_replay=True))  # DummyT2I's outputs; doctor replays sleep too unless PANICFLOW_TEST_SLEEP_S=0
+    out.append(ModelSpec(name="SleepI2T", role=SleepI2T.role, factory=lambda spec: SleepI2T(),
+                         description="DummyI2T taking PANICFLOW_TEST_SLEEP_S per call; needs a GPU resource (testing)",
+                         extra={"approx_gpu_gb": 1}, cheap_replay=True))
     for name, architecture in TINY_MODELS.items():
         # batch 4: small enough that a handful of runs makes several groups; no GPU memory to claim
         out.append(random_weights_spec(name, architecture, "tiny", batch=4, approx_gpu_gb=0))

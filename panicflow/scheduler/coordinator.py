@@ -22,6 +22,7 @@ at most the grace, the rest is cancelled, the experiment is marked
 
 from __future__ import annotations
 
+import heapq
 import itertools
 import logging
 import math
@@ -33,8 +34,9 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import numpy as np
-from distributed import Client, Future, wait
+from distributed import Client, Future
 
+from .. import settings
 from ..config import UNSEEDED, ExperimentConfig, RunSpec
 from ..analysis.topology import status_group
 from ..errors import Interrupted, PermanentError, StoreWriteFailed
@@ -52,14 +54,20 @@ from ..store.experiment import (
 from ..store.journal import RunEvent, StepRecord
 from ..store.lease import LeaseLost
 from . import tasks
+from .inflight import InFlight, Task
 from .pending import PendingSteps
 from .stopping import StopRequest
 from .versions import mismatch_lines, package_versions, worker_info
 
 log = logging.getLogger(__name__)
 
-# Dask runs higher priorities first: keep the model calls flowing, then embed, then diagrams
-PRIORITY = {"invoke": 30, "embed": 20, "diagram": 10}
+# Dask runs higher priorities first. Within a stage the oldest runs go first (``wave_ranks``), so
+# that runs end in waves instead of all together at the end; embeddings and diagrams of runs that
+# ended before any model call, so that results come while runs go on (the coordinator holds CPU
+# stages back to the CPU slots, so model calls keep the other threads: _drain_cpu_queue)
+STAGE_PRIORITY = {"embed": 3, "diagram": 2, "invoke": 1}
+RANKS = 2**40  # more than any experiment's runs: a stage's priorities never reach the next one's
+
 CLUSTER_LOOK_S = 2.0  # how often the coordinator looks at the cluster's workers (they come and go)
 NO_WORKERS_WARN_S = 60.0  # with none, a warning this often: an adaptive cluster may still start some
 VERIFY_WINDOW_S = 120.0  # outputs journaled this long before a crash are checked on resume (power cuts)
@@ -169,17 +177,8 @@ class Progress:
     runs_to_embed: int
     invocations_by_model: dict[str, int] = field(default_factory=dict)
     diagram_outcomes: dict[str, dict[str, int]] = field(default_factory=dict)  # model -> ok/fallback/skipped/failed
-
-
-@dataclass
-class _Task:
-    kind: str  # invoke | embed | diagram
-    model: str
-    runs: list[int]
-    seeds: list[int] = field(default_factory=list)
-    workers: frozenset[str] = frozenset()  # the holders it was (loosely) restricted to, if any
-    batch_id: str = ""  # invoke: the id recorded with each of its invocations
-    probe: bool = False  # invoke: a solo probe whose output is discarded (deterministic batching)
+    # per generative model, invocations at most: a run going may make max_length steps, one that ended made its length
+    invocations_max_by_model: dict[str, int] = field(default_factory=dict)
 
 
 class Coordinator:
@@ -203,7 +202,11 @@ class Coordinator:
         self.writer = ExperimentWriter(exp)
         self.progress_cb = progress
         self._fixed_in_flight = max_in_flight
-        self.in_flight: dict[Future, _Task] = {}
+        self._per_thread = settings.get("max-in-flight")  # a bad setting fails here, before anything is submitted
+        # model calls beyond the slots, full batches only, so that Dask sees the work that waits: an
+        # adaptive cluster scales up on it (issue 20 item 5), a worker that joins takes from it
+        self.backlog = settings.get("backlog")
+        self.in_flight = InFlight(getattr(client, "loop", None))
         # model -> workers that ran it: they hold it resident, so its batches go there first
         self.holders: dict[str, set[str]] = defaultdict(set)
         # CPU stages (diagrams, embedders without a GPU) wait here for a free CPU slot, so that
@@ -247,8 +250,8 @@ class Coordinator:
         self.gpu_workers = gpu_workers
         self.cpu_workers = sorted(set(workers) - gpu_workers)
         self.worker_threads = {a: int(w.get("nthreads", 1)) for a, w in workers.items()}
-        # two batches per worker thread: one running, one queued so the worker never idles
-        self.max_in_flight = self._fixed_in_flight or 2 * threads
+        # two batches per worker thread (panicflow.max-in-flight): one running, one queued so the worker never idles
+        self.max_in_flight = self._fixed_in_flight or self._per_thread * threads
         # CPU-stage slots: the threads model calls do not need. On GPU workers one thread each
         # feeds the GPU; on a CPU-only cluster half the threads while runs remain, all after
         if gpu_workers:
@@ -286,18 +289,23 @@ class Coordinator:
         self._dirty: set[int] = set(range(len(self.runs)))
         self._open: set[int] = set()  # runs not ended
         self._backoff: set[int] = set()  # idle runs waiting for their retry time
-        self._ready: dict[str, dict[int, None]] = defaultdict(dict)  # free batching: model -> idle runs, FIFO
+        self._ready: dict[str, dict[int, None]] = defaultdict(dict)  # free batching: model -> idle runs
+        self._oldest: dict[str, list[tuple[int, int]]] = defaultdict(list)  # model -> heap of (rank, run) of _ready's
         self._ready_model: dict[int, str] = {}  # run -> the model it waits in _ready for
+        self._rank = wave_ranks(cfg)  # run -> its place in the waves: lower goes first
         self._ready_groups: dict[tuple[int, int], None] = {}  # deterministic: (group, step)s whose runs all wait
         self._members: dict[int, list[RunState]] = defaultdict(list)  # deterministic group -> its runs
         self._solo: set[int] = set()  # idle runs retrying alone (free batching)
         self._next_show = 0.0  # monotonic time of the next _show_running: at the first tick
         self.invocations_by_model: Counter[str] = Counter()
         self.diagram_outcomes = defaultdict(Counter)
+        self._group_rank: dict[int, int] = {}  # deterministic group -> the rank of its oldest run
         for st, group in zip(self.runs, batch_groups(cfg)):
             st.group = group
             if group is not None:
                 self._members[group].append(st)
+                rank = self._rank[st.spec.index]
+                self._group_rank[group] = min(rank, self._group_rank.get(group, rank))
         markers = read_markers(self.exp)
         by_run: dict[int, dict[int, StepRecord]] = defaultdict(dict)
         failures: dict[int, RunEvent] = {}
@@ -435,12 +443,9 @@ class Coordinator:
     def _collect(self, timeout: float, deadline: float = math.inf) -> None:
         """Wait up to ``timeout`` for tasks in flight and act on those that ended (results read
         by ``deadline`` at the latest)."""
-        try:
-            done, _ = wait(list(self.in_flight), timeout=timeout, return_when="FIRST_COMPLETED")
-        except TimeoutError:  # nothing finished within the heartbeat interval
-            done = set()
-            if not self.stop.requested:
-                self._requeue_stranded()
+        done = self.in_flight.ended(timeout)
+        if not done and not self.stop.requested:  # nothing ended within the heartbeat interval
+            self._requeue_stranded()
         finished = [f for f in done if f.status == "finished"]
         results = self._gather(finished, deadline) if finished else {}
         for fut in done:
@@ -448,6 +453,7 @@ class Coordinator:
                 # finished, but the worker holding its result died before we read it: Dask
                 # computes it again (we still hold the future), so wait for it; handled as a
                 # failure it made a diagram "error" for good (tests/test_faults.py, worker kill)
+                self.in_flight.again(fut)
                 continue
             task = self.in_flight.pop(fut)
             self._dirty.update(task.runs)
@@ -542,6 +548,7 @@ class Coordinator:
             elif st.group is None:
                 self._ready[st.next_model][i] = None
                 self._ready_model[i] = st.next_model
+                heapq.heappush(self._oldest[st.next_model], (self._rank[i], i))
         # a group's (group, step) is ready once all its runs there wait: look again at every group a
         # changed run belongs to (one that ended, or whose probe came back, frees the others)
         for group in {self.runs[i].group for i in self._dirty} - {None}:
@@ -555,37 +562,70 @@ class Coordinator:
         return [m for m in self._members[group] if m.end is None and m.n_steps == step]
 
     def _submit_model_calls(self) -> None:
+        """Submit model calls for the runs that wait: into free slots first, spread over them;
+        then, up to ``self.backlog`` more, full batches beyond the slots, so that Dask sees the work that
+        waits (an adaptive cluster scales on it, a worker that joins takes from it) while a
+        partial batch waits for a slot, and for runs to fill it. The oldest runs first (waves)."""
         self._look_at_dirty_runs()
         if self.stop.requested:
             return
         now = time.monotonic()
-        for key in sorted(self._ready_groups):
+        for key in sorted(self._ready_groups, key=lambda k: (self._group_rank[k[0]], k[1])):
             members = self._group_at(*key)
             if not all(not m.busy and m.not_before <= now for m in members):
                 del self._ready_groups[key]  # a member was submitted or failed since: it files the key again
                 continue
-            if self._free_slots() <= 0:
-                return
+            if self._free_slots() <= 0 and self._backlog_room() <= 0:  # a group is one call, full by definition
+                break
             del self._ready_groups[key]
             if members:
                 self._submit_group(members)
         while True:
-            free = self._free_slots()
             queues = {m: q for m, q in self._ready.items() if q}
-            if free <= 0 or not queues:
+            if not queues:
                 return
-            model = max(queues, key=lambda m: len(queues[m]))  # the model most runs are waiting for
-            queue = queues[model]
-            solo = [i for i in self._solo if i in queue]  # a run retrying alone after its batch kept failing
-            if solo:
-                batch = [self.runs[min(solo)]]
-            else:
+            free = self._free_slots()
+            if free > 0:
+                model = max(queues, key=lambda m: len(queues[m]))  # the model most runs are waiting for
+                queue = queues[model]
+                solo = [i for i in self._solo if i in queue]  # a run retrying alone after its batch kept failing
+                if solo:
+                    self._submit_invoke(model, [self.runs[min(solo)]])
+                    continue
                 size = min(self.config.batch_size_for(model), math.ceil(len(queue) / free))
-                batch = [self.runs[i] for i in itertools.islice(queue, size)]  # the longest waiting first
-            self._submit_invoke(model, batch)  # takes them out of the queue
+            else:
+                full = [m for m, q in queues.items() if len(q) >= self.config.batch_size_for(m)]
+                if not full or self._backlog_room() <= 0:
+                    return
+                model = min(full, key=self._oldest_waiting)
+                size = self.config.batch_size_for(model)
+            self._submit_invoke(model, self._take_oldest(model, size))  # takes them out of the queue
 
     def _free_slots(self) -> int:
-        return self.max_in_flight - sum(1 for t in self.in_flight.values() if t.kind == "invoke")
+        return self.max_in_flight - self.in_flight.invokes
+
+    def _backlog_room(self) -> int:
+        return self.max_in_flight + self.backlog - self.in_flight.invokes
+
+    def _oldest_waiting(self, model: str) -> int:
+        """The rank of the oldest run waiting for ``model`` (stale heap entries dropped)."""
+        heap, queue = self._oldest[model], self._ready[model]
+        while heap and heap[0][1] not in queue:
+            heapq.heappop(heap)
+        return heap[0][0] if heap else RANKS
+
+    def _take_oldest(self, model: str, size: int) -> list[RunState]:
+        """The ``size`` oldest runs waiting for ``model`` (they leave the queue when submitted)."""
+        heap, queue = self._oldest[model], self._ready[model]
+        if len(heap) > 4 * len(queue) + 64:  # entries of runs taken otherwise (solo retries): rebuild
+            heap[:] = [(self._rank[i], i) for i in queue]
+            heapq.heapify(heap)
+        taken: dict[int, None] = {}
+        while heap and len(taken) < size:
+            _, i = heapq.heappop(heap)
+            if i in queue:
+                taken[i] = None
+        return [self.runs[i] for i in taken]
 
     def _submit_group(self, runs: list[RunState]) -> None:
         """One (group, step) of deterministic batching: the same batches on any cluster, after any resume.
@@ -619,13 +659,14 @@ class Coordinator:
         stage = "t2i" if REGISTRY[model].output_kind is Kind.IMAGE else "i2t"
         fut = self.client.submit(
             tasks.invoke_batch, self.store.location, model, inputs, seeds, self.config.batching.invariant,
-            key=task_key(stage, model, batch_id), pure=False, priority=PRIORITY["invoke"],
+            key=task_key(stage, model, batch_id), pure=False,
+            priority=self._priority("invoke", min(self._rank[st.spec.index] for st in batch)),
             **placement,
         )
-        self.in_flight[fut] = _Task(
+        self.in_flight.add(fut, Task(
             "invoke", model, [st.spec.index for st in batch], seeds, frozenset(placement.get("workers", ())),
             batch_id=batch_id, probe=probe,
-        )
+        ))
 
     def _gather(self, futures: list[Future], deadline: float = math.inf) -> dict[Future, Any]:
         """Their results in one round trip, or {} after GATHER_TIMEOUT_S (or at ``deadline``).
@@ -665,7 +706,7 @@ class Coordinator:
             if fut.key in running or fut.status not in ("pending", "lost"):  # loose: may run or be done elsewhere
                 continue
             fut.cancel()
-            del self.in_flight[fut]
+            self.in_flight.pop(fut)
             if task.kind == "invoke":  # never journaled: its runs are simply submitted again
                 for i in task.runs:
                     self.runs[i].busy = False
@@ -674,7 +715,7 @@ class Coordinator:
                 self._submit_embed(self.runs[task.runs[0]], task.model)
 
     # ----------------------------------------------------------------- results
-    def _handle(self, fut: Future, task: _Task, result: Any = None) -> None:
+    def _handle(self, fut: Future, task: Task, result: Any = None) -> None:
         if fut.status != "finished":
             exc = fut.exception() if fut.status == "error" else RuntimeError(f"task {fut.status}")
             if task.kind == "invoke":
@@ -701,7 +742,7 @@ class Coordinator:
             st = self.runs[task.runs[0]]
             self._record_diagram(st, task.model, result)
 
-    def _invoke_done(self, task: _Task, result: dict[str, Any]) -> None:
+    def _invoke_done(self, task: Task, result: dict[str, Any]) -> None:
         spec = REGISTRY[task.model]
         if result.get("worker"):
             self.holders[task.model].add(result["worker"])
@@ -740,7 +781,7 @@ class Coordinator:
         if ended:
             self._on_run_end(*ended)
 
-    def _invoke_failed(self, task: _Task, exc: BaseException) -> None:
+    def _invoke_failed(self, task: Task, exc: BaseException) -> None:
         retry = self.config.retry
         batch = [self.runs[i] for i in task.runs]
         for st in batch:
@@ -848,7 +889,7 @@ class Coordinator:
             # task on a busy holder rather than run it elsewhere, so a preference kept regardless
             # left workers that joined later idle (issue 7 item 4: 4 workers, 2 calls at a time)
             room = sum(self.worker_threads.get(w, 1) for w in holders)
-            busy = sum(1 for t in self.in_flight.values() if t.model == model and t.kind != "diagram")
+            busy = self.in_flight.by_model[model]
             if busy < room:
                 out["workers"] = sorted(holders)
                 out["allow_other_workers"] = True  # a preference: an idle worker may still load it
@@ -869,9 +910,16 @@ class Coordinator:
             placement = {"workers": [worker]}
         fut = self.client.submit(
             fn, *args, key=task_key(kind, model, f"run{st.spec.index}", uuid.uuid4().hex[:8]), pure=False,
-            priority=PRIORITY[kind], retries=self.config.retry.max_attempts - 1, **placement,
+            priority=self._priority(kind, self._rank[st.spec.index]), retries=self.config.retry.max_attempts - 1,
+            **placement,
         )
-        self.in_flight[fut] = _Task(kind, model, [st.spec.index], workers=frozenset(placement.get("workers", ())))
+        self.in_flight.add(fut, Task(kind, model, [st.spec.index], workers=frozenset(placement.get("workers", ())),
+                                     cpu=self._is_cpu_stage(kind, model)))
+
+    @staticmethod
+    def _priority(kind: str, rank: int) -> int:
+        """Dask's priority of a task of ``kind`` for the run(s) of ``rank``: by stage, then oldest first."""
+        return STAGE_PRIORITY[kind] * RANKS - rank
 
     def _is_cpu_stage(self, kind: str, model: str) -> bool:
         if kind == "diagram":
@@ -885,7 +933,7 @@ class Coordinator:
         # runs not ended are idle or have a model call in flight: no scan of every run
         runs_left = bool(self._open)
         slots = self.cpu_slots if runs_left else max(self.cpu_slots, self.all_threads)
-        busy = sum(1 for t in self.in_flight.values() if self._is_cpu_stage(t.kind, t.model))
+        busy = self.in_flight.cpu
         while self.cpu_queue and busy < slots:
             worker = self._cpu_stage_worker(runs_left) if self.gpu_cluster else None
             if self.gpu_cluster and worker is None:
@@ -903,7 +951,7 @@ class Coordinator:
         calls. The task is pinned there: placed loosely on the CPU workers, Dask's work stealing
         moved diagrams onto a GPU worker until they held every thread of it and the GPU waited
         (scripts/benchmark_starvation.py, docs/performance.md)."""
-        used = Counter(w for t in self.in_flight.values() if self._is_cpu_stage(t.kind, t.model) for w in t.workers)
+        used = self.in_flight.cpu_by_worker
 
         def free(w: str) -> int:
             return self.worker_threads[w] - used[w] - (runs_left and w in self.gpu_workers)
@@ -913,19 +961,37 @@ class Coordinator:
 
     # ----------------------------------------------------------------- summary
     def snapshot(self) -> Progress:
+        # every 0.5 s on experiments of 10,000+ runs: passes that Python runs in C (Counter, chain); with the
+        # per-model maxima it takes no longer than it did without them (10,000 runs, half ended: about 4 ms)
         models = self.config.embedding_models
-        ended = [st for st in self.runs if st.end is not None]
+        runs = self.runs
+        ended = [st for st in runs if st.end is not None]
+        every = self.__dict__.get("_snapshot_shapes")  # (network, max_length) of every run: fixed once loaded
+        if every is None or every[0] is not runs or every[1] != len(runs):
+            every = self._snapshot_shapes = (runs, len(runs), Counter((st.spec.network, st.max_length) for st in runs))
+        # (network, length) -> runs: those going at their max_length, those that ended at their length
+        shapes = every[2] - Counter((st.spec.network, st.max_length) for st in ended)
+        shapes.update((st.spec.network, st.end.length) for st in ended)
+        max_by_model: Counter[str] = Counter()
+        for (network, length), n in shapes.items():  # step k of a run calls network[k % len(network)]
+            k = len(network)
+            for j, model in enumerate(network):
+                max_by_model[model] += n * max(0, (length - j + k - 1) // k)
+        reasons = Counter(st.end.stop_reason for st in ended)
+        embedded = Counter(itertools.chain.from_iterable(st.embedded for st in runs))
+        diagrams = Counter(itertools.chain.from_iterable(st.diagrams for st in runs))
         return Progress(
-            runs=len(self.runs),
+            runs=len(runs),
             runs_ended=len(ended),
             invocations=sum(self.invocations_by_model.values()),
-            invocations_max=sum(st.end.length if st.end else st.max_length for st in self.runs),
-            embeddings={m: sum(m in st.embedded for st in self.runs) for m in models},
-            diagrams={m: sum(m in st.diagrams for st in self.runs) for m in models},
-            stop_reasons=dict(Counter(st.end.stop_reason for st in ended)),
-            runs_to_embed=sum(1 for st in self.runs if not (st.end and st.end.stop_reason == "failed")),
+            invocations_max=sum(length * n for (_, length), n in shapes.items()),
+            embeddings={m: embedded[m] for m in models},
+            diagrams={m: diagrams[m] for m in models},
+            stop_reasons=dict(reasons),
+            runs_to_embed=len(runs) - reasons["failed"],
             invocations_by_model=dict(self.invocations_by_model),
             diagram_outcomes={m: dict(self.diagram_outcomes[m]) for m in models},
+            invocations_max_by_model=dict(max_by_model),
         )
 
 
@@ -953,6 +1019,25 @@ def batch_groups(config: ExperimentConfig) -> list[int | None]:
         counters[spec.network] += 1
         out.append(group_ids.setdefault((spec.network, k // size), len(group_ids)))
     return out
+
+
+def wave_ranks(config: ExperimentConfig) -> list[int]:
+    """Per run, its place in the order runs are served: the first run of every network, then the
+    second of every network, and so on (runs are networks x seeds x prompts, so the first waves
+    hold every network's first seed over its prompts). Served oldest first, runs end in waves
+    while the others wait, and the first finished runs cover every network: what a researcher
+    looks at while a weeks-long experiment goes on (issue 20 item 6). Which run goes first changes
+    only when a step is computed, never what it computes (fixed-seed groups are ``batch_groups``')."""
+    position: dict[tuple[str, ...], int] = defaultdict(int)
+    networks: dict[tuple[str, ...], int] = {}
+    keys = []
+    for spec in config.runs():
+        keys.append((position[spec.network], networks.setdefault(spec.network, len(networks)), spec.index))
+        position[spec.network] += 1
+    ranks = [0] * len(keys)
+    for rank, key in enumerate(sorted(keys)):
+        ranks[key[2]] = rank
+    return ranks
 
 
 # Dask's key_split (the dashboard's task-group names, the task stream, performance reports) keeps

@@ -26,7 +26,7 @@ from typing import Any, Callable, Iterator
 
 log = logging.getLogger(__name__)
 
-DEFAULT_GRACE_S = 5.0  # fits PBS's and docker's 10 s, SLURM's and Kubernetes' 30 s between TERM and KILL
+DEFAULT_GRACE_S = 5.0  # panicflow.stop-grace's default: fits PBS's and docker's 10 s, SLURM's and Kubernetes' 30 s between TERM and KILL
 HANDLED = ("SIGTERM", "SIGHUP", "SIGINT")
 EXIT_CODES = {"SIGINT": 130, "SIGTERM": 143, "SIGHUP": 129}
 
@@ -34,7 +34,11 @@ EXIT_CODES = {"SIGINT": 130, "SIGTERM": 143, "SIGHUP": 129}
 class StopRequest:
     """A thread-safe request to stop one experiment, with the grace its results in flight get."""
 
-    def __init__(self, grace_s: float = DEFAULT_GRACE_S, say: Callable[[str], None] | None = None) -> None:
+    def __init__(self, grace_s: float | None = None, say: Callable[[str], None] | None = None) -> None:
+        if grace_s is None:  # the panicflow.stop-grace setting (docs/settings.md), 5 s unless set
+            from .. import settings
+
+            grace_s = settings.get("stop-grace")
         if isinstance(grace_s, bool) or not isinstance(grace_s, (int, float)) or not grace_s >= 0:
             raise ValueError(f"grace must be a number of seconds >= 0 (got {grace_s!r})")
         self.grace_s = float(grace_s)
