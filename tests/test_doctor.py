@@ -496,3 +496,72 @@ def test_a_lost_state_json_says_to_resume(exp, client):
     assert proc.returncode == 1 and json.loads(proc.stdout)["experiments"][0]["problems"][0]["kind"] == "interrupted"
     panicflow.resume_experiment(eid, store=store, client=client)
     assert doctor(eid, store=store).clean
+
+
+# ------------------------------------------------------------ vector digests (issue 21 item 4)
+def _first_vector_step(store, eid, run=LOOP, model="DummyText"):
+    rows = zarr.open_array(_data(store, eid), path=f"embeddings/{model}/vector", mode="r")[run]
+    return int(np.flatnonzero(~np.isnan(rows).any(axis=1))[0])
+
+
+def test_a_vector_changed_through_zarr_fails_its_digest_and_is_recomputed(pristine, exp, client):
+    """Zarr writes a new checksum with the chunk, and the NaN pattern is unchanged: doctor was clean. The
+    digest recorded beside `done` when the vectors were committed is not."""
+    store, eid = exp
+    step = _first_vector_step(store, eid)
+    vectors = _array(store, eid, "embeddings/DummyText/vector")
+    vectors[LOOP, step, 0] = vectors[LOOP, step, 0] + np.float32(0.125)
+    found, fixed = check_fix_check(store, eid, "embedding_digest", client)
+    [p] = found.problems
+    assert (p.kind, p.run, p.model) == ("embedding_digest", LOOP, "DummyText")
+    assert f"run {LOOP} / DummyText" in p.detail and p.path == "embeddings/DummyText/vector_sha256"
+    assert any("resum" in a for a in fixed.experiments[0].actions)
+    assert_same(pristine, store, eid)
+
+
+def test_every_embedded_run_records_the_digest_of_its_vectors(pristine):
+    from panicflow.store.experiment import vector_digest
+
+    store, eid, _ = pristine
+    g = zarr.open_group(_data(store, eid), mode="r")
+    lengths = g["length"][:]
+    for m in CONFIG["embedding_models"]:
+        digests, done, vectors = g[f"embeddings/{m}/vector_sha256"], g[f"embeddings/{m}/done"], g[f"embeddings/{m}/vector"]
+        assert (digests.chunks, digests.shards) == (done.chunks, done.shards)  # one writer: done's
+        assert "little-endian float32" in digests.attrs["description"]
+        for run, n in enumerate(lengths):
+            assert done[run]
+            assert str(digests[run]) == vector_digest(vectors[run, :n]), (m, run)
+
+
+@pytest.mark.filterwarnings("ignore:Consolidated metadata is currently not part")
+def test_an_experiment_without_vector_digests_opens_passes_doctor_and_resumes(exp, client):
+    """Experiments written before the digests have none: they open, doctor notes it (not a problem),
+    and a resume adds the array; runs embedded from then on get a digest, the older ones stay without."""
+    from panicflow.store.experiment import vector_digest
+
+    store, eid = exp
+    data = _data(store, eid)
+    for m in CONFIG["embedding_models"]:
+        shutil.rmtree(os.path.join(data, "embeddings", m, "vector_sha256"))
+    zarr.consolidate_metadata(data, zarr_format=3)  # of the hierarchy as it is now, without them
+    tree = panicflow.open_experiment(eid, store=store)
+    assert "vector_sha256" not in tree["embeddings/DummyText"].ds and "done" in tree["embeddings/DummyText"].ds
+    report = doctor(eid, store=store)
+    assert report.clean, report.to_dict()
+    assert any("no vector digests" in note for note in report.experiments[0].notes)
+
+    g = zarr.open_group(data, mode="r+", use_consolidated=False)
+    g["diagrams/DummyText/status"][LENGTH] = ""  # run LENGTH's embedding and diagram are done again by a resume
+    g["embeddings/DummyText/done"][LENGTH] = False
+    panicflow.resume_experiment(eid, store=store, client=client)
+    g = zarr.open_group(data, mode="r", use_consolidated=False)
+    digests = g["embeddings/DummyText/vector_sha256"]
+    assert digests.chunks == g["embeddings/DummyText/done"].chunks
+    n = int(g["length"][LENGTH])
+    assert str(digests[LENGTH]) == vector_digest(g["embeddings/DummyText/vector"][LENGTH, :n])
+    assert str(digests[LOOP]) == "" and str(g["embeddings/DummyVision/vector_sha256"][LENGTH]) == ""
+    after = doctor(eid, store=store)
+    assert after.clean, after.to_dict()
+    notes = " ".join(after.experiments[0].notes)
+    assert "no vector digests" not in notes and "embedded without a vector digest" in notes

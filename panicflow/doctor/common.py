@@ -17,7 +17,7 @@ import numpy as np
 from ..config import UNSEEDED
 from ..models import REGISTRY, Kind
 from ..store import experiment as experiment_module
-from ..store.experiment import INVOCATION_ARRAYS, TASK_ARRAYS, Experiment
+from ..store.experiment import INVOCATION_ARRAYS, TASK_ARRAYS, VECTOR_DIGEST, Experiment
 from ..store.journal import StepRecord
 from ..store.root import StoreRoot
 from .report import Problem
@@ -50,6 +50,12 @@ def is_task_array(node: str) -> bool:
     """started_at, ended_at or worker of an embedding or diagram task (absent in older experiments)."""
     parts = node.split("/")
     return len(parts) == 3 and parts[0] in ("embeddings", "diagrams") and parts[2] in TASK_ARRAYS
+
+
+def is_vector_digest(node: str) -> bool:
+    """embeddings/<model>/vector_sha256 (absent in experiments created before panicflow recorded it)."""
+    parts = node.split("/")
+    return len(parts) == 3 and parts[0] == "embeddings" and parts[2] == VECTOR_DIGEST
 
 
 def has_checksum(codecs: Any) -> bool:
@@ -242,6 +248,8 @@ class Scan:
     codecs_differ: set[str] = field(default_factory=set)  # arrays whose codecs are not the layout's
     unchecksummed: set[str] = field(default_factory=set)  # arrays created without the checksum codec
     without_task_times: set[str] = field(default_factory=set)  # "embeddings" / "diagrams" lacking TASK_ARRAYS
+    without_vector_digests: set[str] = field(default_factory=set)  # embedding models lacking VECTOR_DIGEST
+    undigested: dict[str, int] = field(default_factory=dict)  # model -> runs embedded without a vector digest
     unconsolidated: bool = False  # finished, without consolidated metadata (a note; --fix writes it)
     read_arrays: set[str] = field(default_factory=set)  # arrays the checks read (the others are read for checksums)
     notes: list[str] = field(default_factory=list)  # facts for the report that are no problem

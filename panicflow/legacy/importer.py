@@ -31,7 +31,7 @@ import numpy as np
 from ..config import config_digest
 from ..errors import StoreUnavailable
 from ..store import Store, consolidated
-from ..store.experiment import STEP_CHUNK, Experiment, ExperimentWriter, chunk_compressors, now_us, write_embedding_rows
+from ..store.experiment import STEP_CHUNK, Experiment, ExperimentWriter, chunk_compressors, now_us, vector_digest, write_embedding_rows
 from ..store.journal import RunEvent, StepRecord
 from . import verify
 from .convert import IMPORTED_REASON, Clustering, Context, RunData, read_run
@@ -293,7 +293,7 @@ class _ExperimentImport:
         writer.write_run_end(i, data.end)
         for model, vectors in data.vectors.items():
             write_embedding_rows(exp, i, model, vectors)
-            writer.mark_embedded(i, model)
+            writer.mark_embedded(i, model, digest=vector_digest(vectors))
         for model, result in data.diagrams.items():
             writer.write_diagram(i, model, result)
         for cl_id, row in data.labels.items():

@@ -20,7 +20,7 @@ from ..models import REGISTRY, Kind, get_spec
 from ..models.cache import get_model
 from ..store import Store
 from ..store.objects import encode_image
-from ..store.experiment import Experiment, TaskTiming, now_us, write_embedding_rows
+from ..store.experiment import EmbeddingTiming, Experiment, TaskTiming, now_us, vector_digest, write_embedding_rows
 from .store_faults import returns_store_failures, writes_into
 
 
@@ -93,12 +93,13 @@ def _worker_address() -> str | None:
 
 @returns_store_failures
 def embed_run(store_url: str, experiment_id: str, run: int, model: str, length: int, batch_size: int,
-              lease_epoch: int = 0) -> TaskTiming:
+              lease_epoch: int = 0) -> EmbeddingTiming:
     """Embed every output of one run that ``model`` can embed, and write its rows.
 
     Reads the run's materialised outputs from Zarr (written by the coordinator
     before it submits this task); returns when (until its rows are written) and
-    where it ran, for the coordinator to store with ``done``. Nothing is
+    where it ran, and the sha256 of the rows (``vector_digest``), for the
+    coordinator to store with ``done``. Nothing is
     written once the coordinator's lease ``lease_epoch`` was taken over (store/lease.py).
     """
     started = now_us()
@@ -129,7 +130,8 @@ def embed_run(store_url: str, experiment_id: str, run: int, model: str, length: 
             vectors[steps[start : start + batch_size]] = out
     with writes_into(store):
         write_embedding_rows(exp, run, model, vectors)
-    return TaskTiming(started, now_us(), _worker_address() or "")
+    # the digest of the rows as written, stored beside done: doctor finds a vector changed afterwards
+    return EmbeddingTiming(started, now_us(), _worker_address() or "", vector_digest(vectors))
 
 
 def _memory_budget_gb(configured: float | None) -> float | None:
