@@ -367,4 +367,11 @@ def test_the_dask_jobqueue_recipe_builds_a_slurm_job_with_a_gpu_resource():
     assert "#SBATCH --gres=gpu:1" in script, script
     worker = next(line for line in script.splitlines() if "dask_worker" in line or "dask worker" in line)
     assert "--resources GPU=1" in worker, script
-    assert "--lifetime" in worker, script
+    # the worker retires before the job's walltime, stagger included (Dask parses each duration)
+    from dask.utils import parse_timedelta
+
+    words = worker.split()
+    lifetime = parse_timedelta(words[words.index("--lifetime") + 1])
+    stagger = parse_timedelta(words[words.index("--lifetime-stagger") + 1])
+    hours, minutes, seconds = (int(x) for x in re.search(r"#SBATCH -t (\S+)", script).group(1).split(":"))
+    assert lifetime + stagger < 3600 * hours + 60 * minutes + seconds, script
