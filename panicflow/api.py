@@ -26,7 +26,7 @@ from .errors import STORE_WRITE_ERRNOS, Interrupted, RunsFailed, StoreError, Sto
 from .scheduler import dashboard, spans
 from .scheduler.cluster import LOCALHOST, check_security, check_store_reachable, connect
 from .scheduler.coordinator import Coordinator, Progress
-from .scheduler.stopping import StopRequest, signals_handled
+from .scheduler.stopping import SignalsHeld, StopRequest, signals_handled
 from .store import Experiment, Store, consolidated
 from .store.experiment import read_markers
 from .store.writable import check_writable
@@ -95,11 +95,19 @@ def run_experiment(
     with connect(client, scheduler=scheduler, workers=workers, dashboard_address=dashboard_address,
                  host=host, security=security, gpus=gpus, scheduler_file=scheduler_file) as c:
         check_store_reachable(c, st)
-        with _store_faults(st, None):
-            st.ensure_created()
-            exp = Experiment.create(st.root, st.new_experiment_id(), cfg)
-        with _store_faults(st, exp), exp.take():
-            _drive(st, exp, c, progress, on_start, stop=stop)
+        # a signal meanwhile acts once the id is known (on_start: the CLI prints it, --id-file records
+        # it): cut in between, a job script would think nothing was created and create a second one
+        with contextlib.ExitStack() as owned:
+            with SignalsHeld() as held:
+                with _store_faults(st, None):
+                    st.ensure_created()
+                    exp = Experiment.create(st.root, st.new_experiment_id(), cfg)
+                owned.enter_context(_store_faults(st, exp))
+                owned.enter_context(exp.take())
+                if on_start:
+                    on_start(exp, c)
+            held.act()
+            _drive(st, exp, c, progress, None, stop=stop)
     return exp.id
 
 

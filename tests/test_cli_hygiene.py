@@ -373,6 +373,6 @@ def test_run_and_resume_share_their_cluster_options():
 
     run, resume = options("run"), options("resume")
     shared = ["--store", "--scheduler", "--scheduler-file", "--workers", "--gpus", "--json", "--host",
-              "--dashboard-address", "--tls-ca-file", "--tls-cert", "--tls-key"]
+              "--dashboard-address", "--tls-ca-file", "--tls-cert", "--tls-key", "--grace"]
     assert {k: run[k] for k in shared} == {k: resume[k] for k in shared}
-    assert set(run) == set(shared) and set(resume) == set(shared) | {"--retry-failed"}
+    assert set(run) == set(shared) | {"--id-file"} and set(resume) == set(shared) | {"--retry-failed"}

@@ -291,3 +291,52 @@ def test_a_damaged_journal_line_is_named_found_by_doctor_and_fixed_bit_for_bit(c
     st = Store(store)
     assert all(st.objects.verify(h) for h in got["output_hash"].ravel() if h)
     assert doctor(eid, store=store).clean
+
+
+def test_a_step_computed_again_supersedes_its_older_records_on_the_next_resume(client, tmp_path):
+    """After a power cut lost an output, its step and those after it are computed again and
+    journaled again (``_verify_recent_outputs``). Were the experiment stopped once more before it
+    ended, the next resume must go on from the newer records: keeping the older ones (the first
+    record of each step, as load did) went back to the output the power cut had lost."""
+    from PIL import Image
+
+    from panicflow.config import validate_config
+    from panicflow.scheduler.coordinator import Coordinator
+    from panicflow.store import Store
+    from panicflow.store.experiment import Experiment
+    from panicflow.store.journal import StepRecord
+
+    st = Store(str(tmp_path / "store"), create=True)
+    cfg = validate_config({"networks": [["DummyT2I", "DummyI2T"]], "seeds": [-1], "prompts": ["a cat"],
+                           "embedding_models": ["DummyText"], "max_length": 10})
+    exp = Experiment.create(st.root, st.new_experiment_id(), cfg)
+
+    def step(k: int, tag: str) -> StepRecord:
+        if k % 2 == 0:
+            digest, text, model, kind = st.objects.put_image(Image.new("RGB", (8, 8), (k, len(tag), 0))), None, "DummyT2I", "image"
+        else:
+            text = f"caption {k} {tag}"
+            digest, model, kind = st.objects.put_text(text), "DummyI2T", "text"
+        return StepRecord(run=0, step=k, model=model, kind=kind, hash=digest, text=text, seed=k + len(tag),
+                          started_us=1_000_000 + k, ended_us=1_000_001 + k)
+
+    first = [step(k, "a") for k in range(5)]
+    again = [step(k, "bb") for k in (3, 4)]  # steps 3 and 4 computed again, with new draws
+    with exp.take():
+        exp.journal.append(first)
+        exp.journal.append(again)
+        exp.journal.close()
+        coord = Coordinator(client, st, exp)
+        coord.load()
+    run = coord.runs[0]
+    assert run.n_steps == 5
+    assert [r.hash for r in run.pending] == [r.hash for r in first[:3] + again]
+    assert run.last.hash == again[-1].hash
+    # the same record twice (an append written again) changes nothing
+    coord2_records = [r.hash for r in first[:3] + again]
+    with exp.take():
+        exp.journal.append([again[0]])
+        exp.journal.close()
+        coord2 = Coordinator(client, st, exp)
+        coord2.load()
+    assert [r.hash for r in coord2.runs[0].pending] == coord2_records

@@ -68,7 +68,7 @@ def test_stop_request_grace_and_second_request():
     assert stop.request("SIGTERM") is True
     assert stop.requested and not stop.hard and stop.reason == "SIGTERM"
     assert stop.deadline() == pytest.approx(stop.at + 7)
-    assert stop.request("SIGTERM") is False  # the second one: at once
+    assert stop.request("SIGTERM") is False  # a second one: at once
     assert stop.hard and stop.deadline() == stop.at and stop.reason == "SIGTERM"
     assert StopRequest(grace_s=0).request("cancel") and StopRequest(grace_s=0).grace_s == 0
     zero = StopRequest(grace_s=0)
@@ -77,6 +77,26 @@ def test_stop_request_grace_and_second_request():
     for bad in (-1, float("nan"), True, "5"):
         with pytest.raises(ValueError):
             StopRequest(grace_s=bad)
+
+
+def test_the_same_signal_twice_within_a_second_is_one_stop(tmp_path):
+    """`timeout` signals its child and then its whole group, a batch system signals every process of
+    the job and a wrapper forwards it too: one stop, delivered twice, keeps its grace."""
+    import os
+
+    from panicflow.scheduler.stopping import signals_handled
+
+    stop = StopRequest(grace_s=7)
+    with signals_handled(stop, ("SIGTERM",)):
+        os.kill(os.getpid(), signal.SIGTERM)
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(0.05)
+        assert stop.requested and not stop.hard and stop.reason == "SIGTERM"
+        stop.at -= 1.5  # later: a second SIGTERM stops at once
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(0.05)
+        assert stop.hard
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # given back
 
 
 def test_a_stop_from_another_thread_lets_results_land_then_marks_it_interrupted(client, tmp_path, monkeypatch):
@@ -140,7 +160,7 @@ def test_a_second_sighup_stops_at_once_whatever_the_grace(tmp_path):
         p.read_text().find('"running"') >= 0 for p in store.glob("experiments/*/state.json")))
     time.sleep(1)  # the first calls (20 s each) are in flight
     run.signal(signal.SIGHUP)
-    time.sleep(0.5)
+    time.sleep(1.5)  # the same signal within 1 s is one stop delivered twice
     began = time.monotonic()
     run.signal(signal.SIGHUP)
     code, out, err = run.finish()

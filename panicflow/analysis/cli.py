@@ -63,6 +63,19 @@ def _writing(store: Optional[str]):
         yield
 
 
+def _note_running(store: Optional[str], experiment_ids: List[str]) -> None:
+    """One line on stderr per experiment still going: the result uses the runs that had ended
+    (their data are final; the result records how many, ``experiment_state``)."""
+    from .results import experiment_progress, open_store
+
+    for eid in experiment_ids:
+        exp = open_store(_store(store)).experiment(eid)
+        p = experiment_progress(exp)
+        if p["runs_ended"] < p["runs"]:
+            typer.echo(f"note: experiment {exp.id} is {p['state']}: this uses the {p['runs_ended']} of its "
+                       f"{p['runs']} runs that have ended; run it again once more have", err=True)
+
+
 _SHOWN = 20  # groups listed on stderr by `analyse divergence`
 
 
@@ -86,6 +99,7 @@ def cluster_cmd(
     from . import clustering
 
     clustering.ClusterParams(model, min_cluster_size, min_samples, _parse_reduce(reduce), sample, algorithm).check()
+    _note_running(store, experiment_ids)
     with _writing(store), _client(scheduler, workers) as c:
         result = clustering.cluster(experiment_ids, model, store=_store(store), client=c, min_cluster_size=min_cluster_size,
                                     min_samples=min_samples, reduce=_parse_reduce(reduce), sample=sample,
@@ -107,6 +121,7 @@ def drift_cmd(
     """Semantic drift of every step from its run's start (cosine distance and unit euclidean distance)."""
     from .drift import semantic_drift
 
+    _note_running(store, [experiment_id])
     with _writing(store), _client(scheduler, workers) as c:
         path = semantic_drift(experiment_id, model, store=_store(store), client=c)
     print(json.dumps({"path": path}) if as_json else path)
@@ -128,6 +143,7 @@ def distances_cmd(
         chosen = None if runs is None else [int(r) for r in runs.split(",") if r.strip()]
     except ValueError:
         raise UserError(f"--runs: expected comma-separated run numbers, got {runs!r}") from None
+    _note_running(store, experiment_ids)
     with _writing(store), _client(scheduler, workers) as c:
         path = pairwise_distances(experiment_ids, model, store=_store(store), client=c, runs=chosen, metrics=tuple(metric), name=name)
     print(json.dumps({"path": path}) if as_json else path)
@@ -146,6 +162,7 @@ def divergence_cmd(
     from .results import open_result, open_store
 
     window = parse_window(fit_steps)
+    _note_running(store, [experiment_id])
     with _writing(store), _client(scheduler, workers) as c:
         path = divergence(experiment_id, model, store=_store(store), client=c, fit_steps=window, name=name)
     g = open_result(open_store(_store(store)).experiment(experiment_id), "divergence", path.rsplit("/", 1)[1])
@@ -174,6 +191,7 @@ def sequences_cmd(
     from .results import open_result, open_store
     from .sequences import sequences
 
+    _note_running(store, [experiment_id])
     with _writing(store):
         path = sequences(experiment_id, clustering, store=_store(store), drop_noise=drop_noise, name=name)
     g = open_result(open_store(_store(store)).experiment(experiment_id), "sequences", path.rsplit("/", 1)[1])
@@ -206,6 +224,7 @@ def entropy_cmd(
     from .entropy import entropy_summary
     from .results import open_result, open_store
 
+    _note_running(store, [experiment_id])
     with _writing(store):
         path = entropy_summary(experiment_id, store=_store(store), statistic=statistic, confidence=confidence,
                                n_resamples=n_resamples, method=method, seed=seed, name=name)
@@ -246,6 +265,7 @@ def export_tables_cmd(
     """Tidy tables (runs, invocations, embeddings, bars, entropies, drift, clusters, assignments), streamed to files."""
     from .tables import export_tables
 
+    _note_running(store, [experiment_id])
     written = export_tables(experiment_id, out, fmt=fmt, store=_store(store), vectors=not no_vectors)
     print(json.dumps(written) if as_json else "\n".join(written.values()))
 
@@ -259,6 +279,8 @@ def plot_cmd(
 ) -> None:
     """Charts of an experiment as PNG and SVG (docs/analysis.md, "Charts")."""
     from .plots import plot
+
+    _note_running(store, [experiment_id])
 
     paths = plot(experiment_id, kind, out=out, store=_store(store), clustering=clustering)
     print(json.dumps([str(p) for p in paths]) if as_json else "\n".join(str(p) for p in paths))

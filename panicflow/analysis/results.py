@@ -10,7 +10,9 @@ Contract (docs/analysis.md):
   rule as the rest of the store). Writing a result of the same name again replaces it;
   another name (other parameters) is kept beside it.
 * Every result records its parameters, the input experiments, and the names and versions
-  of the libraries that computed it, in the group's attributes.
+  of the libraries that computed it, in the group's attributes; and ``experiment_state``:
+  the experiment's state and how many of its runs had ended. An experiment still running
+  is analysed on the runs that ended (issue 20 item 6): their data are final.
 """
 
 from __future__ import annotations
@@ -93,6 +95,14 @@ def read_diagram(exp: Experiment, model: str, run: int) -> list[np.ndarray] | No
     return [np.column_stack([birth[dim == k], death[dim == k]]).astype(np.float64) for k in range(maxdim + 1)]
 
 
+def experiment_progress(exp: Experiment) -> dict[str, Any]:
+    """How far ``exp`` was when a result was computed from it: its state, its runs and those that
+    had ended (an analysis of a running experiment uses the runs that ended: their rows, vectors
+    and diagrams are final, docs/store.md). Recorded with every result (``experiment_state``)."""
+    reasons = exp.group(read_only=True)["stop_reason"][:]
+    return {"state": exp.effective_state(), "runs": int(reasons.size), "runs_ended": int(np.count_nonzero(reasons != ""))}
+
+
 def versions(*packages: str) -> dict[str, str]:
     out = {"panicflow": _version("panicflow")}
     for p in packages:
@@ -136,7 +146,8 @@ def write_result(
         )
         if values.size:
             arr[...] = values
-    meta = {**_jsonable(attrs), "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    meta = {**_jsonable(attrs), "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "experiment_state": experiment_progress(exp)}
     g.attrs.update(meta)
     g.attrs.update({"status": "complete"})  # the marker, last
     consolidated.refresh(exp)

@@ -26,6 +26,7 @@ import dask.config
 from distributed import Client, LocalCluster
 
 from ..errors import StoreError, StoreUnreachable, UserError
+from .stopping import SignalsHeld
 
 if TYPE_CHECKING:
     from distributed.security import Security
@@ -107,71 +108,6 @@ def _check_bind(option: str, host: str) -> None:
         ) from None
 
 
-# what a terminal's Ctrl-C, a batch system's walltime and a closed terminal send (scheduler/stopping.py)
-HELD_SIGNALS = tuple(getattr(signal, n) for n in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, n))
-
-
-class _SignalsHeld:
-    """Ctrl-C, SIGTERM and SIGHUP held while an embedded cluster starts or stops; ``came`` is the
-    first that came meanwhile, acted on once the cluster is up or closed (``act``).
-
-    The worker processes spawned meanwhile inherit the blocked signals, so a terminal's Ctrl-C or
-    ``timeout``'s SIGTERM (sent to the whole process group) reaches only this process, which
-    closes them: no traceback from each worker (a nanny stops its worker through a queue, then
-    SIGKILL, never a signal they block). And a cluster half started or half closed by a
-    KeyboardInterrupt leaves processes and an atexit traceback behind. Starting or stopping takes
-    seconds. A signal whose handler is ``SIG_IGN`` (``nohup``'s SIGHUP) is left alone.
-    """
-
-    def __init__(self) -> None:
-        self.came: int | None = None
-        self._previous: dict[int, Any] = {}
-        self._active = threading.current_thread() is threading.main_thread() and hasattr(signal, "pthread_sigmask")
-        self._signals = [s for s in HELD_SIGNALS if signal.getsignal(s) not in (signal.SIG_IGN, None)] if self._active else []
-
-    @property
-    def pressed(self) -> bool:
-        return self.came is not None
-
-    def __enter__(self) -> "_SignalsHeld":
-        if self._signals:
-            # the handler catches a signal delivered to a thread started before (a lease renewer),
-            # the mask holds it from this thread and the threads (and processes) it starts now
-            self._previous = {s: signal.signal(s, self._note) for s in self._signals}
-            self._mask = signal.pthread_sigmask(signal.SIG_BLOCK, set(self._signals))
-            # multiprocessing unblocks SIGINT and SIGTERM in the thread that first starts its resource
-            # tracker (which spawns Dask's workers too): start it now, so that the mask set above stays;
-            # it ignores those two itself, and inherits the blocked SIGHUP (a closed terminal killed it)
-            from multiprocessing import resource_tracker
-
-            resource_tracker.ensure_running()
-            signal.pthread_sigmask(signal.SIG_BLOCK, set(self._signals))
-        return self
-
-    def _note(self, signum: int, frame: Any) -> None:
-        if self.came is None:
-            self.came = signum
-
-    def __exit__(self, *exc: Any) -> None:
-        if self._signals:
-            signal.pthread_sigmask(signal.SIG_SETMASK, self._mask)  # a signal held meanwhile reaches _note now
-            for s, previous in self._previous.items():
-                signal.signal(s, previous)
-
-    def act(self) -> None:
-        """Act on a signal that came while held, as this process's handler for it would have."""
-        if self.came is None:
-            return
-        previous = self._previous.get(self.came)
-        if callable(previous):
-            previous(self.came, None)  # Python's default SIGINT handler raises KeyboardInterrupt
-        elif previous == signal.SIG_DFL and self.came != signal.SIGINT:
-            signal.signal(self.came, signal.SIG_DFL)
-            os.kill(os.getpid(), self.came)  # die of it, as it would have without us
-        else:
-            raise KeyboardInterrupt
-
-
 _MAIN_GUARD = (
     "put the call under `if __name__ == \"__main__\":` in your script: the embedded cluster's worker "
     "processes start by re-running the script, and must not start a cluster of their own"
@@ -228,8 +164,8 @@ def _port_taken_said(make: Callable[[], Any], dashboard: str) -> Callable[[], An
 @contextlib.contextmanager
 def _own(make: Callable[[], Any], security: Security | None) -> Iterator[Client]:
     """A client of the cluster ``make()`` starts, closed on exit; Ctrl-C is held while it
-    starts and stops (``_SignalsHeld``, SIGTERM and SIGHUP too) and acted on once it is up, or once it is closed."""
-    with _SignalsHeld() as starting:
+    starts and stops (``SignalsHeld``, SIGTERM and SIGHUP too) and acted on once it is up, or once it is closed."""
+    with SignalsHeld() as starting:
         cluster = _started(make)
         try:
             client = Client(cluster, security=security)
@@ -237,8 +173,8 @@ def _own(make: Callable[[], Any], security: Security | None) -> Iterator[Client]
             cluster.close()
             raise
 
-    def close() -> _SignalsHeld:
-        with _SignalsHeld() as stopping:
+    def close() -> SignalsHeld:
+        with SignalsHeld() as stopping:
             client.close()
             cluster.close()
         return stopping

@@ -64,8 +64,10 @@ log = logging.getLogger(__name__)
 # Dask runs higher priorities first. Within a stage the oldest runs go first (``wave_ranks``), so
 # that runs end in waves instead of all together at the end; embeddings and diagrams of runs that
 # ended before any model call, so that results come while runs go on (the coordinator holds CPU
-# stages back to the CPU slots, so model calls keep the other threads: _drain_cpu_queue)
-STAGE_PRIORITY = {"embed": 3, "diagram": 2, "invoke": 1}
+# stages back to the CPU slots, so model calls keep the other threads: _drain_cpu_queue). Every
+# priority is 0 or below, Dask's default: the model calls waiting in Dask (the backlog) never hold
+# back other work on a shared cluster, an analysis of this experiment's ended runs included.
+STAGE_ORDER = {"embed": 0, "diagram": 1, "invoke": 2}
 RANKS = 2**40  # more than any experiment's runs: a stage's priorities never reach the next one's
 
 CLUSTER_LOOK_S = 2.0  # how often the coordinator looks at the cluster's workers (they come and go)
@@ -311,7 +313,16 @@ class Coordinator:
         failures: dict[int, RunEvent] = {}
         for rec in self.exp.journal.read():
             if isinstance(rec, StepRecord):
-                by_run[rec.run].setdefault(rec.step, rec)  # a step is recorded once; keep the first
+                steps = by_run[rec.run]
+                seen = steps.get(rec.step)
+                if seen is None:
+                    steps[rec.step] = rec
+                elif (seen.hash, seen.seed) != (rec.hash, rec.seed):
+                    # computed again (its output was lost in a power cut, _verify_recent_outputs): the run
+                    # goes on from this record, and its older records from this step on are superseded
+                    for k in [k for k in steps if k >= rec.step]:
+                        del steps[k]
+                    steps[rec.step] = rec
             elif rec.event == "failed":
                 failures[rec.run] = rec
             elif rec.event == "retry":
@@ -919,7 +930,7 @@ class Coordinator:
     @staticmethod
     def _priority(kind: str, rank: int) -> int:
         """Dask's priority of a task of ``kind`` for the run(s) of ``rank``: by stage, then oldest first."""
-        return STAGE_PRIORITY[kind] * RANKS - rank
+        return -(STAGE_ORDER[kind] * RANKS + rank)
 
     def _is_cpu_stage(self, kind: str, model: str) -> bool:
         if kind == "diagram":
