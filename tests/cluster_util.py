@@ -147,10 +147,11 @@ class DaskCluster:
 
     # ------------------------------------------------------------ workers
     def add_worker(self, *, nthreads: int | None = None, env: dict[str, str] | None = None, wait: bool = True,
-                   wrap: list[str] | None = None) -> str:
+                   wrap: list[str] | None = None, args: list[str] | None = None) -> str:
         """Start one more ``dask worker`` (``nthreads`` as for the constructor); return its name.
-        ``env`` replaces the environment; ``wrap`` is a command that runs it (see ``elsewhere``)."""
-        name = self._spawn_worker(nthreads=nthreads, env=env, wrap=wrap)
+        ``env`` replaces the environment; ``wrap`` is a command that runs it (see ``elsewhere``);
+        ``args`` are added to its command line (``["--resources", "GPU=1"]``)."""
+        name = self._spawn_worker(nthreads=nthreads, env=env, wrap=wrap, args=args)
         if wait:
             self.wait_for_workers([name])
         return name
@@ -218,14 +219,14 @@ class DaskCluster:
         return client.scheduler_info(n_workers=-1)["workers"]
 
     def _spawn_worker(self, nthreads: int | None = None, env: dict[str, str] | None = None,
-                      wrap: list[str] | None = None) -> str:
+                      wrap: list[str] | None = None, args: list[str] | None = None) -> str:
         name = f"w{self._count}"
         self._count += 1
-        args = [DASK, "worker", self.address, "--name", name, "--host", "127.0.0.1", "--death-timeout", "60"]
+        command = [DASK, "worker", self.address, "--name", name, "--host", "127.0.0.1", "--death-timeout", "60"]
         threads = nthreads if nthreads is not None else self.nthreads
         if threads is not None:
-            args += ["--nthreads", str(threads)]
-        self.workers[name] = self._popen([*(wrap or []), *args, *self.worker_args], name, env)
+            command += ["--nthreads", str(threads)]
+        self.workers[name] = self._popen([*(wrap or []), *command, *self.worker_args, *(args or [])], name, env)
         return name
 
     def _popen(self, args: list[str], name: str, env: dict[str, str] | None = None) -> subprocess.Popen:

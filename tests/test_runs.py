@@ -203,4 +203,8 @@ def test_placement_gpu_resource_and_resident_model_preference(semantics_experime
     assert gpu._placement("DummyT2I") == {}  # a CPU dummy runs anywhere
     assert cpu._placement("BigT2I") == {}  # no GPU resource declared: no constraint
     gpu.holders["BigT2I"].add("tcp://b")
-    assert gpu._placement("BigT2I") == {"resources": {"GPU": 1}, "workers": ["tcp://b"], "allow_other_workers": True}
+    # held to its holders, never loosely beside a resource: Dask's loose restrictions drop the resource
+    # as well, and work stealing then gave GPU calls to CPU workers (KeyError: 'GPU' on the worker)
+    assert gpu._placement("BigT2I") == {"resources": {"GPU": 1}, "workers": ["tcp://b"]}
+    cpu.holders["DummyT2I"].add("tcp://b")
+    assert cpu._placement("DummyT2I") == {"workers": ["tcp://b"], "allow_other_workers": True}

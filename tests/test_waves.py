@@ -181,3 +181,30 @@ def test_workers_started_and_retired_beside_an_experiment_lose_no_result(client,
     got = panicflow.open_experiment(eid, store=store)["/"].ds
     for name in ("output_hash", "text", "invocation_seed", "length", "stop_reason", "loop_start"):
         np.testing.assert_array_equal(got[name].values, reference[name].values, err_msg=name)
+
+
+def test_gpu_calls_waiting_in_dask_never_go_to_a_cpu_worker(tmp_path):
+    """A GPU worker and a CPU worker started by hand, with more GPU calls than the GPU worker's
+    thread: Dask's work stealing hands a queued task to an idle worker. A call held to its model's
+    holders *loosely* lost its GPU restriction too, and the CPU worker crashed on it (KeyError: 'GPU'
+    in its state machine, the worker restarted, results lost). Every model call must run on the GPU
+    worker, the CPU worker get the diagrams and embeddings, and neither log an error."""
+    from distributed import get_task_stream
+
+    store = str(tmp_path / "store")
+    with DaskCluster(workers=0, env=child_env(PANICFLOW_TEST_SLEEP_S="0.05")) as cluster, cluster.client() as c:
+        gpu = cluster.add_worker(nthreads=1, args=["--resources", "GPU=1"])
+        cpu = cluster.add_worker(nthreads=1)
+        with get_task_stream(c) as stream:
+            eid = panicflow.run_experiment({**GPU_LIKE, "prompts": [f"p{i}" for i in range(24)], "max_length": 16},
+                                           store=store, client=c)
+        addresses = {name: cluster.worker_address(name, c) for name in (gpu, cpu)}
+        logs = {name: cluster.log(name, 200_000) for name in (gpu, cpu)}
+    ran = {}
+    for task in stream.data:
+        ran.setdefault(task["key"].split("_")[0].split("-")[0], set()).add(task["worker"])
+    assert ran["t2i"] == ran["i2t"] == {addresses[gpu]}, ran
+    assert ran["diagram"] == {addresses[cpu]}, ran
+    for name, log in logs.items():
+        assert "KeyError" not in log and "Traceback" not in log, f"{name}: {log[-3000:]}"
+    assert panicflow.experiment_status(eid, store=store).state == "complete"

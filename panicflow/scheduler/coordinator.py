@@ -903,7 +903,12 @@ class Coordinator:
             busy = self.in_flight.by_model[model]
             if busy < room:
                 out["workers"] = sorted(holders)
-                out["allow_other_workers"] = True  # a preference: an idle worker may still load it
+                # a preference (an idle worker may still load it), but never beside a resource: Dask's
+                # loose restrictions drop the resource too, and its work stealing handed GPU calls to an
+                # idle CPU worker, which crashed on them (KeyError: 'GPU'; scripts/benchmark_waves.py).
+                # Held to its holders while they have a thread for it, a GPU call still runs soon.
+                if "resources" not in out:
+                    out["allow_other_workers"] = True
         return out
 
     def _submit(self, kind: str, model: str, st: RunState, fn, *args) -> None:
