@@ -187,18 +187,23 @@ def seconds_text(seconds: float | None) -> str:
     return f"{s}s"
 
 
+def _part(eta: Mapping[str, Any], stage: str | None, model: str | None) -> tuple[float | None, bool]:
+    """``(seconds_left, partial)`` of everything, of one ``stage``, or of one stage's ``model``."""
+    part: Mapping[str, Any] = eta
+    if stage is not None:
+        part = (eta.get("stages") or {}).get(stage) or {}
+        if model is not None:
+            part = (part.get("by_model") or {}).get(model) or {}
+    return part.get("seconds_left"), bool(part.get("partial"))
+
+
 def describe(eta: Mapping[str, Any] | None, stage: str | None = None, model: str | None = None) -> str:
     """One line for people: ``about 3m 20s left``, ``at least 3m 20s left (no rate yet: diagrams)``,
     ``done``, ``unknown (no rate yet: invocations)``; of everything, or of one ``stage``, or of one
     stage's ``model``."""
     if not eta:
         return "unknown"
-    part: Mapping[str, Any] = eta
-    if stage is not None:
-        part = (eta.get("stages") or {}).get(stage) or {}
-        if model is not None:
-            part = (part.get("by_model") or {}).get(model) or {}
-    seconds, partial = part.get("seconds_left"), bool(part.get("partial"))
+    seconds, partial = _part(eta, stage, model)
     upto = STAGES.index(stage) + 1 if stage in STAGES else len(STAGES)
     why = [s for s in (eta.get("unknown") or []) if s in STAGES[:upto]] if partial else []
     note = f" (no rate yet: {', '.join(why)})" if why else ""
@@ -220,12 +225,7 @@ def brief(eta: Mapping[str, Any] | None, stage: str | None = None, model: str | 
     """``describe`` in a few characters, for a progress bar's column: ``~3m 20s``, ``≥3m 20s``, ``?``, ``done``."""
     if not eta:
         return "?"
-    part: Mapping[str, Any] = eta
-    if stage is not None:
-        part = (eta.get("stages") or {}).get(stage) or {}
-        if model is not None:
-            part = (part.get("by_model") or {}).get(model) or {}
-    seconds, partial = part.get("seconds_left"), bool(part.get("partial"))
+    seconds, partial = _part(eta, stage, model)
     if seconds is None:
         return "?"
     if seconds == 0 and not partial:
