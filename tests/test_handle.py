@@ -273,3 +273,25 @@ def test_a_notebook_shows_a_table_that_updates_and_ends_complete(client, tmp_pat
     state = json.loads((Path(store) / "experiments" / left / "state.json").read_text())
     assert state["state"] == "interrupted" and state["reason"] == "exit", state
     assert released(store, left)
+
+
+def test_a_handle_on_a_cluster_started_by_hand(tmp_path):
+    """`dask scheduler` and `dask worker` processes started as users start them, the handle's
+    client another process's: cancel stops it there and submit_resume finishes it there."""
+    from cluster_util import DaskCluster, child_env
+
+    store = str(tmp_path / "store")
+    with DaskCluster(workers=1, nthreads=2, env=child_env(PANICFLOW_TEST_SLEEP_S="0.2")) as cluster:
+        h = panicflow.submit_experiment({**SLOW, "max_length": 60}, store=store, scheduler_file=cluster.scheduler_file,
+                                        display=False)
+        wait_for("a few steps", lambda: h.progress is not None and h.progress.invocations >= 4)
+        h.cancel()
+        with pytest.raises(Interrupted):
+            h.result(timeout=120)
+        assert released(store, h.id) and h.status().state == "interrupted"
+        again = panicflow.submit_resume(h.id, store=store, scheduler_file=cluster.scheduler_file, display=False)
+        assert again.result(timeout=240) == h.id
+        workers = {a for s in Store(store).experiment(h.id).sessions() for a in s["workers"]}
+        with cluster.client() as c:
+            assert workers == {cluster.worker_address("w0", c)}  # both sessions ran on that worker
+    assert again.status().state == "complete"
