@@ -37,7 +37,6 @@ import weakref
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.spatial.distance import pdist, squareform
 
 IDLE_EXIT_S = 300.0  # an idle child exits; the next call starts another
 _HEADER = struct.Struct("!Q")
@@ -53,6 +52,10 @@ def exact_distances(points: np.ndarray) -> np.ndarray:
     Distances computed directly are exact for duplicates (0) and the same on
     every machine, so a diagram is reproducible wherever it is recomputed.
     """
+    # here, not at the top: scipy.spatial takes ~0.15 s, and `experiment status` reaches this module
+    # (topology.status_group) without computing any distance
+    from scipy.spatial.distance import pdist, squareform
+
     return squareform(pdist(np.asarray(points, dtype=np.float64), metric="euclidean"))
 
 

@@ -22,14 +22,15 @@ import warnings
 from typing import TYPE_CHECKING, Any, Callable, Iterator
 from urllib.parse import urlsplit
 
-import dask.config
-from distributed import Client, LocalCluster
-
 from ..errors import StoreError, StoreUnreachable, UserError
 from .stopping import SignalsHeld
 
 if TYPE_CHECKING:
+    from distributed import Client
     from distributed.security import Security
+
+# dask and distributed are imported where a cluster is reached, not here: the CLI reads LOCALHOST
+# for its --host default, and `panicflow --help` should not pay for them (tests/test_cli_startup.py)
 
 LOCALHOST = "127.0.0.1"
 DASHBOARD_PORT = 8787
@@ -165,6 +166,8 @@ def _port_taken_said(make: Callable[[], Any], dashboard: str) -> Callable[[], An
 def _own(make: Callable[[], Any], security: Security | None) -> Iterator[Client]:
     """A client of the cluster ``make()`` starts, closed on exit; Ctrl-C is held while it
     starts and stops (``SignalsHeld``, SIGTERM and SIGHUP too) and acted on once it is up, or once it is closed."""
+    from distributed import Client
+
     with SignalsHeld() as starting:
         cluster = _started(make)
         try:
@@ -215,6 +218,9 @@ def connect(
     if client is not None:
         yield client
         return
+    import dask.config
+    from distributed import Client, LocalCluster
+
     check_security(security)
     option = "--scheduler"
     if scheduler and scheduler_file is not None:
