@@ -5,6 +5,11 @@ script wants goes to stdout: the experiment id, or JSON with --json. Text read
 from a store is printed through ``display.shown`` (no terminal escapes).
 Exit codes: 0 success, 2 a user error (bad config, unknown id, bad store, bad
 arguments), 130 interrupted (Ctrl-C), 1 anything else.
+
+Imports are light here and in the command modules registered below (analysis/cli.py,
+visual/cli.py, legacy/cli.py): `--version` and `--help` load typer and rich only, `experiment
+status` and `list` the store and Zarr (panicflow/status.py); the API, distributed, xarray and the
+rest are imported inside the commands that use them (tests/test_cli_startup.py checks).
 """
 
 from __future__ import annotations
@@ -18,21 +23,20 @@ import threading
 import time
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import Annotated, Any, Callable, Iterator, Optional
+from typing import TYPE_CHECKING, Annotated, Any, Callable, Iterator, Optional
 
 import typer
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
 
-from . import api
 from .display import printable, shown
 from .errors import Interrupted, RunsFailed, StoreIOError, UserError
-from .models import list_models
-from .scheduler.cluster import LOCALHOST
-from .scheduler.dashboard import page_url as dashboard_page
-from .store import default_location
+from .scheduler.cluster import LOCALHOST  # a constant: the module imports distributed only when it connects
+
+if TYPE_CHECKING:
+    from rich.progress import Progress
+
+    from .status import ExperimentStatus
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Generative models chained in a loop, at scale, on Dask.")
 experiment_app = typer.Typer(no_args_is_help=True, help="Run, resume and inspect experiments.")
@@ -96,6 +100,8 @@ GraceOpt = Annotated[Optional[float], typer.Option(
 
 
 def _store(store: Optional[str]) -> str:
+    from .store import default_location
+
     return store or default_location()
 
 
@@ -172,6 +178,10 @@ class _Bars:
     def start(self, exp, client) -> None:
         if not self.enabled:
             return
+        from rich.progress import Progress
+
+        from .scheduler.dashboard import page_url as dashboard_page
+
         err.print(f"experiment [bold]{shown(exp.id)}[/] in {shown(exp.path_for_display())}")
         err.print(f"Dask dashboard: {escape(client.dashboard_link)}")
         page = dashboard_page(client)
@@ -183,6 +193,8 @@ class _Bars:
     @staticmethod
     def columns() -> tuple:
         """Name, bar, done/total, time elapsed, and the time left of ``rows`` (not rich's own)."""
+        from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
+
         return (TextColumn("{task.description:<24}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                 TextColumn("{task.fields[eta]}", markup=False))
 
@@ -221,8 +233,10 @@ class _Bars:
             self.progress.stop()
 
 
-def _print_summary(status: api.ExperimentStatus, wall: float | None = None) -> None:
+def _print_summary(status: ExperimentStatus, wall: float | None = None) -> None:
     # names, paths and errors come from the store: neither Rich markup nor terminal escapes (display.py)
+    from rich.table import Table
+
     title = f"experiment {status.id}" + (f" ({status.name})" if status.name else "")
     table = Table(title=shown(title), show_header=False)
     table.add_row("state", shown(status.state))
@@ -255,7 +269,9 @@ def _runs_failed(exc: RunsFailed, bars: _Bars) -> str:
 
 
 def _finish(eid: str, store: str, as_json: bool, wall: float) -> None:
-    status = api.experiment_status(eid, store=store)
+    from .status import experiment_status
+
+    status = experiment_status(eid, store=store)
     if as_json:
         print(json.dumps({**status.to_dict(), "wall_time_s": round(wall, 3)}))
     else:
@@ -291,8 +307,10 @@ def _error_text(exc: BaseException) -> str:
 
 
 def _completed(experiment_id: str, store: str) -> bool:
+    from .status import experiment_status
+
     try:
-        return api.experiment_status(experiment_id, store=store).state == "complete"
+        return experiment_status(experiment_id, store=store).state == "complete"
     except Exception:  # unreadable now: not known to be complete
         return False
 
@@ -406,6 +424,8 @@ def run_cmd(
     )] = None,
 ) -> None:
     """Run an experiment to the end; prints its id."""
+    from . import api
+
     cluster = _cluster(scheduler, scheduler_file, workers, gpus, host, dashboard_address, tls_ca_file, tls_cert, tls_key)
     again = _cluster_options(scheduler, scheduler_file, workers, gpus, host, tls_ca_file, tls_cert, tls_key)
     if id_file is not None and not Path(id_file).absolute().parent.is_dir():
@@ -432,6 +452,8 @@ def resume_cmd(
     grace: GraceOpt = None,
 ) -> None:
     """Finish an interrupted experiment."""
+    from . import api
+
     cluster = _cluster(scheduler, scheduler_file, workers, gpus, host, dashboard_address, tls_ca_file, tls_cert, tls_key)
     again = _cluster_options(scheduler, scheduler_file, workers, gpus, host, tls_ca_file, tls_cert, tls_key)
     _execute(
@@ -447,12 +469,14 @@ def status_cmd(
     as_json: JsonOpt = False,
 ) -> None:
     """Per-stage progress of one experiment."""
+    from .status import experiment_status, list_experiments  # not the API: no distributed, no xarray
+
     if experiment_id is None:
-        experiments = api.list_experiments(_store(store))
+        experiments = list_experiments(_store(store))
         if not experiments:
             raise UserError(f"no experiments in {_store(store)}; run one with `panicflow experiment run CONFIG`")
         experiment_id = max(experiments, key=lambda e: e["created_at"] or "")["id"]
-    status = api.experiment_status(experiment_id, store=_store(store))
+    status = experiment_status(experiment_id, store=_store(store))
     if as_json:
         print(json.dumps(status.to_dict()))
     else:
@@ -462,10 +486,14 @@ def status_cmd(
 @experiment_app.command("list")
 def list_cmd(store: StoreOpt = None, as_json: JsonOpt = False) -> None:
     """Every experiment in the store; a damaged one is listed as such (and the exit status is 2)."""
-    experiments = api.list_experiments(_store(store))
+    from .status import list_experiments  # not the API: no distributed, no xarray
+
+    experiments = list_experiments(_store(store))
     if as_json:
         print(json.dumps(experiments))
     else:
+        from rich.table import Table
+
         table = Table("id", "name", "state", "runs", "created")
         for e in experiments:
             row = (e["id"], e["name"] or "", e["state"], "" if e["runs"] is None else str(e["runs"]), e["created_at"] or "")
@@ -500,10 +528,14 @@ def _model_row(spec) -> dict[str, Any]:
 @app.command("models")
 def models_cmd(as_json: JsonOpt = False) -> None:
     """Every model panicflow knows, with its kind and output."""
+    from .models import list_models
+
     rows = [_model_row(s) for s in list_models()]
     if as_json:
         print(json.dumps(rows))
         return
+    from rich.table import Table
+
     weights = {True: "present", False: "missing", None: "-"}
     table = Table("name", "kind", "input", "output", "description", "weights")
     for r in rows:
@@ -521,6 +553,7 @@ def doctor_cmd(
     as_json: JsonOpt = False,
 ) -> None:
     """Check experiments against the store contract (objects, runs, embeddings, diagrams, metadata); exit 1 if problems remain."""
+    from . import api
     from .doctor import render
 
     report = api.doctor(
@@ -573,11 +606,29 @@ def _on_signal(signum: int, frame: Any) -> None:
 _on_signal.panicflow_handler = True  # type: ignore[attr-defined]  # replaced while the coordinator runs
 
 
+_NOISY = ("distributed", "bokeh", "tornado")
+
+
+class _Quiet(logging.Filter):
+    """What distributed, bokeh and tornado log below ERROR, dropped by the root logger's handlers.
+
+    Setting their loggers to ERROR is not enough: the commands import distributed only once they
+    need it, after ``main`` has set the levels, and importing it sets them back (INFO; its
+    ``initialize_logging``). It adds no handler of its own when the root logger has one (``main``'s
+    ``basicConfig``), so its records reach the root's handlers, where this filter keeps them out."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.ERROR or record.name.partition(".")[0] not in _NOISY
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point: maps errors to exit codes (2: user error, 130/143/129: Ctrl-C/SIGTERM/SIGHUP, 1: anything else)."""
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    for noisy in ("distributed", "bokeh", "tornado"):
+    for noisy in _NOISY:
         logging.getLogger(noisy).setLevel(logging.ERROR)
+    quiet, handlers = _Quiet(), list(logging.getLogger().handlers)
+    for handler in handlers:
+        handler.addFilter(quiet)
     in_main_thread = threading.current_thread() is threading.main_thread()
     previous = {}
     if in_main_thread:  # nohup's ignored SIGHUP stays ignored
@@ -614,6 +665,8 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
+        for h in handlers:
+            h.removeFilter(quiet)
     return code if isinstance(code, int) else 0
 
 

@@ -14,10 +14,13 @@ import logging
 from contextlib import contextmanager
 from typing import List, Optional
 
-import numpy as np
 import typer
 
 from ..errors import UserError
+
+# Everything heavier than typer (numpy, the store, distributed, the analyses) is imported inside the
+# commands: panicflow/cli.py registers this module, and `panicflow --help` should not load them
+# (tests/test_cli_startup.py)
 
 analyse_app = typer.Typer(no_args_is_help=True, help="Analyse experiments: clustering, semantic drift, diagram distances.")
 
@@ -188,6 +191,8 @@ def sequences_cmd(
     store: Optional[str] = StoreOpt, as_json: bool = JsonOpt,
 ) -> None:
     """Cluster sequences of every run: stays in one cluster and transitions between clusters, per network."""
+    import numpy as np
+
     from .results import open_result, open_store
     from .sequences import sequences
 

@@ -7,20 +7,35 @@ experiment, run or invocation UUID (as a paper cites it) went.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
+if TYPE_CHECKING:
+    from .importer import import_legacy
+    from .report import ImportReport
 
-from .importer import LEGACY, import_legacy
-from .plan import experiment_id_for
-from .report import ImportReport
-from .schema import hyphenated, legacy_uuid
+
+def __getattr__(name: str) -> Any:
+    """``import_legacy`` and ``ImportReport`` on first use: `panicflow --help` imports this package
+    (legacy/cli.py) and should not load the importer, the store and Zarr (tests/test_cli_startup.py)."""
+    if name == "import_legacy":
+        from .importer import import_legacy as value
+    elif name == "ImportReport":
+        from .report import ImportReport as value
+    else:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    globals()[name] = value
+    return value
 
 
 def locate(legacy_id: str, store: Any = None) -> dict[str, Any] | None:
     """Where a legacy experiment, run or invocation UUID (with or without hyphens) is in the store:
     ``{"experiment_id", "run", "step"}`` (run and step None where they do not apply), or None."""
+    import numpy as np
+
     from ..store import Store
+    from .importer import LEGACY
+    from .plan import experiment_id_for
+    from .schema import hyphenated, legacy_uuid
 
     hex32 = legacy_uuid(legacy_id)
     if hex32 is None:

@@ -8,12 +8,9 @@ from pathlib import Path
 from typing import Optional
 
 import typer
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from ..store import default_location
-from .importer import import_legacy
-from .report import render
+# the importer, the store and rich's progress bars are imported inside legacy_cmd: panicflow/cli.py
+# registers this module, and `panicflow --help` should not load them (tests/test_cli_startup.py)
 
 
 @contextlib.contextmanager
@@ -39,6 +36,13 @@ def legacy_cmd(
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON on stdout."),
 ) -> None:
     """Import every experiment of the database (idempotent; an interrupted import continues); prints the experiment ids."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from ..store import default_location
+    from .importer import import_legacy
+    from .report import render
+
     err = Console(stderr=True)
     location = store or default_location()
     with (contextlib.nullcontext() if dry_run else _writing(location)), \
