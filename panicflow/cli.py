@@ -21,7 +21,6 @@ import signal
 import sys
 import threading
 import time
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Callable, Iterator, Optional
 
@@ -572,6 +571,8 @@ def doctor_cmd(
 
 def _version(value: bool) -> None:
     if value:
+        from importlib.metadata import PackageNotFoundError, version
+
         try:
             number = version("panicflow")
         except PackageNotFoundError:  # run from a source tree that was never installed

@@ -8,7 +8,6 @@ written, ``check_store_reachable`` makes sure every worker opens the same store.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import logging
@@ -29,8 +28,9 @@ if TYPE_CHECKING:
     from distributed import Client
     from distributed.security import Security
 
-# dask and distributed are imported where a cluster is reached, not here: the CLI reads LOCALHOST
-# for its --host default, and `panicflow --help` should not pay for them (tests/test_cli_startup.py)
+# dask, distributed and asyncio are imported where a cluster is reached, not here: the CLI reads
+# LOCALHOST for its --host default, and `panicflow --help` should not pay for them
+# (tests/test_cli_startup.py)
 
 LOCALHOST = "127.0.0.1"
 DASHBOARD_PORT = 8787
@@ -307,6 +307,8 @@ def read_scheduler_file(path: str | os.PathLike) -> str:
 
 async def _probe_store(location: str, key: str, token: str) -> str | None:
     """On a worker, off its event loop: ``probe_root``'s answer."""
+    import asyncio
+
     from ..store.root import probe_root
 
     return await asyncio.to_thread(probe_root, location, key, token)
@@ -322,6 +324,8 @@ def check_store_reachable(client: Client, store) -> None:
     the same store through their tasks, which raise ``StoreUnavailable`` (permanent).
     A cluster with no worker yet (an adaptive one) is not checked.
     """
+    import asyncio
+
     from ..store.root import TMP_PREFIX, LocalRoot
 
     workers = client.scheduler_info(n_workers=-1).get("workers", {})
