@@ -13,10 +13,8 @@ import json
 import logging
 import os
 import secrets
-import signal
 import socket
 import sys
-import threading
 import warnings
 from typing import TYPE_CHECKING, Any, Callable, Iterator
 from urllib.parse import urlsplit
