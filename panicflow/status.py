@@ -21,7 +21,7 @@ import numpy as np
 from .errors import StoreError
 from .store import Experiment, Store
 from .store.experiment import read_markers
-from .store.journal import StepRecord
+from .store.journal import StepRecord, supersede
 
 StoreLike = str | os.PathLike | Store | None
 
@@ -135,12 +135,14 @@ def experiment_status(experiment_id: str, store: StoreLike = None) -> Experiment
     sessions = [s["started_us"] for s in exp.sessions() if isinstance(s.get("started_us"), int)]
     since = max([now - _eta.WINDOW_S * 1e6, *sessions])
     recent_steps: Counter[str] = Counter()
-    steps: dict[int, int] = {}
-    for rec in exp.journal.read():
+    by_run: dict[int, dict[int, StepRecord]] = {}
+    # complete: everything is in Zarr, and a journal left by a clear cut short is not read
+    for rec in exp.journal.read() if exp.read_state().get("state") != "complete" else ():
         if isinstance(rec, StepRecord):
-            steps[rec.run] = max(steps.get(rec.run, 0), rec.step + 1)
+            supersede(by_run.setdefault(rec.run, {}), rec)  # as resume reads it
             if rec.ended_us >= since:
                 recent_steps[rec.model] += 1
+    steps = {run: max(records) + 1 for run, records in by_run.items() if records}
     lengths = markers["length"]
     done = [int(lengths[i]) if reasons[i] else steps.get(i, 0) for i in range(len(reasons))]
     invocations = sum(done)

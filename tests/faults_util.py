@@ -651,15 +651,21 @@ def sigkill_coordinator_trials(address: str, workdir: str, ref: dict[str, Any], 
                                kills: int = 22, per_experiment: int = 11, config: dict[str, Any] = CONFIG,
                                log: Callable[[str], None] = lambda s: None) -> list[Trial]:
     """SIGKILL the coordinator ``kills`` times at points drawn by ``random.Random(seed)``,
-    several times per experiment (kill, resume, kill again...), then resume each to the end."""
+    several times per experiment (kill, resume, kill again...), then resume each to the end.
+
+    A point the experiment finished before (a delay drawn late: its embeddings and diagrams no
+    longer wait for its last run, so little is left once the runs end) did not kill anything: it
+    is tried again in a next experiment, so that the kills that land do not depend on the timing."""
     rng = random.Random(seed)
     total = total_steps(ref, config)
     markers = len(ref["seed"]) * len(config["embedding_models"])
-    points = draw_kill_points(rng, kills, total, markers)
-    groups = [order(points[k : k + per_experiment]) for k in range(0, len(points), per_experiment)]
+    pending = draw_kill_points(rng, kills, total, markers)
     cfg_path = write_config(config, os.path.join(workdir, "config.json"))
     trials: list[Trial] = []
-    for g, group in enumerate(groups):
+    g = -1
+    while pending and g < 2 * kills // per_experiment + 2:
+        g += 1
+        group, pending, carried = order(pending[:per_experiment]), pending[per_experiment:], []
         store = os.path.join(workdir, f"store{g}")
         logs = os.path.join(workdir, f"logs{g}")
         watch = Watch(store)
@@ -667,9 +673,8 @@ def sigkill_coordinator_trials(address: str, workdir: str, ref: dict[str, Any], 
         for n, point in enumerate(group):
             eid = watch.experiment_id()
             if eid and watch.state() == "complete":  # an earlier kill landed late: nothing left to interrupt
-                log(f"experiment {g}: {point.describe()}: skipped, the experiment is complete")
-                trials.append(Trial("SIGKILL coordinator", point.describe(), True, 0, 0, [],
-                                    {"killed": False, "skipped": "complete"}, f"sigkill-{g}"))
+                log(f"experiment {g}: {point.describe()}: the experiment is complete; tried in the next one")
+                carried.append(point)
                 continue
             if n == 0:
                 assert point.stage != "delay" or eid, "the first kill of an experiment needs its id to exist"
@@ -679,9 +684,10 @@ def sigkill_coordinator_trials(address: str, workdir: str, ref: dict[str, Any], 
             where = kill_at(proc, watch, point, markers)
             if where is None:  # it finished before the kill point
                 res = proc.wait()
-                log(f"experiment {g}: {point.describe()}: finished first (rc {res.rc})")
+                log(f"experiment {g}: {point.describe()}: finished first (rc {res.rc}); tried in the next one")
                 trials.append(Trial("SIGKILL coordinator", point.describe(), res.rc == 0, 0, 0,
                                     [] if res.rc == 0 else [res.stderr[-1000:]], {"killed": False}, f"sigkill-{g}"))
+                carried.append(point)
                 continue
             status = experiment_status(store, watch.experiment_id())
             where["state_after_kill"] = status["state"]
@@ -719,6 +725,7 @@ def sigkill_coordinator_trials(address: str, workdir: str, ref: dict[str, Any], 
         log(f"experiment {g}: final resume rc {res.rc} state {final_state}, lost {final.lost}, "
             f"problems {final.problems[:3]}")
         shutil.rmtree(store, ignore_errors=True)
+        pending = carried + pending
     return trials
 
 

@@ -303,3 +303,48 @@ def test_survey_of_a_line_whose_run_is_damaged_drops_the_run_it_was(tmp_path):
     assert [(r.run, r.step) for r in survey.records] == [(0, 0), (1, 0), (1, 1), (1, 2), (1, 3)]
     journal.drop(survey)
     assert journal.survey().damaged == [] and len(list(journal.read())) == 5
+
+
+def test_a_clear_cut_short_leaves_a_journal_that_still_reads_in_order(tmp_path):
+    """clear() runs right after the experiment is marked complete: a kill there leaves some files.
+    Removed oldest first, the newest file was left alone, starting mid-run ("step 20 of run 0 comes
+    before its step 0"); removed newest first, what is left is the journal's beginning."""
+    first = _journal(tmp_path)
+    for process in range(3):
+        Journal(first.root, first.prefix).append([_step(0, 2 * process), _step(0, 2 * process + 1)])
+    names = first.names()
+    deleted = []
+    real_delete = first.root.delete
+
+    def delete_one_then_die(key):
+        if deleted:
+            raise KeyboardInterrupt  # the kill, after one file
+        deleted.append(key)
+        real_delete(key)
+
+    first.root.delete = delete_one_then_die
+    with pytest.raises(KeyboardInterrupt):
+        first.clear()
+    first.root.delete = real_delete
+    assert deleted == [f"{first.prefix}/{names[-1]}"]
+    assert [r.step for r in first.read()] == [0, 1, 2, 3]  # in order: nothing raised
+
+
+def test_a_complete_experiment_ignores_a_journal_left_behind(client, tmp_path):
+    """A complete experiment has everything in Zarr: a file left by a clear cut short (by an older
+    version, oldest first: a segment that starts mid-run) must not stop status, resume or doctor."""
+    import panicflow
+    from panicflow.api import doctor
+
+    store = str(tmp_path / "store")
+    eid = panicflow.run_experiment(CONFIG, store=store, client=client)
+    exp = Store(store).experiment(eid)
+    Journal(exp.root, exp.journal.prefix).append([_step(0, 6), _step(0, 7)])  # a newest file, left alone
+    assert exp.journal.names() and exp.read_state()["state"] == "complete"
+    status = panicflow.experiment_status(eid, store=store)
+    assert status.state == "complete" and status.invocations == 20
+    report = doctor(eid, store=store)
+    assert {p.kind for p in report.experiments[0].problems} <= {"journal_leftover"}, report.to_dict()
+    panicflow.resume_experiment(eid, store=store, client=client)  # no JournalDamaged
+    assert panicflow.experiment_status(eid, store=store).state == "complete"
+    assert not exp.journal.names()  # the resume's end cleared it

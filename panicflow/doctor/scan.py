@@ -13,7 +13,7 @@ from ..errors import PanicflowError
 from ..models import REGISTRY, Kind
 from ..store import Store, consolidated
 from ..store.experiment import INVOCATION_ARRAYS, VECTOR_DIGEST, Experiment, vector_digest
-from ..store.journal import StepRecord
+from ..store.journal import StepRecord, supersede
 from .common import (
     CREATOR_ARRAYS,
     DIAGRAM_STATUSES,
@@ -316,6 +316,8 @@ class Scanner:
         journal = self.exp.journal
         try:
             s.journal_files = len(journal.names())
+            if s.state == "complete":
+                return  # everything is in Zarr: files left by a clear cut short are only a leftover (below)
             survey = journal.survey()  # every line validated as resume reads it; what dropping the bad ones takes
         except Exception as exc:  # noqa: BLE001
             s.add("journal", f"the journal cannot be read: {short(exc)}", path=journal.prefix)
@@ -328,9 +330,9 @@ class Scanner:
             s.add("journal", f"journal {d.segment} is damaged at line {d.line}: {d.reason} (resume stops on it); "
                              f"`--fix` drops {drop}, which resume then computes again",
                   run=d.run, step=d.step, path=f"{journal.prefix}/{d.segment}:{d.line}")
-        for rec in survey.records:  # in the order written: the first record of a step is the one that counts
+        for rec in survey.records:  # in the order written, as resume reads them
             if isinstance(rec, StepRecord):
-                s.journal[rec.run].setdefault(rec.step, rec)
+                supersede(s.journal[rec.run], rec)
 
     def _read_runs(self, s: Scan, z: Arrays) -> None:
         cfg = s.cfg

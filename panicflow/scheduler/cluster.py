@@ -259,9 +259,10 @@ def connect(
         n = workers or os.cpu_count() or 1
 
         def make():
-            # silence_logs: the workers' warnings about tasks cancelled by a stop, as the CLI's own
-            # distributed logger (ERROR): the one line panicflow prints says what happened
-            return LocalCluster(n_workers=n, threads_per_worker=1, processes=True, host=host, silence_logs=logging.ERROR,
+            # silence_logs: what the workers log of a stop or a close (tasks cancelled, a heartbeat that
+            # meets the scheduler closing: an ERROR with a traceback), as `analyse` silences its own
+            # cluster; a task's failure reaches the coordinator, which says it in one line
+            return LocalCluster(n_workers=n, threads_per_worker=1, processes=True, host=host, silence_logs=logging.CRITICAL,
                                 dashboard_address=dashboard, **tls)
     with _own(_port_taken_said(make, dashboard), security) as c:
         yield c

@@ -51,7 +51,7 @@ from ..store.experiment import (
     now_us,
     read_markers,
 )
-from ..store.journal import RunEvent, StepRecord
+from ..store.journal import RunEvent, StepRecord, supersede
 from ..store.lease import LeaseLost
 from . import tasks
 from .inflight import InFlight, Task
@@ -311,18 +311,11 @@ class Coordinator:
         markers = read_markers(self.exp)
         by_run: dict[int, dict[int, StepRecord]] = defaultdict(dict)
         failures: dict[int, RunEvent] = {}
-        for rec in self.exp.journal.read():
+        # complete: everything is in Zarr, and a journal left by a clear cut short is not read
+        journal = self.exp.journal.read() if self.exp.read_state().get("state") != "complete" else ()
+        for rec in journal:
             if isinstance(rec, StepRecord):
-                steps = by_run[rec.run]
-                seen = steps.get(rec.step)
-                if seen is None:
-                    steps[rec.step] = rec
-                elif (seen.hash, seen.seed) != (rec.hash, rec.seed):
-                    # computed again (its output was lost in a power cut, _verify_recent_outputs): the run
-                    # goes on from this record, and its older records from this step on are superseded
-                    for k in [k for k in steps if k >= rec.step]:
-                        del steps[k]
-                    steps[rec.step] = rec
+                supersede(by_run[rec.run], rec)  # a step computed again (a power cut) replaces the rest of its run
             elif rec.event == "failed":
                 failures[rec.run] = rec
             elif rec.event == "retry":

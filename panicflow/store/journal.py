@@ -424,11 +424,27 @@ class Journal:
             self.root.write_bytes(key, b"\n".join(kept))
 
     def clear(self) -> None:
+        """Remove every file, the newest first: a clear cut short (a kill right after the experiment
+        completed) leaves the oldest files, which still read in order."""
         if self.fence is not None:
             self.fence()
         self.close()
-        for name in self.root.list(self.prefix):
+        for name in [*reversed(self.names()), *(n for n in self.root.list(self.prefix) if not n.endswith(".jsonl"))]:
             self.root.delete(f"{self.prefix}/{name}")
+
+
+def supersede(steps: dict[int, StepRecord], rec: StepRecord) -> None:
+    """Add ``rec`` to one run's ``steps`` (step -> record), read in the order written: a step recorded
+    again with another output (computed again after a power cut lost its output: the coordinator's
+    ``_verify_recent_outputs``) supersedes the run's records from that step on; the same record
+    again changes nothing. What resume, status and doctor all read a run's steps as."""
+    seen = steps.get(rec.step)
+    if seen is None:
+        steps[rec.step] = rec
+    elif (seen.hash, seen.seed) != (rec.hash, rec.seed):
+        for k in [k for k in steps if k >= rec.step]:
+            del steps[k]
+        steps[rec.step] = rec
 
 
 def _in_order(rec: StepRecord | RunEvent, following: dict[int, int]) -> StepRecord | RunEvent | BadRecord:

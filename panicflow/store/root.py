@@ -325,6 +325,10 @@ class LocalRoot(StoreRoot):
     def zarr_store(self, key: str, read_only: bool = False) -> LocalStore:
         from zarr.storage import LocalStore
 
+        if read_only:  # a reader: a shard's ranged reads from one version of it (store/snapshot.py)
+            from .snapshot import SnapshotLocalStore
+
+            return SnapshotLocalStore(self._path(key))
         return LocalStore(self._path(key), read_only=read_only)
 
     def path_for_display(self, key: str) -> str:
