@@ -345,7 +345,7 @@ def _execute(start: Callable[..., str], store: str, as_json: bool, experiment_id
         eid = known["id"]
         if eid is None or not _completed(eid, store):  # one that completed before the signal exits 0
             bars.stop()
-            reason = exc.reason if isinstance(exc, Interrupted) else _SIGNAL_CAME[0]
+            reason = exc.reason if isinstance(exc, Interrupted) else (_SIGNAL_CAME[0] or "SIGINT")
             stop = _Interrupted(eid, store, reason, cluster)
             if as_json:
                 print(json.dumps({"id": eid, "state": "interrupted", "error": stop.line}))
@@ -591,7 +591,7 @@ def _root(
 
 
 _SIGNALS = tuple(getattr(signal, n) for n in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, n))
-_SIGNAL_CAME = ["SIGINT"]  # the signal that stopped the command, for its exit status
+_SIGNAL_CAME: list[str | None] = [None]  # the signal that stopped the command, for its exit status
 
 
 def _on_signal(signum: int, frame: Any) -> None:
@@ -630,6 +630,7 @@ def main(argv: list[str] | None = None) -> int:
     quiet, handlers = _Quiet(), list(logging.getLogger().handlers)
     for handler in handlers:
         handler.addFilter(quiet)
+    _SIGNAL_CAME[0] = None
     in_main_thread = threading.current_thread() is threading.main_thread()
     previous = {}
     if in_main_thread:  # nohup's ignored SIGHUP stays ignored
@@ -646,12 +647,12 @@ def main(argv: list[str] | None = None) -> int:
         err.print(shown(exc.line), highlight=False, soft_wrap=True)
         return exc.code
     except typer.Exit as exc:
-        return exc.exit_code
+        code = exc.exit_code
     except SystemExit as exc:  # pragma: no cover
         return int(exc.code or 0)
-    except KeyboardInterrupt:  # outside a command (typer turns one inside into exit 130)
-        err.print("interrupted")
-        return {"SIGTERM": 143, "SIGHUP": 129}.get(_SIGNAL_CAME[0], 130)
+    except KeyboardInterrupt:  # outside a command
+        err.print(_stopped_line())
+        return _stopped_code()
     except Exception as exc:
         # typer vendors click: find its exception classes through the exception itself
         names = {cls.__name__ for cls in type(exc).__mro__}
@@ -668,7 +669,21 @@ def main(argv: list[str] | None = None) -> int:
             signal.signal(s, handler)
         for h in handlers:
             h.removeFilter(quiet)
+    if code == 130 and _SIGNAL_CAME[0]:  # typer turns a signal's KeyboardInterrupt in a command (outside _execute) into 130
+        err.print(_stopped_line())
+        return _stopped_code()
     return code if isinstance(code, int) else 0
+
+
+def _stopped_code() -> int:
+    from .scheduler.stopping import EXIT_CODES
+
+    return EXIT_CODES.get(_SIGNAL_CAME[0] or "SIGINT", 130)
+
+
+def _stopped_line() -> str:
+    came = _SIGNAL_CAME[0]
+    return "interrupted" + (f" ({came})" if came and came != "SIGINT" else "")
 
 
 if __name__ == "__main__":

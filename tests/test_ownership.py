@@ -43,9 +43,11 @@ while not os.path.exists(go):
     time.sleep(0.001)
 try:
     Lease.acquire(exp.root, exp.prefix, eid, renew=False)
-    print("won")
+    print("won", flush=True)
 except ExperimentBusy:
-    print("busy")
+    print("busy", flush=True)
+while not os.path.exists(go + ".done"):  # alive until every racer has tried: a winner that exited would
+    time.sleep(0.01)                     # leave a dead owner, whom a racer started late may rightly take over
 """
 
 
@@ -61,11 +63,11 @@ def _race(store: str, eid: str, tmp_path: Path, n: int, env: dict[str, str] | No
                               stderr=subprocess.PIPE, text=True, env={**os.environ, **(env or {})}) for _ in range(n)]
     time.sleep(3.0)  # every racer imported and polling
     go.touch()
-    outs = []
+    outs = [p.stdout.readline().strip() for p in procs]  # each has tried, and lives on
+    Path(f"{go}.done").touch()
     for p in procs:
         out, err = p.communicate(timeout=120)
         assert p.returncode == 0, err
-        outs.append(out.strip())
     return outs
 
 

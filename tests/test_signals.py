@@ -257,3 +257,16 @@ def test_id_file_holds_the_id_before_the_experiment_runs(tmp_path):
     bad = cli("experiment", "run", str(tmp_path / "c.json"), "--store", str(store), "--id-file", str(tmp_path / "no" / "id"))
     assert bad.returncode == 2 and bad.stderr.strip().startswith("error: --id-file: folder"), bad.stderr
     assert os.listdir(store / "experiments") == [eid]  # the bad option wrote nothing
+
+
+def test_a_signal_before_the_experiment_starts_exits_with_its_own_code(monkeypatch, capsys):
+    """A SIGTERM while a command is still parsing its options (a walltime of a job that had just
+    started): typer turns the interrupt into exit 130, which said Ctrl-C; it must say SIGTERM (143)."""
+    from panicflow import cli
+
+    def walltime(store):
+        cli._on_signal(signal.SIGTERM, None)
+
+    monkeypatch.setattr(cli, "_store", walltime)
+    assert cli.main(["experiment", "list"]) == 143
+    assert capsys.readouterr().err.strip().splitlines()[-1] == "interrupted (SIGTERM)"
