@@ -7,6 +7,7 @@ import hashlib
 import importlib.util
 import os
 import shutil
+import time
 
 import imageio_ffmpeg
 import numpy as np
@@ -282,3 +283,36 @@ def test_report_is_self_contained(clustered, tmp_path):
     assert page.count('<tr><td>') == 5 and page.count('data-run="') == 2
     assert "Runs 0-4 of 16" in page
     assert "hdbscan-DummyText" in page  # provenance lists the clustering
+
+
+def test_the_served_report_answers_only_its_own_host_and_a_closed_browser_is_quiet(analysis_experiment, capfd):
+    """DNS rebinding: a page of another site whose name resolves to 127.0.0.1 sends that name as
+    Host; the server must not answer it (issue 22 item 3). A browser closing mid-answer printed a
+    25-line BrokenPipe traceback."""
+    import http.client
+    import socket
+
+    from panicflow.visual import report
+
+    store, eid = analysis_experiment
+    with report.serve_report(eid, store, port=0, plots=False, max_runs=4).start() as server:
+        port = server.httpd.server_address[1]
+
+        def get(host: str) -> int:
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+            conn.request("GET", "/api/status", headers={"Host": host})
+            status = conn.getresponse().status
+            conn.close()
+            return status
+
+        for good in (f"127.0.0.1:{port}", f"localhost:{port}", "localhost", f"[::1]:{port}"):
+            assert get(good) == 200, good
+        for bad in ("evil.example.com", f"evil.example.com:{port}", f"127.0.0.1:{port + 1}", "127.0.0.1.nip.io", ""):
+            assert get(bad) == 403, bad
+        for _ in range(5):  # ask for the whole page and go away at once
+            with socket.create_connection(("127.0.0.1", port), timeout=60) as s:
+                s.sendall(f"GET / HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n".encode())
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+        time.sleep(1.0)
+    err = capfd.readouterr().err
+    assert "Traceback" not in err and "BrokenPipe" not in err, err

@@ -40,6 +40,7 @@ from .source import Picture, RunInfo, Source
 from .timeline import spaced
 
 HOST = "127.0.0.1"
+ALLOWED_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})  # Host headers the served page answers
 THUMB = 96
 VIEWER_IMAGE = 384
 CHART_TYPES = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".svg": "image/svg+xml"}
@@ -372,6 +373,10 @@ class _Handler(BaseHTTPRequestHandler):
         pass
 
     def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+        if not self._host_allowed():
+            # DNS rebinding: a page of another site whose name now resolves to 127.0.0.1 would read
+            # this one (prompts, images) as its own; a browser sends that site's name as Host
+            return self._send(b"forbidden host", "text/plain", status=HTTPStatus.FORBIDDEN)
         path = self.path.split("?", 1)[0].strip("/")
         try:
             if path == "":
@@ -404,20 +409,34 @@ class _Handler(BaseHTTPRequestHandler):
             raise ValueError(digest)
         self._send(data, "image/webp", cache=True)
 
+    def _host_allowed(self) -> bool:
+        """The ``Host`` header names this server: a loopback name or the address it listens on."""
+        host = (self.headers.get("Host") or "").strip().lower()
+        port = str(self.server.server_address[1])
+        if host.startswith("["):  # [::1]:8765
+            name, _, rest = host[1:].partition("]")
+            given = rest[1:] if rest.startswith(":") else ""
+        else:
+            name, _, given = host.partition(":")
+        return name in ALLOWED_HOSTS | {self.server.server_address[0]} and given in ("", port)
+
     def _json(self, obj: Any) -> None:
         self._send(json.dumps(obj).encode(), "application/json")
 
     def _send(self, body: bytes, mime: str, *, status: HTTPStatus = HTTPStatus.OK, csp: str | None = None,
               cache: bool = False) -> None:
-        self.send_response(status)
-        self.send_header("Content-Type", mime)
-        self.send_header("Content-Length", str(len(body)))
-        self.send_header("Cache-Control", "max-age=31536000, immutable" if cache else "no-store")
-        self.send_header("X-Content-Type-Options", "nosniff")
-        if csp:
-            self.send_header("Content-Security-Policy", csp)
-        self.end_headers()
-        self.wfile.write(body)
+        try:
+            self.send_response(status)
+            self.send_header("Content-Type", mime)
+            self.send_header("Content-Length", str(len(body)))
+            self.send_header("Cache-Control", "max-age=31536000, immutable" if cache else "no-store")
+            self.send_header("X-Content-Type-Options", "nosniff")
+            if csp:
+                self.send_header("Content-Security-Policy", csp)
+            self.end_headers()
+            self.wfile.write(body)
+        except (BrokenPipeError, ConnectionResetError):  # the browser went away mid-answer: nothing to say
+            self.close_connection = True
 
 
 PAGE = """<!doctype html>
