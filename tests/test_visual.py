@@ -164,7 +164,7 @@ def test_images_export_is_the_stored_images_with_an_index(analysis_experiment, t
     expected = _runs(store, eid)
     index = images.export_images(eid, tmp_path / "webp", "0-2", store=store)
     rows = list(csv.DictReader(open(index, encoding="utf-8")))
-    assert list(rows[0]) == ["run", "step", "model", "seed", "caption", "hash", "file"]
+    assert list(rows[0]) == ["run", "network", "prompt", "run_seed", "step", "model", "seed", "caption", "hash", "file"]
     want = [(r, s, h, c) for r in (0, 1, 2) for s, h, c in zip(*expected[r])]
     assert [(int(x["run"]), int(x["step"]), x["hash"], x["caption"]) for x in rows] == want
     ds = panicflow.open_experiment(eid, store=store)["/"].ds
@@ -174,6 +174,8 @@ def test_images_export_is_the_stored_images_with_an_index(analysis_experiment, t
         assert x["file"] == f"run-{int(x['run']):04d}/run-{int(x['run']):04d}_step-{int(x['step']):05d}.webp"
         r, s = int(x["run"]), int(x["step"])
         assert x["model"] == ds.model.values[r, s] and int(x["seed"]) == ds.invocation_seed.values[r, s]
+        # which run it is, without the store at hand (issue 22 item 10)
+        assert (x["network"], x["prompt"], int(x["run_seed"])) == (ds.network.values[r], ds.prompt.values[r], ds.seed.values[r])
     index = images.export_images(eid, tmp_path / "png", [1], store=store, fmt="png")
     row = next(csv.DictReader(open(index, encoding="utf-8")))
     got = np.asarray(Image.open(tmp_path / "png" / row["file"]))
@@ -215,8 +217,11 @@ def test_gallery_rows_medoids_and_members(clustered, tmp_path):
     labels = a["label"]
     for c in a["cluster_id"]:
         members = {shown(r, s) for r, s in zip(*np.nonzero(labels == c))}
-        assert len(sample[int(c)]) == min(3, len(members)) and len(set(sample[int(c)])) == len(sample[int(c)])
-        assert set(sample[int(c)]) <= members
+        pictures = [(d, cap) for d, cap, _, _ in sample[int(c)]]
+        assert len(pictures) == min(3, len(members)) and len(set(pictures)) == len(pictures)
+        assert set(pictures) <= members
+        for d, cap, r, s in sample[int(c)]:  # each labelled with where it is: a member's run and step
+            assert labels[r, s] == c and shown(r, s) == (d, cap)
 
     out = gallery.export_gallery(eid, tmp_path / "g.png", "DummyText", store=store, examples=4, tile=64)
     image = np.asarray(Image.open(out).convert("RGB")).astype(int)
@@ -226,13 +231,20 @@ def test_gallery_rows_medoids_and_members(clustered, tmp_path):
     from panicflow.visual.frames import font, line_height
 
     head_h = line_height(font(big, True)) + 2 * line_height(font(big))
-    row_h = head_h + 64 + 3 * line_height(font(small)) + gap // 2 + 2 * gap
+    row_h = head_h + 64 + 4 * line_height(font(small)) + gap // 2 + 2 * gap  # "run R · step S", the caption
     title_h = line_height(font(big, True)) + 2 * gap
     assert image.shape[0] == title_h + len(order) * row_h
     for row, i in enumerate(order):  # the first tile of each row is the medoid's image
         y = title_h + row * row_h + head_h + gap // 2 + 32
         medoid = shown(int(a["medoid_run"][i]), int(a["medoid_step"][i]))
         assert (image[y, gap + 32] == _colour(store, medoid[0])).all()
+    # the largest clusters only, by default 24 (137 clusters made a 41,971 px tall image): here 1
+    one = np.asarray(Image.open(gallery.export_gallery(eid, tmp_path / "one.png", "DummyText", store=store, examples=4,
+                                                       tile=64, limit=1)))
+    assert one.shape[0] == title_h + row_h
+    assert gallery.DEFAULT_LIMIT == 24
+    with pytest.raises(UserError, match="--limit"):
+        gallery.export_gallery(eid, tmp_path / "v.png", "DummyText", store=store, limit=-1)
     with pytest.raises(UserError, match="no clustering of DummyVision"):
         gallery.export_gallery(eid, tmp_path / "v.png", "DummyVision", store=store)
     with pytest.raises(UserError, match="no embedding model"):

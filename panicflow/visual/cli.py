@@ -116,7 +116,7 @@ def gallery_cmd(
     out: Optional[str] = typer.Option(None, "--out", help="Image file, .png .jpg or .webp (default: gallery-ID-MODEL.png)."),
     examples: int = typer.Option(8, "--examples", help="Images per cluster, the medoid included."),
     tile: int = typer.Option(160, "--tile", help="Image size in pixels."),
-    limit: Optional[int] = typer.Option(None, "--limit", help="Only the N largest clusters."),
+    limit: int = typer.Option(24, "--limit", help="The N largest clusters (0: every one, as one tall image)."),
     seed: int = typer.Option(0, "--seed", help="Which random examples are drawn."),
     store: Optional[str] = StoreOpt, as_json: bool = JsonOpt,
 ) -> None:

@@ -1,8 +1,9 @@
 """Cluster galleries: example images of each cluster of a stored clustering, the medoid first.
 
-One row per cluster, largest first: a heading with the cluster's size and, as its label, the
-medoid's caption; then the medoid (outlined) and up to ``examples - 1`` other members, each
-with its caption underneath. A member is shown as the picture of its step: an image with the
+One row per cluster, largest first, the ``DEFAULT_LIMIT`` largest unless asked otherwise (137
+clusters made one 1,397 x 41,971 px image, 654 MiB at its peak): a heading with the cluster's
+size and, as its label, the medoid's caption; then the medoid (outlined) and up to
+``examples - 1`` other members, each labelled with its run and step and its caption underneath. A member is shown as the picture of its step: an image with the
 caption written of it, or a caption with the image it was written from (text embedders cluster
 captions), exactly as ``Source.shown`` pairs them.
 
@@ -33,6 +34,8 @@ ACCENT = (214, 90, 20)
 EMPTY = (235, 235, 235)
 
 Shown = tuple[str | None, str]  # (image hash, caption)
+Example = tuple[str | None, str, int, int]  # (image hash, caption, run, step): a picture and where it is
+DEFAULT_LIMIT = 24  # clusters drawn unless --limit says otherwise (0: every one)
 
 
 def find_clustering(source: Source, model: str, clustering: str | None) -> tuple[str, dict]:
@@ -58,10 +61,12 @@ def _priority(seed: int, shown: Shown) -> int:
 
 
 def sample_members(source: Source, group, k: int, seed: int, exclude: dict[int, Shown],
-                   progress: Callable[[int, int], None] | None = None) -> dict[int, list[Shown]]:
-    """Per cluster, up to ``k`` distinct pictures of its members in this experiment (bottom-k by priority)."""
+                   progress: Callable[[int, int], None] | None = None,
+                   clusters: set[int] | None = None) -> dict[int, list[Example]]:
+    """Per cluster (of ``clusters``, default all), up to ``k`` distinct pictures of its members in this
+    experiment (bottom-k by priority), each with the run and step it was first drawn at."""
     labels = group["label"]
-    heaps: dict[int, list[tuple[int, Shown]]] = {}
+    heaps: dict[int, list[tuple[int, Shown, tuple[int, int]]]] = {}
     kept: dict[int, set[Shown]] = {}
     n_runs = labels.shape[0]
     for run in range(n_runs):
@@ -73,12 +78,12 @@ def sample_members(source: Source, group, k: int, seed: int, exclude: dict[int, 
         info = source.run_info([run])[0]
         for step, digest, caption in source.shown(info):
             c = int(row[step])
-            if c < 0:
+            if c < 0 or (clusters is not None and c not in clusters):
                 continue
             shown = (digest, caption)
             if shown == exclude.get(c) or shown in kept.setdefault(c, set()):
                 continue
-            item = (-_priority(seed, shown), shown)  # a max-heap of the k lowest priorities
+            item = (-_priority(seed, shown), shown, (run, step))  # a max-heap of the k lowest priorities
             heap = heaps.setdefault(c, [])
             if len(heap) < k:
                 heapq.heappush(heap, item)
@@ -86,7 +91,7 @@ def sample_members(source: Source, group, k: int, seed: int, exclude: dict[int, 
             elif item > heap[0]:
                 kept[c].discard(heapq.heapreplace(heap, item)[1])
                 kept[c].add(shown)
-    return {c: [s for _, s in sorted(h, reverse=True)] for c, h in heaps.items()}
+    return {c: [(*s, *where) for _, s, where in sorted(h, reverse=True)] for c, h in heaps.items()}
 
 
 def _shown_at(source: Source, run: int, step: int) -> Shown:
@@ -106,40 +111,48 @@ def export_gallery(
     store: str | os.PathLike | None = None,
     examples: int = 8,
     tile: int = 160,
-    limit: int | None = None,
+    limit: int | None = DEFAULT_LIMIT,
     seed: int = 0,
     progress: Callable[[int, int], None] | None = None,
 ) -> str:
-    """Draw the gallery of a stored clustering of ``model`` (default: its newest) to ``out`` (.png, .jpg, .webp)."""
+    """Draw the gallery of a stored clustering of ``model`` (default: its newest) to ``out`` (.png, .jpg, .webp):
+    its ``limit`` largest clusters (None or 0: every one)."""
     image_format(out, "the gallery")
     if examples < 1:
         raise UserError(f"--examples: must be at least 1 (got {examples})")
     if not 32 <= tile <= 1024:
         raise UserError(f"--tile: must be from 32 to 1024 pixels (got {tile})")
-    if limit is not None and limit < 1:
-        raise UserError(f"--limit: must be at least 1 (got {limit})")
+    if limit is not None and limit < 0:
+        raise UserError(f"--limit: must be 0 (every cluster) or more (got {limit})")
+    limit = limit or None
     source = Source(experiment_id, store)
     name, attrs = find_clustering(source, model, clustering)
     group = source.exp.group(read_only=True)[f"{ANALYSIS}/clusters/{name}"]
     ids, sizes = group["cluster_id"][:], group["size"][:]
     order = sorted(range(len(ids)), key=lambda i: (-int(sizes[i]), int(ids[i])))[:limit]
     medoids: dict[int, Shown] = {}
+    medoid_at: dict[int, tuple[int, int]] = {}
     for i in order:
         eid, run, step = str(group["medoid_experiment"][i]), int(group["medoid_run"][i]), int(group["medoid_step"][i])
         medoid_source = source if eid == source.id else Source(eid, source.store)
         medoids[int(ids[i])] = _shown_at(medoid_source, run, step)
-    members = sample_members(source, group, examples - 1, seed, medoids, progress)
-    rows = [(int(ids[i]), int(sizes[i]), medoids[int(ids[i])], members.get(int(ids[i]), [])) for i in order]
-    title = (f"{source.exp.name or source.id} · clustering {name} of {model}: {attrs.get('n_clusters', len(ids))} clusters, "
-             f"{attrs.get('n_noise', '?')} of {attrs.get('n_vectors', '?')} vectors noise")
+        medoid_at[int(ids[i])] = (run, step) if eid == source.id else (-1, -1)  # -1: in another experiment
+    chosen = {int(ids[i]) for i in order}
+    members = sample_members(source, group, examples - 1, seed, medoids, progress, clusters=chosen)
+    rows = [(int(ids[i]), int(sizes[i]), (*medoids[int(ids[i])], *medoid_at[int(ids[i])]), members.get(int(ids[i]), []))
+            for i in order]
+    shown = f"the {len(order)} largest of " if len(order) < len(ids) else ""
+    title = (f"{source.exp.name or source.id} · clustering {name} of {model}: {shown}{attrs.get('n_clusters', len(ids))} "
+             f"clusters, {attrs.get('n_noise', '?')} of {attrs.get('n_vectors', '?')} vectors noise")
     return save_image(render(source, title, rows, examples, tile), out)
 
 
-def render(source: Source, title: str, rows: list[tuple[int, int, Shown, list[Shown]]], examples: int, tile: int) -> Image.Image:
+def render(source: Source, title: str, rows: list[tuple[int, int, Example, list[Example]]], examples: int,
+           tile: int) -> Image.Image:
     gap = max(6, tile // 12)
     big, small = max(11, tile // 9), max(8, tile // 14)
     head_h = line_height(font(big, True)) + 2 * line_height(font(big))
-    caption_h = 3 * line_height(font(small)) + gap // 2
+    caption_h = 4 * line_height(font(small)) + gap // 2  # "run R · step S", then the caption
     row_h = head_h + tile + caption_h + 2 * gap
     title_h = line_height(font(big, True)) + 2 * gap
     width = max(2 * gap + examples * (tile + gap) - gap, 6 * tile)
@@ -155,7 +168,7 @@ def render(source: Source, title: str, rows: list[tuple[int, int, Shown, list[Sh
         draw_text(draw, (gap, y + line, width - 2 * gap, head_h - line), medoid[1] or "(no caption)", big, MUTED,
                   align="left", valign="top")
         y += head_h + gap // 2
-        for i, (digest, caption) in enumerate([medoid, *others]):
+        for i, (digest, caption, run, step) in enumerate([medoid, *others]):
             x = gap + i * (tile + gap)
             if digest is None:
                 draw.rectangle([x, y, x + tile - 1, y + tile - 1], fill=EMPTY)
@@ -165,6 +178,10 @@ def render(source: Source, title: str, rows: list[tuple[int, int, Shown, list[Sh
             if i == 0:
                 w = max(2, tile // 40)
                 draw.rectangle([x - w, y - w, x + tile + w - 1, y + tile + w - 1], outline=ACCENT, width=w)
-            draw_text(draw, (x, y + tile + gap // 2, tile, caption_h - gap // 2), ("medoid: " if i == 0 else "") + caption,
+            where = f"run {run} · step {step}" if run >= 0 else "in another experiment"
+            label = line_height(font(small))
+            draw_text(draw, (x, y + tile + gap // 2, tile, label), ("medoid · " if i == 0 else "") + where, small,
+                      ACCENT if i == 0 else MUTED, align="left", min_size=7)
+            draw_text(draw, (x, y + tile + gap // 2 + label, tile, caption_h - gap // 2 - label), caption,
                       small, ACCENT if i == 0 else INK, valign="top", min_size=7)
     return canvas

@@ -1,13 +1,15 @@
 """Every image of the chosen runs as files, with a CSV index.
 
 ```
-OUT/index.csv                               run,step,model,seed,caption,hash,file
+OUT/index.csv                               run,network,prompt,run_seed,step,model,seed,caption,hash,file
 OUT/run-0003/run-0003_step-00012.webp       (names carry run and step, so they survive being moved)
 ```
 
 WEBP (the default) copies the stored bytes as they are: the lossless original, whose sha256
-is the ``hash`` column. PNG and JPEG are decoded and re-encoded. ``seed`` is the seed the
-model drew the image with, ``caption`` the text written of it (docs/visual.md). Images are
+is the ``hash`` column. PNG and JPEG are decoded and re-encoded. ``network`` (its models,
+comma-separated, as the store's ``network``), ``prompt`` and ``run_seed`` say which run it is;
+``seed`` is the seed the model drew the image with, ``caption`` the text written of it
+(docs/visual.md). Images are
 read and written one at a time, each file atomically; ``index.csv`` is written last, under a
 temporary name renamed when complete, so an index lists only files that exist.
 """
@@ -24,7 +26,7 @@ from .frames import save_image
 from .source import RunSelection, Source
 
 FORMATS = ("webp", "png", "jpg")
-INDEX_COLUMNS = ("run", "step", "model", "seed", "caption", "hash", "file")
+INDEX_COLUMNS = ("run", "network", "prompt", "run_seed", "step", "model", "seed", "caption", "hash", "file")
 
 
 def export_images(
@@ -61,7 +63,8 @@ def export_images(
                     _write_atomic(folder / name, source.image_bytes(p.hash))
                 else:
                     save_image(source.image(p.hash), folder / name)
-                writer.writerow((info.run, p.step, p.model, p.seed, p.caption, p.hash, name))
+                writer.writerow((info.run, ",".join(info.network), info.prompt, info.seed, p.step, p.model, p.seed,
+                                 p.caption, p.hash, name))
                 done += 1
                 if progress:
                     progress(done, total)
