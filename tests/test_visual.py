@@ -328,3 +328,28 @@ def test_the_served_report_answers_only_its_own_host_and_a_closed_browser_is_qui
         time.sleep(1.0)
     err = capfd.readouterr().err
     assert "Traceback" not in err and "BrokenPipe" not in err, err
+
+
+def test_the_report_draws_transitions_and_stays_once_stored_and_writes_nothing(clustered, tmp_path):
+    """`transitions` and `stays` appeared only with --charts (issue 22 item 7): the page draws them
+    when the clustering's sequences are stored, and otherwise says what to run; the report never
+    writes into the store. A missing drift names every embedder, not the first alone."""
+    from panicflow.analysis.results import list_results
+    from panicflow.analysis.sequences import sequences
+    from panicflow.store import Store
+
+    store, eid, name = clustered
+    exp = Store(store).experiment(eid)
+    before = set(list_results(exp, "sequences"))
+    paths, skipped = report.draw_charts(eid, store, tmp_path / "a")
+    notes = dict(s.split(": ", 1) for s in skipped)
+    if name not in before:
+        assert f"analyse sequences {eid} --clustering {name}" in notes["transitions"]
+        assert set(list_results(exp, "sequences")) == before  # nothing written by the page
+    if not list_results(exp, "drift"):
+        models = exp.config.embedding_models
+        assert all(m in notes["drift"] for m in models) and len(models) > 1
+    sequences(eid, name, store=store)
+    paths, skipped = report.draw_charts(eid, store, tmp_path / "b")
+    drawn = {p.stem.split("-")[0] for p in paths}
+    assert {"transitions", "stays"} <= drawn, skipped

@@ -55,17 +55,22 @@ class _Input:
     location: str
     exp: Experiment
     clustering: str | None
+    store_results: bool = True  # a chart may compute and store the result it needs (sequences)
 
 
 def plot(experiment_id: str, kind: str, out: str | os.PathLike = ".", store: str | None = None, *,
-         clustering: str | None = None) -> list[Path]:
-    """Draw one chart of the experiment; returns the PNG and SVG paths (``out/<kind>[-<clustering>].png|svg``)."""
+         clustering: str | None = None, store_results: bool = True) -> list[Path]:
+    """Draw one chart of the experiment; returns the PNG and SVG paths (``out/<kind>[-<clustering>].png|svg``).
+
+    ``store_results=False`` (the report page, which writes nothing into the store): a chart whose
+    result is not stored yet (transitions and stays need the clustering's sequences) says what to
+    run instead (``UserError``)."""
     from ..store import default_location
 
     if kind not in KINDS:
         raise UserError(f"plot: unknown chart {kind!r}; choose one of {', '.join(KINDS)}")
     loc = str(store) if store is not None else default_location()
-    inp = _Input(loc, open_store(loc).experiment(experiment_id), clustering)
+    inp = _Input(loc, open_store(loc).experiment(experiment_id), clustering, store_results)
     with matplotlib.rc_context(STYLE):
         fig, stem = _DRAW[kind](inp)
         return _save(fig, Path(out), stem)
@@ -191,8 +196,9 @@ def _entropy(inp: _Input):
 def _drift(inp: _Input):
     found = list_results(inp.exp, "drift")
     if not found:
-        model = inp.exp.config.embedding_models[0]
-        raise UserError(f"plot drift: experiment {inp.exp.id} has no drift result; run `panicflow analyse drift {inp.exp.id} --model {model}` first")
+        models = inp.exp.config.embedding_models
+        each = f"--model {models[0]}" if len(models) == 1 else f"--model M for each of {', '.join(models)}"
+        raise UserError(f"plot drift: experiment {inp.exp.id} has no drift result; run `panicflow analyse drift {inp.exp.id} {each}` first")
     g = inp.exp.group(read_only=True)
     networks = g["network"][:]
     names = sorted(set(networks))
@@ -284,6 +290,8 @@ def _sequences(inp: _Input):
 
     src = open_result(inp.exp, "clusters", inp.clustering).basename
     if src not in list_results(inp.exp, "sequences"):
+        if not inp.store_results:
+            raise UserError(f"run `panicflow analyse sequences {inp.exp.id} --clustering {src}` first")
         sequences(inp.exp.id, src, store=inp.location)
     return open_result(inp.exp, "sequences", src)
 

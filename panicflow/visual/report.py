@@ -45,7 +45,7 @@ THUMB = 96
 VIEWER_IMAGE = 384
 CHART_TYPES = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".svg": "image/svg+xml"}
 POLL_MS = 2000
-REPORT_CHARTS = ("diagrams", "entropy", "drift", "clusters", "map")  # `panicflow plot` kinds that only read
+REPORT_CHARTS = ("diagrams", "entropy", "drift", "clusters", "transitions", "stays", "map")  # `panicflow plot` kinds
 
 CSP_STATIC = "default-src 'none'; img-src data:; style-src 'unsafe-inline'; script-src 'unsafe-inline'"
 CSP_LIVE = "default-src 'none'; img-src 'self' data:; style-src 'unsafe-inline'; script-src 'unsafe-inline'; connect-src 'self'"
@@ -82,7 +82,8 @@ def draw_charts(experiment_id: str, store: str, folder: Path) -> tuple[list[Path
     paths, skipped = [], []
     for kind in (k for k in REPORT_CHARTS if k in getattr(plots, "KINDS", ())):
         try:
-            paths += [Path(p) for p in plots.plot(experiment_id, kind, out=folder, store=store) if str(p).endswith(".png")]
+            paths += [Path(p) for p in plots.plot(experiment_id, kind, out=folder, store=store, store_results=False)
+                      if str(p).endswith(".png")]
         except UserError as exc:  # an analysis not computed yet (drift, a clustering)
             skipped.append(f"{kind}: {exc.lines[0] if exc.lines else exc}")
         except Exception as exc:  # a chart that fails must not cost the whole page
