@@ -353,3 +353,38 @@ def test_the_report_draws_transitions_and_stays_once_stored_and_writes_nothing(c
     paths, skipped = report.draw_charts(eid, store, tmp_path / "b")
     drawn = {p.stem.split("-")[0] for p in paths}
     assert {"transitions", "stays"} <= drawn, skipped
+
+
+def test_the_served_report_listens_at_once_and_draws_the_charts_of_each_load(analysis_experiment, tmp_path, monkeypatch):
+    """Started while an experiment ran, the served page said "no persistence diagram yet" on every
+    reload: it drew its charts once, before listening (13-45 s before the URL was printed). It now
+    listens at once and draws at a load, again only when the data changed (issue 22 item 1)."""
+    import shutil
+    import urllib.request
+
+    from panicflow.analysis.drift import semantic_drift
+
+    src, eid = analysis_experiment
+    store = str(tmp_path / "store")
+    shutil.copytree(src, store)  # this test stores a new result: its own copy
+    drawn = []
+    real = report.chart_section
+    monkeypatch.setattr(report, "chart_section", lambda *a, **k: drawn.append(1) or real(*a, **k))
+    with report.serve_report(eid, store, port=0, max_runs=4).start() as server:
+        assert drawn == []  # listening, nothing drawn yet
+
+        def page() -> str:
+            req = urllib.request.Request(server.url, headers={"Host": server.url.split("/")[2]})
+            with urllib.request.urlopen(req, timeout=120) as r:
+                return r.read().decode()
+
+        first = page()
+        assert "Not drawn: drift" in first and 'alt="drift"' not in first
+        page()
+        assert len(drawn) == 1  # an unchanged experiment: drawn once
+        from distributed import Client, LocalCluster
+
+        with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=":0") as lc, Client(lc) as c:
+            semantic_drift(eid, "DummyText", store=store, client=c)  # data that came after the server started
+        after = page()
+        assert len(drawn) == 2 and 'alt="drift"' in after and "Not drawn: drift" not in after

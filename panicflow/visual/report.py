@@ -310,12 +310,21 @@ def write_report(experiment_id: str, out: str | os.PathLike, store: str | os.Pat
 
 # ------------------------------------------------------------------------ serving
 class ReportServer:
-    """The live report of one experiment on http://127.0.0.1:PORT/ (port 0: any free port)."""
+    """The live report of one experiment on http://127.0.0.1:PORT/ (port 0: any free port).
+
+    It listens at once; the charts are drawn when a page is loaded, from the data as it is then,
+    and drawn again only when what they show may have changed (``charts_key``: runs ended,
+    embeddings and diagrams marked, the analysis results stored), so that a page opened while the
+    experiment runs shows the diagrams that came since, and a reload of an unchanged experiment
+    costs no drawing (13-15 s at 200 runs)."""
 
     def __init__(self, experiment_id: str, store: str | os.PathLike | None = None, port: int = 8765, **options: Any) -> None:
         source = Source(experiment_id, store)  # fail now on a bad id or store, not at the first request
-        charts_html = chart_section(source.id, source.store.location, options.pop("charts", None), options.pop("plots", True))
-        self.experiment_id, self.store, self.options = source.id, source.store, {**options, "charts_html": charts_html}
+        self.experiment_id, self.store = source.id, source.store
+        self._charts, self._plots = options.pop("charts", None), options.pop("plots", True)
+        self.options = options
+        self._drawn: tuple[Any, str] | None = None  # (charts_key, charts HTML)
+        self._drawing = threading.Lock()
         handler = type("Handler", (_Handler,), {"report": self})
         try:
             self.httpd = ThreadingHTTPServer((HOST, port), handler)
@@ -352,6 +361,29 @@ class ReportServer:
     def source(self) -> Source:
         return Source(self.experiment_id, self.store)  # fresh: runs finish while the page is open
 
+    def charts_html(self) -> str:
+        """The charts section as the data are now: drawn again only if ``charts_key`` changed."""
+        with self._drawing:  # two loads at once draw once
+            key = charts_key(self.source()) if self._charts is None and self._plots else "fixed"
+            if self._drawn is None or self._drawn[0] != key:
+                self._drawn = (key, chart_section(self.experiment_id, self.store.location, self._charts, self._plots))
+            return self._drawn[1]
+
+
+def charts_key(source: Source) -> tuple:
+    """What the drawn charts depend on, read cheaply: the runs ended, embedded and with a diagram
+    per model (the markers), and the analysis results stored (name and time of each)."""
+    from ..store.experiment import read_markers
+
+    markers = read_markers(source.exp)
+    ended = int(sum(1 for r in markers["stop_reason"] if str(r)))
+    embedded = tuple(int(v.sum()) for v in markers["embedded"].values())
+    diagrams = tuple(sum(1 for x in v if str(x)) for v in markers["diagram_status"].values())
+    results = tuple((kind, name, attrs.get("created_at")) for kind in ("clusters", "drift", "distances", "divergence",
+                                                                     "sequences", "entropy")
+                    for name, attrs in list_results(source.exp, kind).items())
+    return ended, embedded, diagrams, results
+
 
 def serve_report(experiment_id: str, store: str | os.PathLike | None = None, port: int = 8765, **options: Any) -> ReportServer:
     """A ``ReportServer`` (not yet serving: call ``serve_forever()`` or ``start()``)."""
@@ -381,7 +413,8 @@ class _Handler(BaseHTTPRequestHandler):
         path = self.path.split("?", 1)[0].strip("/")
         try:
             if path == "":
-                page = build_report(self.report.experiment_id, self.report.store, live=True, **self.report.options)
+                page = build_report(self.report.experiment_id, self.report.store, live=True,
+                                    charts_html=self.report.charts_html(), **self.report.options)
                 return self._send(page.encode(), "text/html; charset=utf-8", csp=CSP_LIVE)
             if path == "api/status":
                 return self._json(_status(self.report.source()))
