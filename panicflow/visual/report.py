@@ -45,7 +45,8 @@ THUMB = 96
 VIEWER_IMAGE = 384
 CHART_TYPES = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".svg": "image/svg+xml"}
 POLL_MS = 2000
-REPORT_CHARTS = ("diagrams", "entropy", "drift", "clusters", "transitions", "stays", "map")  # `panicflow plot` kinds
+# `panicflow plot` kinds the page draws: every one, as each reads stored data and writes nothing with store_results=False
+REPORT_CHARTS = ("diagrams", "entropy", "drift", "divergence", "distances", "durations", "clusters", "transitions", "stays", "map")
 
 CSP_STATIC = "default-src 'none'; img-src data:; style-src 'unsafe-inline'; script-src 'unsafe-inline'"
 CSP_LIVE = "default-src 'none'; img-src 'self' data:; style-src 'unsafe-inline'; script-src 'unsafe-inline'; connect-src 'self'"
