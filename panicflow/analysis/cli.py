@@ -277,9 +277,14 @@ def export_tables_cmd(
 
 def plot_cmd(
     experiment_id: str = typer.Argument(...),
-    kind: str = typer.Argument(..., help="diagrams, entropy, drift, clusters, transitions, stays or map."),
+    kind: str = typer.Argument(..., help="diagrams, entropy, drift, divergence, distances, durations, clusters, transitions, "
+                                         "stays or map."),
     out: str = typer.Option(".", "--out", help="Folder for the PNG and SVG files (created if missing)."),
     clustering: Optional[str] = typer.Option(None, "--clustering", help="clusters, transitions, stays, map: the clustering (default: the most recent)."),
+    result: Optional[str] = typer.Option(None, "--result", help="divergence, distances: the result's name (default: the most recent)."),
+    by: Optional[str] = typer.Option(None, "--by", help="drift, entropy: network (prompts pooled) or prompt (a panel per "
+                                                        "prompt); default: per prompt when there are 2 to 6 prompts."),
+    title: bool = typer.Option(True, "--title/--no-title", help="--no-title: no figure title, for a figure with a caption."),
     store: Optional[str] = StoreOpt, as_json: bool = JsonOpt,
 ) -> None:
     """Charts of an experiment as PNG and SVG (docs/analysis.md, "Charts")."""
@@ -287,5 +292,5 @@ def plot_cmd(
 
     _note_running(store, [experiment_id])
 
-    paths = plot(experiment_id, kind, out=out, store=_store(store), clustering=clustering)
+    paths = plot(experiment_id, kind, out=out, store=_store(store), clustering=clustering, result=result, by=by, title=title)
     print(json.dumps([str(p) for p in paths]) if as_json else "\n".join(str(p) for p in paths))

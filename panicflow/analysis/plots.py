@@ -1,20 +1,37 @@
 """Charts of an experiment as PNG and SVG files (matplotlib; docs/analysis.md, "Charts").
 
-``plot(experiment_id, kind, out=DIR, store=..., clustering=None) -> [png, svg]``; kinds:
+``plot(experiment_id, kind, out=DIR, store=..., clustering=None, result=None, by=None, title=True)
+-> [png, svg]``; ``figure(...)`` draws the same chart and returns its matplotlib ``Figure``
+without writing anything. Kinds:
 
-* ``diagrams``: persistence diagrams, birth against death, coloured by homology dimension,
-  one panel per embedding model (all runs; infinite bars on a dashed line at the top);
-* ``entropy``: persistent entropy per network (box, runs as dots, and the mean with its 95%
-  BCa bootstrap interval from ``entropy.summarise``), embedding model x homology dimension;
+* ``diagrams``: persistence diagrams, birth against death, one marker per homology dimension
+  (lower dimensions drawn on top; H0, all born at 0, as dashes on the y axis), one panel per
+  embedding model (all runs; infinite bars on a dashed line at the top);
+* ``entropy``: persistent entropy in nats per network (box, runs as dots, and the mean with its
+  95% BCa bootstrap interval from ``entropy.summarise``), embedding model x homology dimension;
 * ``drift``: semantic drift (cosine distance to the run's start) along the steps, median and
-  interquartile band over each network's runs; needs ``panicflow analyse drift``;
+  interquartile band over each network's runs, and the runs left at each step (thin line,
+  right axis); needs ``panicflow analyse drift``;
+* ``divergence``: ln D(t) per (network, prompt) group of one divergence result, one panel per
+  prompt, with its least-squares line: dashed in the network's colour with the exponent when
+  R^2 >= ``GOOD_R2``, dotted grey and "poor fit" otherwise; the fit window shaded;
+* ``distances``: the pairwise diagram distances of one distances result, a heat map per metric
+  and homology dimension, runs ordered and separated by (network, prompt) group;
+* ``durations``: seconds per model call (batched calls counted once) and per input, per model
+  and batch size, from the invocations' ``started_at``/``ended_at``;
 * ``clusters``: timelines, one row per run, coloured by cluster (the seven largest in colour);
 * ``transitions``: P(next cluster | current cluster) per network, a heat map;
 * ``stays``: distribution of stay lengths in one cluster per network (histogram, survival);
-* ``map``: a 2-D PCA of (at most 20,000) unit-normalised embeddings, coloured by cluster.
+* ``map``: a 2-D PCA of (at most 20,000) unit-normalised embeddings, coloured by cluster, a
+  dot's area growing with the vectors drawn on the same point.
 
+``drift`` and ``entropy`` draw one panel (row) per prompt when the experiment has 2 to
+``AUTO_PROMPT_PANELS`` prompts and pool the prompts otherwise; ``by="prompt"`` or
+``by="network"`` chooses. ``title=False`` leaves the figure's title out (for a captioned figure;
+panel titles stay). ``result`` names the divergence or distances result (default the most recent).
 The last four read a stored clustering (``clustering``, default the most recent; missing:
-one line naming the ``panicflow analyse cluster`` command to run, a ``UserError``);
+one line naming the ``panicflow analyse cluster`` command to run, a ``UserError``), and their
+titles describe it by its parameters (``describe_clustering``);
 ``transitions`` and ``stays`` read its sequences result of the default name (noise kept),
 and compute and store it (``sequences.sequences``) when there is none. No pyplot: each chart is its own
 ``Figure`` saved by the Agg (PNG) and SVG canvases, so nothing global is switched. Style:
@@ -38,16 +55,25 @@ from ..errors import UserError
 from ..store.experiment import Experiment
 from .results import list_results, open_result, open_store
 
-KINDS = ("diagrams", "entropy", "drift", "clusters", "transitions", "stays", "map")
+KINDS = ("diagrams", "entropy", "drift", "divergence", "distances", "durations", "clusters", "transitions", "stays", "map")
+BY = ("network", "prompt")  # drift and entropy: pool the prompts, or one panel (row) per prompt
 OKABE_ITO = ["#E69F00", "#56B4E9", "#009E73", "#F0E442", "#0072B2", "#D55E00", "#CC79A7", "#000000"]
 NOISE, OTHER, BLANK = "#D9D9D9", "#7F7F7F", "#FFFFFF"
 WIDTH, DPI = 7.0, 200
 TOP_CLUSTERS = 7  # clusters drawn in their own colour; the rest share OTHER
 MAX_BARS = 100_000  # points per (model, homology dimension) in a diagram panel
 MAP_POINTS = 20_000
+DURATION_RUNS = 4096  # durations: the invocations of at most this many ended runs, evenly spaced
+AUTO_PROMPT_PANELS = 6  # drift and entropy: one panel per prompt by default up to this many prompts
+MAX_PROMPT_PANELS = 12  # at most this many prompt panels (--by prompt, divergence)
+GOOD_R2 = 0.8  # divergence: a fit below this R^2 is drawn as a poor fit, without its exponent
+SMALL_RANGE = 30  # stays: lengths (and counts) up to this on linear axes with integer ticks
+DIAGRAM_MARKERS = ("_", "o", "^", "s", "D", "v")  # H0 (all born at 0): a dash on the y axis
+LABEL_CHARS = 28  # prompts in tick labels and panel titles are cut to this, with an ellipsis
 STYLE = {"font.size": 9, "axes.titlesize": 10, "axes.labelsize": 9, "legend.fontsize": 8, "xtick.labelsize": 8,
          "ytick.labelsize": 8, "axes.spines.top": False, "axes.spines.right": False, "svg.hashsalt": "panicflow",
          "axes.prop_cycle": cycler(color=OKABE_ITO)}
+NO_TIME = np.iinfo(np.int64).min  # started_at/ended_at not recorded
 
 
 @dataclass(frozen=True)
@@ -56,21 +82,47 @@ class _Input:
     exp: Experiment
     clustering: str | None
     store_results: bool = True  # a chart may compute and store the result it needs (sequences)
+    result: str | None = None  # divergence, distances: the result's name (default the most recent)
+    by: str | None = None  # drift, entropy: "network" (prompts pooled), "prompt" (a panel per prompt), None: automatic
+    title: bool = True  # False: no figure title (a captioned figure)
 
 
-def plot(experiment_id: str, kind: str, out: str | os.PathLike = ".", store: str | None = None, *,
-         clustering: str | None = None, store_results: bool = True) -> list[Path]:
-    """Draw one chart of the experiment; returns the PNG and SVG paths (``out/<kind>[-<clustering>].png|svg``).
-
-    ``store_results=False`` (the report page, which writes nothing into the store): a chart whose
-    result is not stored yet (transitions and stays need the clustering's sequences) says what to
-    run instead (``UserError``)."""
+def _input(experiment_id: str, kind: str, store: str | None, clustering: str | None, result: str | None, by: str | None,
+           title: bool, store_results: bool) -> _Input:
     from ..store import default_location
 
     if kind not in KINDS:
         raise UserError(f"plot: unknown chart {kind!r}; choose one of {', '.join(KINDS)}")
+    if by is not None and by not in BY:
+        raise UserError(f"--by: choose network or prompt, not {by!r}")
+    if by is not None and kind not in ("drift", "entropy"):
+        raise UserError(f"--by: only drift and entropy group by network (divergence has a panel per prompt), not {kind}")
+    if result is not None and kind not in ("divergence", "distances"):
+        raise UserError(f"--result: names a divergence or distances result; {kind} reads "
+                        + ("a clustering (--clustering)" if kind in ("clusters", "transitions", "stays", "map") else "no named result"))
     loc = str(store) if store is not None else default_location()
-    inp = _Input(loc, open_store(loc).experiment(experiment_id), clustering, store_results)
+    return _Input(loc, open_store(loc).experiment(experiment_id), clustering, store_results, result, by, title)
+
+
+def figure(experiment_id: str, kind: str, store: str | None = None, *, clustering: str | None = None,
+           result: str | None = None, by: str | None = None, title: bool = True, store_results: bool = True):
+    """The chart ``kind`` as a matplotlib ``Figure`` (nothing written but what ``store_results`` allows); saved
+    inside ``matplotlib.rc_context(STYLE)`` it gives the files ``plot`` writes."""
+    inp = _input(experiment_id, kind, store, clustering, result, by, title, store_results)
+    with matplotlib.rc_context(STYLE):
+        return _DRAW[kind](inp)[0]
+
+
+def plot(experiment_id: str, kind: str, out: str | os.PathLike = ".", store: str | None = None, *,
+         clustering: str | None = None, result: str | None = None, by: str | None = None, title: bool = True,
+         store_results: bool = True) -> list[Path]:
+    """Draw one chart of the experiment; returns the PNG and SVG paths (``out/<kind>[-<name>].png|svg``,
+    the name that of the clustering or of the divergence or distances result).
+
+    ``store_results=False`` (the report page, which writes nothing into the store): a chart whose
+    result is not stored yet (transitions and stays need the clustering's sequences) says what to
+    run instead (``UserError``). ``title=False``: no figure title, for a figure with a caption."""
+    inp = _input(experiment_id, kind, store, clustering, result, by, title, store_results)
     with matplotlib.rc_context(STYLE):
         fig, stem = _DRAW[kind](inp)
         return _save(fig, Path(out), stem)
@@ -94,6 +146,11 @@ def _figure(rows: int, cols: int, row_height: float, width: float = WIDTH, **kw)
     return fig, fig.subplots(rows, cols, squeeze=False, **kw)
 
 
+def _title(fig, inp: _Input, text: str) -> None:
+    if inp.title:
+        fig.suptitle(text)
+
+
 def colours(n: int) -> list:
     """n colour-blind-safe category colours: Okabe-Ito, or cividis samples past eight."""
     if n <= len(OKABE_ITO):
@@ -107,9 +164,62 @@ def _network(name: str) -> str:
     return " → ".join(name.split(","))
 
 
+def short(text: str, n: int = LABEL_CHARS) -> str:
+    """``text`` cut to at most n characters, an ellipsis saying it was cut."""
+    text = " ".join(str(text).split())
+    return text if len(text) <= n else text[:n - 1].rstrip() + "…"
+
+
+def _quoted(prompt: str) -> str:
+    return f"“{short(prompt)}”"
+
+
 def _hide_unused(axes, used: int) -> None:
     for ax in axes.flat[used:]:
         ax.set_visible(False)
+
+
+def _prompt_panels(inp: _Input, prompts, chart: str) -> list:
+    """Prompts that get a panel each, or [None]: one panel with the prompts pooled."""
+    found = sorted(set(str(p) for p in prompts))
+    by = inp.by or ("prompt" if 2 <= len(found) <= AUTO_PROMPT_PANELS else "network")
+    if by == "network" or len(found) < 2:
+        return [None]
+    if len(found) > MAX_PROMPT_PANELS:
+        raise UserError(f"plot {chart} --by prompt: {len(found)} prompts, more than {MAX_PROMPT_PANELS} panels; "
+                        f"leave --by out (prompts pooled) or export the tables (`panicflow export tables {inp.exp.id}`)")
+    return found
+
+
+def describe_clustering(attrs: dict) -> str:
+    """A clustering in words, from its parameters: e.g. ``HDBSCAN of DummyText (min cluster size 5, PCA to 4
+    dimensions): 3 clusters``, for titles (its stored name is a digest)."""
+    p = attrs.get("parameters", {})
+    algorithm = {"hdbscan": "HDBSCAN", "fast_hdbscan": "fast-hdbscan"}.get(p.get("algorithm"), str(p.get("algorithm", "")))
+    parts = [f"min cluster size {p.get('min_cluster_size')}"]
+    if p.get("min_samples") not in (None, p.get("min_cluster_size")):
+        parts.append(f"min samples {p['min_samples']}")
+    reduce = str(p.get("reduce", ""))
+    parts.append("no reduction" if reduce == "none" else f"PCA to {reduce[4:]} dimensions" if reduce.startswith("pca:") else reduce)
+    if p.get("sample"):
+        parts.append(f"fitted on {int(p['sample']):,} vectors")
+    if len(attrs.get("inputs", [])) > 1:
+        parts.append(f"{len(attrs['inputs'])} experiments in one space")
+    n = attrs.get("n_clusters")
+    return f"{algorithm} of {p.get('model')} ({', '.join(parts)})" + (f": {n} clusters" if n is not None else "")
+
+
+def _plain_ticks(axis, log: bool, integer: bool = True) -> None:
+    """Tick labels as plain numbers (1, 2, 5, 10, 0.1), never 2×10^0; ``integer``: whole numbers only on a linear axis."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter
+
+    fmt = FuncFormatter(lambda v, _: f"{v:g}")
+    if log:
+        axis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+        axis.set_minor_formatter(NullFormatter())
+    else:
+        axis.set_major_locator(MaxNLocator(integer=integer))
+    axis.set_major_formatter(fmt)
 
 
 # ---------------------------------------------------------------------- charts
@@ -144,34 +254,71 @@ def _diagrams(inp: _Input):
             if len(d) > MAX_BARS:
                 d, sampled = d[rng.choice(len(d), MAX_BARS, replace=False)], True
             y = np.where(np.isfinite(d[:, 1]), d[:, 1], top)
-            ax.scatter(d[:, 0], y, s=6, alpha=0.45, color=colour, linewidths=0, rasterized=True, label=f"H{k} ({len(data[k]):,} bars)")
+            marker = DIAGRAM_MARKERS[min(k, len(DIAGRAM_MARKERS) - 1)]
+            at_zero = bool(len(d)) and bool((d[:, 0] == 0).all())
+            name = f"H{k}, all born at 0 ({len(data[k]):,} bars)" if at_zero else f"H{k} ({len(data[k]):,} bars)"
+            # lower dimensions on top (fewer, longer bars hide under H1's cloud otherwise); a line marker
+            # ("_") needs a line width to show
+            ax.scatter(d[:, 0], y, s=28 if marker == "_" else 7, marker=marker, alpha=0.6 if marker == "_" else 0.45,
+                       color=colour, linewidths=1.0 if marker == "_" else 0, rasterized=True, zorder=3 + len(dims) - k,
+                       label=name, clip_on=False)
         ax.plot([0, top], [0, top], color="#555555", lw=0.8)
         ax.axhline(top, color="#555555", lw=0.8, ls="--")
         ax.text(0, top, " ∞", va="bottom", ha="left", fontsize=8)
-        ax.set(xlim=(0, top * 1.02), ylim=(0, top * 1.06), xlabel="birth", ylabel="death", title=model)
+        # the x axis starts left of 0, so points born at 0 sit beside the y axis rather than on it
+        ax.set(xlim=(-0.04 * top, top * 1.02), ylim=(0, top * 1.06), xlabel="birth", ylabel="death", title=model)
         ax.legend(loc="lower right", markerscale=1.5, frameon=False)
     _hide_unused(axes, len(models))
-    fig.suptitle(f"Persistence diagrams of {len(runs)} runs" + (f"\n({MAX_BARS:,} bars drawn at random per dimension)" if sampled else ""))
+    _title(fig, inp, f"Persistence diagrams of {len(runs)} runs" + (f"\n({MAX_BARS:,} bars drawn at random per dimension)" if sampled else ""))
     return fig, "diagrams"
 
 
-def _entropy(inp: _Input):
-    from .entropy import grouped_entropies, summarise
+def _run_entropies(exp) -> dict[str, np.ndarray]:
+    """model -> (run, homology dim) persistent entropy; NaN for runs not ended or without a usable diagram
+    (the observations of ``entropy.grouped_entropies``)."""
+    g = exp.group(read_only=True)
+    ended = g["stop_reason"][:] != ""
+    out = {}
+    for model in exp.config.embedding_models:
+        d = g[f"diagrams/{model}"]
+        e = np.asarray(d["entropy"][:], np.float64)
+        ok = np.array([str(s).startswith("ok") for s in d["status"][:]], bool) & ended
+        e[~ok] = np.nan
+        out[model] = e
+    return out
 
-    groups = {k: v for k, (v, _) in grouped_entropies(inp.exp).items() if len(v)}
+
+def _entropy(inp: _Input):
+    from .entropy import summarise
+
+    g = inp.exp.group(read_only=True)
+    networks, prompts = g["network"][:], g["prompt"][:]
+    per_model = _run_entropies(inp.exp)
+    panels = _prompt_panels(inp, prompts, "entropy")
+    groups: dict[tuple, np.ndarray] = {}
+    for model, e in per_model.items():
+        for k in range(e.shape[1]):
+            for net in sorted(set(networks)):
+                for prompt in panels:
+                    sel = (networks == net) & ((prompts == prompt) if prompt is not None else True)
+                    v = e[sel, k]
+                    v = v[np.isfinite(v)]
+                    if len(v):
+                        groups[(net, prompt, model, k)] = v
     if not groups:
         raise UserError(f"plot entropy: experiment {inp.exp.id} has no persistent entropy yet (no usable diagram)")
-    models = [m for m in inp.exp.config.embedding_models if any(k[1] == m for k in groups)]
-    dims = sorted({k[2] for k in groups})
-    networks = sorted({k[0] for k in groups})
-    palette = dict(zip(networks, colours(len(networks))))
-    fig, axes = _figure(len(models), len(dims), 0.45 * len(networks) + 1.0, sharey=True)
+    models = [m for m in inp.exp.config.embedding_models if any(k[2] == m for k in groups)]
+    dims = sorted({k[3] for k in groups})
+    names = sorted({k[0] for k in groups})
+    palette = dict(zip(names, colours(len(names))))
+    rows = [(m, p) for m in models for p in panels if any(k[1] == p and k[2] == m for k in groups)]
+    fig, axes = _figure(len(rows), len(dims), 0.45 * len(names) + 1.0, sharey=True)
     rng = np.random.default_rng(0)
-    for i, model in enumerate(models):
+    for i, (model, prompt) in enumerate(rows):
         for j, dim in enumerate(dims):
             ax = axes[i, j]
-            for y, net in enumerate(networks):
-                v = groups.get((net, model, dim))
+            for y, net in enumerate(names):
+                v = groups.get((net, prompt, model, dim))
                 if v is None:
                     continue
                 ax.boxplot(v, positions=[y], orientation="horizontal", widths=0.6, showfliers=False,
@@ -182,45 +329,285 @@ def _entropy(inp: _Input):
                 if np.isfinite(s["ci_low"]):
                     ax.errorbar(s["mean"], y - 0.38, xerr=[[s["mean"] - s["ci_low"]], [s["ci_high"] - s["mean"]]], fmt="D",
                                 ms=4, color="#000000", capsize=2, lw=1, zorder=4)
-            ax.set_yticks(range(len(networks)), [_network(n) for n in networks])
-            ax.set_ylim(len(networks) - 0.4, -0.8)  # the first network on top
+            ax.set_yticks(range(len(names)), [_network(n) for n in names])
+            ax.set_ylim(len(names) - 0.4, -0.8)  # the first network on top
             if i == 0:
                 ax.set_title(f"H{dim}")
-            if i == len(models) - 1:
-                ax.set_xlabel("persistent entropy")
-        axes[i, 0].set_ylabel(model)
-    fig.suptitle("Persistent entropy per run\n(box: quartiles; dots: runs; ◆: mean with its 95% bootstrap interval)")
+            if i == len(rows) - 1:
+                ax.set_xlabel("persistent entropy (nats)")
+        axes[i, 0].set_ylabel(model if prompt is None else f"{model}\n{_quoted(prompt)}")
+    pooled = len(set(prompts)) > 1 and panels == [None]
+    _title(fig, inp, "Persistent entropy per run (natural logarithm: nats)" + (f", {len(set(prompts))} prompts pooled" if pooled else "")
+           + "\n(box: quartiles; dots: runs; ◆: mean with its 95% bootstrap interval)")
     return fig, "entropy"
 
 
 def _drift(inp: _Input):
+    from matplotlib.lines import Line2D
+    from matplotlib.ticker import MaxNLocator
+
     found = list_results(inp.exp, "drift")
     if not found:
         models = inp.exp.config.embedding_models
         each = f"--model {models[0]}" if len(models) == 1 else f"--model M for each of {', '.join(models)}"
         raise UserError(f"plot drift: experiment {inp.exp.id} has no drift result; run `panicflow analyse drift {inp.exp.id} {each}` first")
     g = inp.exp.group(read_only=True)
-    networks = g["network"][:]
+    networks, prompts = g["network"][:], g["prompt"][:]
     names = sorted(set(networks))
     palette = dict(zip(names, colours(len(names))))
-    cols = min(2, len(found))
-    rows = -(-len(found) // cols)
+    prompt_panels = _prompt_panels(inp, prompts, "drift")
+    panels = [(p, m) for p in prompt_panels for m in found]
+    cols = min(3, len(found)) if prompt_panels != [None] else min(2, len(found))
+    rows = -(-len(panels) // cols)
     fig, axes = _figure(rows, cols, 2.6, sharey=True)
-    for ax, model in zip(axes.flat, found):
+    drawn: dict[str, int] = {}  # network -> most runs in a panel
+    for n, (ax, (prompt, model)) in enumerate(zip(axes.flat, panels)):
         cos = g[f"analysis/drift/{model}/cosine_distance"][:]
+        left_ax = ax.twinx()
+        left_ax.spines["right"].set_visible(True)
+        most = 0
         for net in names:
-            x = cos[networks == net]
-            steps = np.flatnonzero(~np.isnan(x).all(axis=0))
+            sel = (networks == net) & ((prompts == prompt) if prompt is not None else True)
+            has = ~np.isnan(cos[sel])
+            x, has = cos[sel][has.any(axis=1)], has[has.any(axis=1)]
+            steps = np.flatnonzero(has.any(axis=0))
             if not len(steps):
                 continue
             q = np.nanquantile(x[:, steps], [0.25, 0.5, 0.75], axis=0)
             ax.fill_between(steps, q[0], q[2], color=palette[net], alpha=0.25, linewidth=0)
-            ax.plot(steps, q[1], color=palette[net], lw=1.3, label=f"{_network(net)} ({len(x)} runs)")
-        ax.set(title=model, xlabel="step", ylabel="cosine distance to the run's start")
-        ax.legend(frameon=False)
-    _hide_unused(axes, len(found))
-    fig.suptitle("Semantic drift\n(median over each network's runs; band: 25th to 75th percentile)")
+            ax.plot(steps, q[1], color=palette[net], lw=1.3)
+            # runs left at each step: those with a vector at this step or a later one (runs end at different steps)
+            last = x.shape[1] - 1 - np.argmax(has[:, ::-1], axis=1)
+            span = np.arange(int(last.max()) + 1)
+            left = (last[None, :] >= span[:, None]).sum(axis=1)
+            left_ax.step(span, left, where="post", color=palette[net], lw=0.8, ls=(0, (1, 1)), label=f"{net} runs left")
+            most = max(most, len(x))
+            drawn[net] = max(drawn.get(net, 0), len(x))
+        left_ax.set_ylim(0, max(1, most) * 1.08)
+        left_ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+        if n % cols == cols - 1 or n == len(panels) - 1:
+            left_ax.set_ylabel("runs left (dotted)")
+        ax.set(title=model if prompt is None else f"{model} · {_quoted(prompt)}", xlabel="step")
+        if n % cols == 0:
+            ax.set_ylabel("cosine distance to the run's start")
+    handles = [Line2D([], [], color=palette[net], lw=1.3) for net in drawn]
+    labels = [_network(net) for net in drawn]
+    handles.append(Line2D([], [], color="#555555", lw=0.8, ls=(0, (1, 1))))
+    labels.append("runs left at each step (right axis)")
+    fig.legend(handles, labels, loc="outside lower center", ncol=min(3, len(labels)), frameon=False)
+    _hide_unused(axes, len(panels))
+    pooled = len(set(prompts)) > 1 and prompt_panels == [None]
+    _title(fig, inp, "Semantic drift" + (f" ({len(set(prompts))} prompts pooled)" if pooled else "")
+           + "\n(median of each network's runs and 25th to 75th percentile; dotted: runs left, as runs end)")
     return fig, "drift"
+
+
+def _missing_result(inp: _Input, kind: str) -> UserError:
+    models = inp.exp.config.embedding_models
+    each = f"--model {models[0]}" if len(models) == 1 else f"--model M (one of {', '.join(models)})"
+    return UserError(f"plot {kind}: experiment {inp.exp.id} has no {kind} result; run `panicflow analyse {kind} {inp.exp.id} {each}` first")
+
+
+def _divergence(inp: _Input):
+    from matplotlib.patches import Patch
+    from matplotlib.transforms import ScaledTranslation
+
+    if not list_results(inp.exp, "divergence"):
+        raise _missing_result(inp, "divergence")
+    g = open_result(inp.exp, "divergence", inp.result)
+    nets, prompts = g["group_network"][:], g["group_prompt"][:]
+    exponent, intercept, r2 = g["exponent"][:], g["intercept"][:], g["r_squared"][:]
+    n_runs, status, curve = g["n_runs"][:], g["status"][:], g["mean_distance"][:]
+    window = g.attrs.get("parameters", {}).get("fit_steps")
+    lo, hi = (window[0], curve.shape[1] if window[1] is None else window[1]) if window else (0, curve.shape[1])
+    names = sorted(set(nets))
+    palette = dict(zip(names, colours(len(names))))
+    all_prompts = sorted(set(prompts))
+    shown = all_prompts[:MAX_PROMPT_PANELS]
+    cols = min(2, len(shown))
+    rows = -(-len(shown) // cols)
+    fig, axes = _figure(rows, cols, 3.4, sharey=True)
+    for ax, prompt in zip(axes.flat, shown):
+        handles, labels = [], []
+        last_step = 0
+        for i in np.flatnonzero(prompts == prompt):
+            d = curve[i]
+            ok = np.isfinite(d) & (d > 0)
+            steps = np.flatnonzero(ok)
+            colour = palette[nets[i]]
+            if len(steps):
+                line, = ax.plot(steps, np.log(d[ok]), color=colour, lw=0.9, marker=".", ms=2.5)
+                last_step = max(last_step, int(steps[-1]))
+            else:
+                line = Patch(facecolor="none", edgecolor="none")
+            handles.append(line)
+            labels.append(f"{_network(nets[i])} ({n_runs[i]} runs)")
+            if status[i] != "ok":
+                labels[-1] += f": no fit, {status[i]}"
+                continue
+            fit = steps[(steps >= lo) & (steps < hi)]
+            x = np.array([fit.min(), fit.max()], np.float64)
+            y = intercept[i] + exponent[i] * x
+            if r2[i] >= GOOD_R2:
+                fl, = ax.plot(x, y, color=colour, lw=1.8, ls="--", zorder=4)
+                labels.append(f"fit: λ = {exponent[i]:.3g} per step, R² {r2[i]:.2f}")
+            else:  # drawn faint and dotted, without its slope: a line through noise, not a rate
+                fl, = ax.plot(x, y, color=OTHER, lw=0.8, ls=":", zorder=4)
+                labels.append(f"poor fit (R² {r2[i]:.2f} < {GOOD_R2}): no exponent")
+            handles.append(fl)
+        if window:
+            shade = ax.axvspan(lo - 0.5, min(hi, last_step + 1) - 0.5, color="#000000", alpha=0.07, lw=0, zorder=0)
+            handles.append(shade)
+            labels.append(f"fit window: steps {lo} to {'the end' if window[1] is None else hi - 1}")
+        ax.set(title=_quoted(prompt), xlabel="step", ylabel="ln D(t)")
+        below = ax.transAxes + ScaledTranslation(0, -34 / 72, fig.dpi_scale_trans)  # under the x axis's label
+        ax.legend(handles, labels, frameon=False, fontsize=7, loc="upper center", bbox_to_anchor=(0.5, 0), bbox_transform=below)
+    _hide_unused(axes, len(shown))
+    more = f"; the first {len(shown)} of {len(all_prompts)} prompts" if len(all_prompts) > len(shown) else ""
+    fitted = "every compared step" if not window else f"steps {lo} to {'the end' if window[1] is None else hi - 1}"
+    _title(fig, inp, f"Divergence of replicate runs: {g.attrs.get('model')}, fitted over {fitted}{more}\n"
+           f"(D: mean distance between the unit embeddings of a group's runs, over every pair;\n"
+           f"dashed: least-squares line, R² ≥ {GOOD_R2}; dotted grey: a poor fit, no exponent)")
+    return fig, f"divergence-{g.basename}"
+
+
+METRIC_NAMES = {"wasserstein_1": "W1 (Wasserstein, p = 1)", "wasserstein_2": "W2 (Wasserstein, p = 2)", "bottleneck": "bottleneck"}
+
+
+def _distances(inp: _Input):
+    from matplotlib.lines import Line2D
+
+    from .distances import METRICS
+
+    if not list_results(inp.exp, "distances"):
+        raise _missing_result(inp, "distances")
+    g = open_result(inp.exp, "distances", inp.result)
+    metrics = [m for m in METRICS if m in g.array_keys()]
+    exps, runs = g["diagram_experiment"][:], g["diagram_run"][:]
+    meta = {}
+    st = open_store(inp.location)
+    for eid in dict.fromkeys(exps.tolist()):
+        eg = (inp.exp if eid == inp.exp.id else st.experiment(eid)).group(read_only=True)
+        meta[eid] = (eg["network"][:], eg["prompt"][:], eg["seed"][:])
+    key = [(meta[e][0][r], meta[e][1][r], e, int(meta[e][2][r]), int(r)) for e, r in zip(exps, runs)]
+    order = sorted(range(len(key)), key=lambda i: key[i])
+    group_of = [key[i][:2] for i in order]
+    groups = list(dict.fromkeys(group_of))
+    starts = [group_of.index(k) for k in groups]
+    edges = [*starts, len(order)]
+    n_dims = g[metrics[0]].shape[0]
+    fig, axes = _figure(len(metrics), n_dims, WIDTH / max(n_dims, 2) * 0.85)
+    labelled = len(groups) <= 30
+    for i, metric in enumerate(metrics):
+        values = g[metric][:]
+        for k in range(n_dims):
+            ax = axes[i, k]
+            m = values[k][np.ix_(order, order)]
+            im = ax.imshow(m, cmap="cividis", interpolation="nearest", vmin=0)
+            for b in starts[1:]:
+                ax.axhline(b - 0.5, color="#FFFFFF", lw=0.8)
+                ax.axvline(b - 0.5, color="#FFFFFF", lw=0.8)
+            centres = [(a + b - 1) / 2 for a, b in zip(edges, edges[1:])]
+            if labelled:
+                ax.set_xticks(centres, [str(j + 1) for j in range(len(groups))])
+                ax.set_yticks(centres, [str(j + 1) for j in range(len(groups))])
+            else:
+                ax.set_xticks([])
+                ax.set_yticks([])
+            ax.tick_params(length=0)
+            if i == 0:
+                ax.set_title(f"H{k}")
+            if k == 0:
+                ax.set_ylabel(f"{METRIC_NAMES.get(metric, metric)}\nrun (by group)")
+            fig.colorbar(im, ax=ax, shrink=0.85, pad=0.02)
+    key_handles = [Line2D([], [], ls="none") for _ in groups]
+    key_labels = [f"{j + 1}: {_network(n)} · {_quoted(p)} ({edges[j + 1] - edges[j]} runs)" for j, (n, p) in enumerate(groups)]
+    if labelled:
+        fig.legend(key_handles, key_labels, loc="outside lower center", ncol=2, frameon=False, handlelength=0, handletextpad=0)
+    model = g.attrs.get("parameters", {}).get("model")
+    _title(fig, inp, f"Distances between the persistence diagrams of {len(order)} runs: {model}\n"
+           f"(finite bars; runs ordered by network, prompt and seed; white lines separate the groups"
+           + ("" if labelled else f", {len(groups)} of them") + ")")
+    return fig, f"distances-{g.basename}"
+
+
+def _call_durations(exp) -> tuple[dict[tuple[str, int], np.ndarray], int, int]:
+    """(model, batch size) -> seconds of each model call; the invocations of one batched call (same batch_id,
+    or without one the same model, start and end) counted once; batch size 0: not recorded. Read from the
+    ended runs, at most ``DURATION_RUNS`` of them evenly spaced; also returns how many were read, of how many."""
+    from .tables import RUNS_PER_BLOCK
+
+    g = exp.group(read_only=True)
+    n_steps = g["output_hash"].shape[1]
+    lengths = np.where(g["stop_reason"][:] != "", g["length"][:], 0)
+    ended = np.flatnonzero(lengths > 0)
+    chosen = ended if len(ended) <= DURATION_RUNS else ended[np.linspace(0, len(ended) - 1, DURATION_RUNS).astype(int)]
+    has_batches = "batch_id" in g.array_keys()
+    calls: dict = {}
+    for a in range(0, len(chosen), RUNS_PER_BLOCK):
+        runs = chosen[a:a + RUNS_PER_BLOCK]
+        start, end = (np.asarray(g[k].oindex[runs, :], np.int64) for k in ("started_at", "ended_at"))
+        ok = (np.arange(n_steps)[None, :] < lengths[runs, None]) & (start != NO_TIME) & (end != NO_TIME)
+        rr, ss = np.nonzero(ok)
+        if not len(rr):
+            continue
+        model = g["model"].oindex[runs, :][rr, ss]
+        bid = g["batch_id"].oindex[runs, :][rr, ss] if has_batches else np.full(len(rr), "")
+        size = g["batch_size"].oindex[runs, :][rr, ss] if has_batches else np.zeros(len(rr), np.int32)
+        s, e = start[rr, ss], end[rr, ss]
+        keyed = np.flatnonzero(bid != "")
+        _, first = np.unique(bid[keyed], return_index=True)  # one invocation per batched call (a call may span blocks)
+        for i in [*keyed[first].tolist(), *np.flatnonzero(bid == "").tolist()]:
+            calls[bid[i] or (model[i], int(s[i]), int(e[i]))] = (str(model[i]), int(size[i]), (int(e[i]) - int(s[i])) / 1e6)
+    out: dict[tuple[str, int], list[float]] = {}
+    for m, n, sec in calls.values():
+        out.setdefault((m, n), []).append(sec)
+    return {k: np.array(v) for k, v in sorted(out.items())}, len(chosen), len(ended)
+
+
+def _durations(inp: _Input):
+    found, read, ended = _call_durations(inp.exp)
+    if not found:
+        raise UserError(f"plot durations: experiment {inp.exp.id} has no timed invocation yet (see `panicflow experiment status {inp.exp.id}`)")
+    order = list(dict.fromkeys(m for net in inp.exp.config.networks for m in net))
+    models = sorted({k[0] for k in found}, key=lambda m: (order.index(m) if m in order else len(order), m))
+    varies = len({k[1] for k in found}) > 1
+    rows = [k for m in models for k in found if k[0] == m]
+    palette = dict(zip(models, colours(len(models))))
+    every = np.concatenate(list(found.values()))
+    unit, scale = ("ms", 1e3) if every.max() < 1.0 else ("s", 1.0)
+    fig, axes = _figure(1, 2, 0.42 * len(rows) + 1.3, sharey=True)
+    rng = np.random.default_rng(0)
+    per_input = {k: v / max(k[1], 1) for k, v in found.items()}
+    positive = np.concatenate([every, *per_input.values()])
+    positive = positive[positive > 0]
+    log = bool(len(positive)) and positive.max() / positive.min() > 20  # calls of very different lengths: both panels log
+    for ax, data, xlabel in ((axes[0, 0], found, f"{unit} per model call"),
+                             (axes[0, 1], per_input, f"{unit} per input (call / batch size)")):
+        for y, k in enumerate(rows):
+            v = data[k] * scale
+            ax.boxplot(v, positions=[y], orientation="horizontal", widths=0.6, showfliers=False,
+                       medianprops={"color": "#000000"}, boxprops={"color": "#555555"}, whiskerprops={"color": "#555555"},
+                       capprops={"color": "#555555"})
+            dots = v if len(v) <= 2000 else rng.choice(v, 2000, replace=False)
+            ax.scatter(dots, y + rng.uniform(-0.2, 0.2, len(dots)), s=6, color=palette[k[0]], alpha=0.6, linewidths=0,
+                       zorder=3, rasterized=True)
+        if log:
+            ax.set_xscale("log")
+        _plain_ticks(ax.xaxis, log=log, integer=False)
+        ax.set_xlabel(xlabel)
+    labels = []
+    for m, n in rows:
+        calls = len(found[(m, n)])
+        size = "" if not varies else ", batch size not recorded" if n == 0 else f", batches of {n}"
+        labels.append(f"{m}{size} ({calls:,} call{'s' if calls != 1 else ''})")
+    axes[0, 0].set_yticks(range(len(rows)), labels)
+    axes[0, 0].set_ylim(len(rows) - 0.4, -0.6)
+    single = "" if varies else (f"; every call a batch of {rows[0][1]}" if rows[0][1] else "")
+    single += f"; the calls of {read:,} of {ended:,} runs, evenly spaced" if read < ended else ""
+    _title(fig, inp, f"Time of the model calls{single}\n(from the invocations' started_at and ended_at, the invocations of one\n"
+           "batched call counted once; box: quartiles; dots: calls)")
+    return fig, "durations"
 
 
 def _clustering(inp: _Input):
@@ -232,13 +619,16 @@ def _clustering(inp: _Input):
     return g, labels, [int(c) for c in top], len(ids)
 
 
-def _legend_patches(top: list[int], more: bool):
+def _legend_patches(top: list[int], more: bool, blank: str = ""):
     from matplotlib.patches import Patch
 
     items = [Patch(color=c, label=f"cluster {k}") for k, c in zip(top, OKABE_ITO)]
     if more:
         items.append(Patch(color=OTHER, label="other clusters"))
-    return items + [Patch(facecolor=NOISE, label="noise")]
+    items.append(Patch(facecolor=NOISE, label="noise"))
+    if blank:  # white: no label at this step
+        items.append(Patch(facecolor=BLANK, edgecolor="#555555", lw=0.5, label=blank))
+    return items
 
 
 def _clusters(inp: _Input):
@@ -270,17 +660,19 @@ def _clusters(inp: _Input):
     for b in bounds:
         ax.axhline(b - 0.5, color="#000000", lw=0.8)
     if n_runs <= 40:
-        ax.set_yticks(range(n_runs), [f"{r} · seed {seeds[r]} · {prompts[r][:18]}" for r in order])
+        ax.set_yticks(range(n_runs), [f"{r} · seed {seeds[r]} · {short(prompts[r], 18)}" for r in order])
     else:
         ax.set_yticks([])
     edges = [0, *bounds, n_runs]
     right = ax.secondary_yaxis("right")
     right.set_yticks([(a + b - 1) / 2 for a, b in zip(edges, edges[1:])], [_network(sorted_nets[a]) for a in edges[:-1]])
     ax.set(xlabel="step", ylabel="run" if n_runs <= 40 else f"{n_runs} runs")
-    ax.legend(handles=_legend_patches(top, n_clusters > len(top)), loc="upper center", bbox_to_anchor=(0.5, -0.12),
-              ncol=5, frameon=False)
-    fig.suptitle(f"Cluster timelines: {grp.attrs['parameters']['model']}, clustering {grp.basename}\n"
-                 "(one row per run; lines separate networks)")
+    steps = np.arange(width)[None, :]
+    ended = bool((steps >= lengths[:, None]).any())  # white after a run's end ...
+    before = bool(((idx[:, :width] < 0) & (steps < lengths[:, None])).any())  # ... or before its first vector of the model
+    blank = "run ended, or before its first vector" if ended and before else "run ended" if ended else "before the run's first vector" if before else ""
+    fig.legend(handles=_legend_patches(top, n_clusters > len(top), blank), loc="outside lower center", ncol=4, frameon=False)
+    _title(fig, inp, f"Cluster timelines\n{describe_clustering(dict(grp.attrs))}\n(one row per run; lines separate networks)")
     return fig, f"clusters-{grp.basename}"
 
 
@@ -298,7 +690,7 @@ def _sequences(inp: _Input):
 
 def _transitions(inp: _Input):
     seq = _sequences(inp)
-    _, _, _, n_clusters = _clustering(inp)
+    grp, _, _, n_clusters = _clustering(inp)
     nets = seq["transition_network"][:]
     frm, to, cnt = seq["transition_from"][:], seq["transition_to"][:], seq["transition_count"][:]
     if not len(cnt):
@@ -337,12 +729,15 @@ def _transitions(inp: _Input):
         ax.set(xlabel="next cluster", ylabel="current cluster", title=_network(net))
     _hide_unused(axes, len(names))
     fig.colorbar(im, ax=axes, label="P(next | current)", shrink=0.8)
-    fig.suptitle(f"Transitions between consecutive vectors of a run\n{seq.attrs['model']}, {seq.basename}")
+    _title(fig, inp, f"Transitions between consecutive vectors of a run\n{describe_clustering(dict(grp.attrs))}")
     return fig, f"transitions-{seq.attrs['clustering']}"
 
 
 def _stays(inp: _Input):
+    from matplotlib.lines import Line2D
+
     seq = _sequences(inp)
+    grp = open_result(inp.exp, "clusters", seq.attrs["clustering"])
     label, length, run = seq["stay_label"][:], seq["stay_length"][:], seq["stay_run"][:]
     keep = label >= 0
     if not keep.any():
@@ -352,17 +747,41 @@ def _stays(inp: _Input):
     names = sorted(set(networks))
     palette = dict(zip(names, colours(len(names))))
     fig, axes = _figure(1, 2, 3.0)
-    bins = np.unique(np.geomspace(1, length.max() + 1, 25).astype(int))
+    hist, surv = axes[0, 0], axes[0, 1]
+    small = int(length.max()) <= SMALL_RANGE  # a few lengths: linear axes, a bar per length, integer ticks
+    bins = np.arange(0.5, length.max() + 1.5) if small else np.unique(np.geomspace(1, length.max() + 1, 25).astype(int))
+    most = 0
     for net in names:
         v = np.sort(length[networks == net])
         counts, _ = np.histogram(v, bins=bins)
-        axes[0, 0].stairs(counts, bins, color=palette[net], lw=1.3, label=f"{_network(net)} ({len(v):,} stays)")
-        axes[0, 1].step(v, 1.0 - np.arange(len(v)) / len(v), where="post", color=palette[net], lw=1.3)
-    fig.legend(*axes[0, 0].get_legend_handles_labels(), loc="outside lower center", ncol=min(3, len(names)), frameon=False)
-    axes[0, 0].set(xscale="log", yscale="log", xlabel="stay length (vectors)", ylabel="stays")
-    axes[0, 1].set(xscale="log", yscale="log", xlabel="stay length L (vectors)", ylabel="fraction of stays ≥ L")
-    fig.suptitle(f"Stays in one cluster: {seq.attrs['model']}, {seq.attrs['clustering']}\n"
-                 "(noise left out; a run's last stay is cut short by the run's end)")
+        most = max(most, int(counts.max()))
+        hist.stairs(counts, bins, color=palette[net], lw=1.3, label=f"{_network(net)} ({len(v):,} stays)")
+        # fraction of stays at least L long, at each length seen; its last point is the longest stay(s), k/n
+        ls, first = np.unique(v, return_index=True)
+        frac = 1.0 - first / len(v)
+        surv.step(ls, frac, where="post", color=palette[net], lw=1.3)
+        surv.plot(ls[-1:], frac[-1:], ls="none", marker="o", mfc="none", mec=palette[net], ms=5)
+    handles, names_ = hist.get_legend_handles_labels()
+    handles.append(Line2D([], [], ls="none", marker="o", mfc="none", mec="#555555", ms=5))
+    names_.append("the longest stay(s): the curve's last point, their share k of n")
+    fig.legend(handles, names_, loc="outside lower center", ncol=2, frameon=False)
+    if small:
+        hist.set(xlabel="stay length (vectors)", ylabel="stays")
+        surv.set(xlabel="stay length L (vectors)", ylabel="fraction of stays ≥ L", ylim=(0, 1.04))
+        for axis in (hist.xaxis, surv.xaxis):
+            _plain_ticks(axis, log=False)
+    else:
+        hist.set(xscale="log", xlabel="stay length (vectors)", ylabel="stays")
+        surv.set(xscale="log", yscale="log", xlabel="stay length L (vectors)", ylabel="fraction of stays ≥ L")
+        for axis in (hist.xaxis, surv.xaxis, surv.yaxis):
+            _plain_ticks(axis, log=True)
+    if most <= SMALL_RANGE:
+        _plain_ticks(hist.yaxis, log=False)
+    else:
+        hist.set_yscale("log")
+        _plain_ticks(hist.yaxis, log=True)
+    _title(fig, inp, f"Stays in one cluster\n{describe_clustering(dict(grp.attrs))}\n"
+           "(noise left out; a run's last stay is cut short by the run's end)")
     return fig, f"stays-{seq.attrs['clustering']}"
 
 
@@ -383,22 +802,41 @@ def _map(inp: _Input):
     lab = labels[rr, ss]  # rr is sorted, so the rows above are in this order
     pca = PCA(n_components=2, random_state=0).fit(unit(x))
     xy = pca.transform(unit(x))
+    # vectors at one point of the plane (a run that loops repeats its outputs): drawn once, the area growing with them
+    extent = float(np.ptp(xy, axis=0).max()) or 1.0
+    cell = np.round(xy / (extent * 1e-6)).astype(np.int64)
     fig, axes = _figure(1, 1, 5.2)
     ax = axes[0, 0]
     layers = [(lab == -1, NOISE, "noise"), ((lab >= 0) & ~np.isin(lab, top), OTHER, "other clusters")]
     layers += [(lab == c, colour, f"cluster {c}") for c, colour in zip(top, OKABE_ITO)]
+    drawn, most = 0, 1
     for sel, colour, name in layers:
         if sel.any():
-            ax.scatter(xy[sel, 0], xy[sel, 1], s=5, color=colour, alpha=0.7, linewidths=0, rasterized=True, label=f"{name} ({sel.sum():,})")
+            _, first, mult = np.unique(cell[sel], axis=0, return_index=True, return_counts=True)
+            pts = xy[sel][first]
+            drawn += len(pts)
+            most = max(most, int(mult.max()))
+            ax.scatter(pts[:, 0], pts[:, 1], s=np.minimum(5 * mult, 200), color=colour, alpha=0.7, linewidths=0,
+                       rasterized=True, label=f"{name} ({sel.sum():,})")
     ev = pca.explained_variance_ratio_ * 100
     ax.set(xlabel=f"PC1 ({ev[0]:.0f}% of variance)", ylabel=f"PC2 ({ev[1]:.0f}% of variance)")
-    ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), markerscale=2, frameon=False)
-    fig.suptitle(f"{model}: PCA of {len(xy):,} unit-normalised embeddings\ncoloured by {grp.basename}\n"
-                 "(clustered in its own space, so clusters may overlap here)")
+    handles, names = ax.get_legend_handles_labels()
+    if most > 1:
+        for m in sorted({1, most}):
+            handles.append(ax.scatter([], [], s=min(5 * m, 200), color="#555555", linewidths=0))
+            names.append(f"{m} vector{'s' if m > 1 else ''} at one point")
+    legend = ax.legend(handles, names, loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False,
+                       title=f"{len(xy):,} vectors at {drawn:,} points" if drawn < len(xy) else None, title_fontsize=8)
+    for h in legend.legend_handles[:len(handles) - (len({1, most}) if most > 1 else 0)]:
+        h.set_sizes([20])  # the colours' entries one size; the size entries below say what a size means
+    over = len(xy) - drawn
+    _title(fig, inp, f"{model}: PCA of {len(xy):,} unit-normalised embeddings\ncoloured by {describe_clustering(dict(grp.attrs))}\n"
+           "(clustered in its own space, so clusters may overlap here"
+           + (f";\n{over:,} vectors lie on another's point: a dot's area grows with the vectors at its point)" if over else ")"))
     return fig, f"map-{grp.basename}"
 
 
 _DRAW: dict[str, Callable[[_Input], tuple]] = {
-    "diagrams": _diagrams, "entropy": _entropy, "drift": _drift, "clusters": _clusters,
-    "transitions": _transitions, "stays": _stays, "map": _map,
+    "diagrams": _diagrams, "entropy": _entropy, "drift": _drift, "divergence": _divergence, "distances": _distances,
+    "durations": _durations, "clusters": _clusters, "transitions": _transitions, "stays": _stays, "map": _map,
 }
