@@ -11,6 +11,17 @@ os.environ["PANICFLOW_TEST_MODELS"] = "1"
 import pytest  # noqa: E402
 
 
+def pytest_collection_modifyitems(config, items):
+    """Tests marked ``soak`` (long statistical runs, pyproject.toml) run only when ``-m`` is given:
+    ``scripts/test -m soak`` runs them alone, ``-m "soak or not soak"`` with the rest."""
+    if config.option.markexpr:
+        return
+    soak = [item for item in items if item.get_closest_marker("soak")]
+    if soak:
+        config.hook.pytest_deselected(items=soak)
+        items[:] = [item for item in items if not item.get_closest_marker("soak")]
+
+
 @pytest.fixture(scope="session")
 def client():
     from distributed import Client, LocalCluster

@@ -387,6 +387,24 @@ def order(points: list[KillPoint]) -> list[KillPoint]:
     return out
 
 
+def first_staged(group: list[KillPoint], rest: list[KillPoint], total_steps: int
+                 ) -> tuple[list[KillPoint], list[KillPoint], list[KillPoint]]:
+    """(group, rest, []) where ``group`` holds a staged point (not a delay) to start an experiment with:
+    the first kill of an experiment waits for its id, which a delay cannot do. A group of delays only
+    (delays carried from an experiment that finished before them) takes the first staged point of
+    ``rest``; where none is left, its first delay becomes an early-runs point (the same early kill,
+    counted in steps)."""
+    group, rest = list(group), list(rest)
+    if group and all(p.stage == "delay" for p in group):
+        staged = next((p for p in rest if p.stage != "delay"), None)
+        if staged is not None:
+            rest.remove(staged)
+            group.insert(0, staged)
+        else:
+            group[0] = KillPoint("runs-early", max(1, int(0.1 * total_steps)))
+    return group, rest, []
+
+
 def kill_at(proc: Cli, watch: Watch, point: KillPoint, total_markers: int, timeout: float = 180) -> dict[str, Any] | None:
     """SIGKILL ``proc`` at ``point``; where it was killed, or None when it finished first.
 
@@ -665,7 +683,8 @@ def sigkill_coordinator_trials(address: str, workdir: str, ref: dict[str, Any], 
     g = -1
     while pending and g < 2 * kills // per_experiment + 2:
         g += 1
-        group, pending, carried = order(pending[:per_experiment]), pending[per_experiment:], []
+        group, pending, carried = first_staged(pending[:per_experiment], pending[per_experiment:], total)
+        group = order(group)
         store = os.path.join(workdir, f"store{g}")
         logs = os.path.join(workdir, f"logs{g}")
         watch = Watch(store)

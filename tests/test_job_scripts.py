@@ -1,16 +1,19 @@
 """Job scripts (issue 20 item 2): scripts/panicflow-job, scripts/panicflow-loop, scripts/slurm/panicflow.sbatch.
 
-A stand-in for a batch system runs them. Walltimes are `timeout` around each job, in a loop, as a
-scheduler would resubmit. SleepT2I stands in for a GPU model, so each walltime cuts the experiment
-mid-run. The loop goes on until the fixed-seed experiment is complete. Then its results must be
-those of an uninterrupted run of the same config in another store, bit for bit, except where and
-when things ran. SLURM is faked: `sbatch` queues its arguments for the test's batch loop, `srun`
-runs its command here, and `timeout --foreground -s USR1` is `#SBATCH --signal=B:USR1@...`
-(the batch shell alone gets the signal).
+A stand-in for a batch system runs them. Walltimes are tests/walltime.py (GNU `timeout
+--preserve-status`, which can also end on progress) around each job, in a loop, as a scheduler
+would resubmit. SleepT2I stands in for a GPU model, so each walltime cuts the experiment mid-run.
+The loop goes on until the fixed-seed experiment is complete. Then its results must be those of an
+uninterrupted run of the same config in another store, bit for bit, except where and when things
+ran. SLURM is faked: `sbatch` queues its arguments for the test's batch loop, `srun` runs its
+command here, and `walltime.py --foreground --signal USR1` is `#SBATCH --signal=B:USR1@...` (the
+batch shell alone gets the signal).
 
-Walltimes are scaled to this machine's speed: the unit is the time an uninterrupted run of the
-config takes here, start-up included (seconds on a quiet machine, tens of seconds on a loaded
-one). Each round gets more time than the last, so the chain ends even when start-up is slow.
+A walltime ends once the round's coordinator has journaled STEPS_PER_ROUND steps (of 90), not
+after some seconds: start-up takes seconds on a quiet machine and tens of seconds on a loaded one,
+and walltimes in seconds (scaled by an uninterrupted run's time) missed the runs under load (one
+round cut after every step was done, the next finishing everything at once). Cut on progress,
+every round but the last is cut mid-run, however loaded the machine.
 """
 
 from __future__ import annotations
@@ -45,6 +48,8 @@ CONFIG = {
     "persistence": {"maxdim": 1},
 }
 SLEEP_S = "0.3"  # per SleepT2I call: 45 calls, about 14 s of model time in all
+STEPS_PER_ROUND = 30  # a walltime: this many steps journaled by the round (of 90: a run, two cuts, then the end)
+WALLTIME = [sys.executable, str(Path(__file__).resolve().parent / "walltime.py")]
 # When and where things ran, and which model call computed each output, differ between two runs.
 # A run computed again after a cut goes in other batches. The science does not differ.
 UNREPEATABLE = {"started_at", "ended_at", "worker", "batch_id", "batch_size", "batch_position"}
@@ -55,8 +60,8 @@ SCIENCE = {
     "/diagrams/DummyText": {"birth", "death", "dimension", "entropy", "status", "n_points", "computed"},
 }
 pytestmark = pytest.mark.skipif(
-    shutil.which("bash") is None or shutil.which("timeout") is None or not os.path.isdir("/proc/self"),
-    reason="needs bash, GNU timeout and /proc",
+    shutil.which("bash") is None or not os.path.isdir("/proc/self"),
+    reason="needs bash and /proc",
 )
 
 
@@ -137,32 +142,31 @@ def reaper(tmp_path):
 
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
-    """The uninterrupted run: (science, seconds it took here). It is not slowed down: same outputs."""
+    """The uninterrupted run's science. It is not slowed down: same outputs."""
     folder = tmp_path_factory.mktemp("uninterrupted")
     config = write_config(folder / "config.json", CONFIG)
-    t0 = time.monotonic()
     done = cli("experiment", "run", config, "--store", str(folder / "store"), "--workers", "1",
                "--dashboard-address", ":0", env={"PANICFLOW_TEST_SLEEP_S": "0"})
-    unit = time.monotonic() - t0
     assert done.returncode == 0, done.stderr
-    return science(folder / "store", done.stdout.split()[-1]), unit
+    return science(folder / "store", done.stdout.split()[-1])
 
 
 # ------------------------------------------------------------------ panicflow-job in a loop
 def test_walltimes_cut_the_experiment_and_rounds_of_panicflow_job_finish_it_bit_for_bit(tmp_path, reference, reaper):
-    want, unit = reference
+    want = reference
     config = write_config(tmp_path / "config.json", CONFIG)
     state, store = tmp_path / "state", tmp_path / "store"
-    # round 1: 1 s, killed while panicflow starts (no experiment yet); then a run's time and 8 s more each round
-    walltime = f"$(( PANICFLOW_ROUND == 1 ? 1 : {int(unit) + 4} + 8 * (PANICFLOW_ROUND - 2) ))"
-    step = (f"exec timeout --preserve-status -s TERM {walltime} {JOB} {config} {state} --store {store} "
+    # round 1: 1 s, killed while panicflow starts (no experiment yet); then STEPS_PER_ROUND steps each round
+    walltime = " ".join(WALLTIME)
+    step = (f'if [ "$PANICFLOW_ROUND" = 1 ]; then cut="--after 1"; else cut="--steps {STEPS_PER_ROUND} --store {store}"; fi; '
+            f"exec {walltime} --signal TERM $cut -- {JOB} {config} {state} --store {store} "
             "--workers 1 --dashboard-address :0 --grace 3")
     t0 = time.monotonic()
     done = subprocess.run([str(LOOP), "-n", "12", "-p", "0", "bash", "-c", step], capture_output=True, text=True,
                           env=script_env(), cwd=tmp_path, timeout=1200, start_new_session=True)
     took = time.monotonic() - t0
     rows = history(state)
-    summary = f"{len(rows)} rounds in {took:.0f} s (unit {unit:.1f} s):\n" + (state / "history").read_text()
+    summary = f"{len(rows)} rounds in {took:.0f} s:\n" + (state / "history").read_text()
     assert done.returncode == 0, summary + done.stderr[-4000:]
     print(summary)
 
@@ -178,7 +182,7 @@ def test_walltimes_cut_the_experiment_and_rounds_of_panicflow_job_finish_it_bit_
     assert f"done after {len(rows)} round(s)" in done.stderr
     assert [e["id"] for e in panicflow.list_experiments(str(store))] == [eid]  # never a second experiment
     assert (state / "id").read_text().strip() == eid
-    # `timeout` sends TERM to the script and to its group: panicflow got it once, with its grace
+    # the walltime (as `timeout`) sends TERM to the script and to its group: panicflow got it once, with its grace
     assert "results in flight get 3 s to land" in done.stderr
     assert "stopping now" not in done.stderr, done.stderr[-4000:]
     assert not ours(str(store)), "the embedded cluster outlived its round"
@@ -228,20 +232,21 @@ def submissions(queue: Path) -> list[list[str]]:
     return [[a.decode() for a in f.read_bytes().split(b"\0")[:-1]] for f in sorted(queue.iterdir())]
 
 
-def batch_job(args: list[str], job_id: int, walltime: float, sig: str, foreground: bool, env: dict, cwd: Path,
+def batch_job(args: list[str], job_id: int, store: Path, sig: str, foreground: bool, env: dict, cwd: Path,
               log: Path) -> subprocess.CompletedProcess:
-    """One job: `bash SCRIPT ARGS` with SIG at the walltime; --foreground: to the batch shell alone."""
-    command = ["timeout", *(["--foreground"] if foreground else []), "--preserve-status", "-k", "300", "-s", sig,
-               f"{walltime:.0f}", "bash", *args]
+    """One job: `bash SCRIPT ARGS` with SIG at the walltime (STEPS_PER_ROUND steps journaled in ``store``
+    by this job); --foreground: to the batch shell alone."""
+    command = [*WALLTIME, *(["--foreground"] if foreground else []), "--kill-after", "300", "--signal", sig,
+               "--steps", str(STEPS_PER_ROUND), "--store", str(store), "--", "bash", *args]
     done = subprocess.run(command, capture_output=True, text=True, env={**env, "SLURM_JOB_ID": str(job_id)},
-                          cwd=cwd, timeout=walltime + 400, start_new_session=True)
+                          cwd=cwd, timeout=900, start_new_session=True)
     log.write_text(done.stderr)
     return done
 
 
 def test_the_sbatch_script_runs_a_dask_cluster_resubmits_itself_at_walltime_and_not_when_cancelled(
         tmp_path, reference, reaper):
-    want, unit = reference
+    want = reference
     env = fake_slurm(tmp_path)
     queue = tmp_path / "queue"
     config = write_config(tmp_path / "config.json", CONFIG)
@@ -250,7 +255,7 @@ def test_the_sbatch_script_runs_a_dask_cluster_resubmits_itself_at_walltime_and_
     t0 = time.monotonic()
 
     # job 1001, cancelled mid-run (scancel: TERM to the batch shell): it stops, and does not resubmit itself
-    first = batch_job(user_args, 1001, unit + 2, "TERM", False, env, tmp_path, tmp_path / "job-1001.err")
+    first = batch_job(user_args, 1001, store, "TERM", False, env, tmp_path, tmp_path / "job-1001.err")
     assert first.returncode == 75, first.stderr[-4000:]
     assert "cancelled (TERM): not resubmitting" in first.stderr
     assert list(queue.iterdir()) == []
@@ -271,15 +276,14 @@ def test_the_sbatch_script_runs_a_dask_cluster_resubmits_itself_at_walltime_and_
             assert options == ["--dependency=singleton", "--job-name=panicflow"], options
             assert script_args == [str(SBATCH), config, str(state), "--store", str(store)], script_args
         job_id = 1002 + len(jobs)
-        done = batch_job(script_args, job_id, unit + 2 + 6 * len(jobs), "USR1", True, env, tmp_path,
-                         tmp_path / f"job-{job_id}.err")
+        done = batch_job(script_args, job_id, store, "USR1", True, env, tmp_path, tmp_path / f"job-{job_id}.err")
         jobs.append(job_id)
         rcs.append(done.returncode)
         assert done.returncode == 0, done.stderr[-4000:]
         assert not ours(str(state)), f"job {job_id} left its scheduler or worker running"
     took = time.monotonic() - t0
     rows = history(state)
-    summary = f"{len(rows)} rounds in {took:.0f} s (unit {unit:.1f} s):\n" + (state / "history").read_text()
+    summary = f"{len(rows)} rounds in {took:.0f} s:\n" + (state / "history").read_text()
     print(summary)
     assert "the experiment is complete" in (tmp_path / f"job-{jobs[-1]}.err").read_text()
     assert len(jobs) > 1 and len(rows) == len(jobs) + 1, summary  # resubmitted at least once
