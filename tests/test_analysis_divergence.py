@@ -52,7 +52,8 @@ def test_stored_divergence_matches_pdist_and_linregress(analysis_experiment, cli
     groups = _groups(root)
     assert [(n, p) for n, p in zip(ds.group_network.values, ds.group_prompt.values)] == list(groups)
     for i, (key, runs) in enumerate(groups.items()):
-        assert len(runs) == 4 and ds.n_pairs.values[i] == 6 and ds.status.values[i] == "ok"
+        assert len(runs) == 4 and ds.n_pairs.values[i] == 6
+        assert ds.status.values[i] == ("ok" if ds.r_squared.values[i] >= divergence.MIN_R_SQUARED else "poor-fit")
         assert (ds.run_group.values[runs] == i).all()
         steps = np.flatnonzero(~np.isnan(vec[runs]).any(axis=(0, 2)))
         u = vec[runs][:, steps] / np.linalg.norm(vec[runs][:, steps], axis=2, keepdims=True)
@@ -101,9 +102,45 @@ def test_cli_and_errors(analysis_experiment, client):
     out = json.loads(r.stdout.strip().splitlines()[-1])
     assert out["path"] == "analysis/divergence/cli" and len(out["groups"]) == 4
     assert all(np.isfinite(g["r_squared"]) and g["n_pairs"] == 6 for g in out["groups"])
+    assert all(g["status"] == ("ok" if g["r_squared"] >= 0.8 else "poor-fit") for g in out["groups"])
     with pytest.raises(UserError, match="no embedding model 'Nope'"):
         divergence.divergence(eid, "Nope", store=store)
     for bad in ("5", "a:b", "9:3", "-1:4"):
         with pytest.raises(UserError, match="--fit-steps"):
             divergence.parse_window(bad)
     assert divergence.parse_window(":40") == (0, 40) and divergence.parse_window("10:") == (10, None)
+
+
+def test_poor_fit_is_not_ok():
+    """A fit with R^2 0.002 is reported as poor-fit (issue 24 item 4), at the documented threshold."""
+    t = np.arange(60)
+    rng = np.random.default_rng(5)
+    noise = divergence.fit_exponent(t, np.exp(-1 + rng.normal(0, 0.3, len(t))))  # saturated: no trend
+    assert noise.r_squared < 0.05 and divergence.fit_status(noise) == "poor-fit"
+    good = divergence.fit_exponent(t, 0.01 * np.exp(0.05 * t))
+    assert divergence.fit_status(good) == "ok"
+    assert divergence.fit_status(noise, min_r_squared=0.0) == "ok"
+    assert divergence.fit_status(divergence.fit_exponent(t[:2], np.ones(2))).startswith("fewer than 3 steps")
+    assert divergence.MIN_R_SQUARED == 0.8
+
+
+def test_poor_fits_stored_printed_and_tabled(analysis_experiment, client):
+    """The dummy runs saturate at once, so every group's fit is poor: stored, printed and exported as poor-fit."""
+    from panicflow.analysis import tables
+
+    store, eid = analysis_experiment
+    r = CliRunner().invoke(analyse_app, ["divergence", eid, "--model", "DummyVision", "--name", "poor", "--store", store,
+                                         "--scheduler", client.scheduler.address])
+    assert r.exit_code == 0, r.output
+    ds = panicflow.open_experiment(eid, store=store)["analysis/divergence/poor"].ds
+    poor = ds.r_squared.values < 0.8
+    assert poor.any() and (ds.status.values[poor] == "poor-fit").all() and (ds.status.values[~poor] == "ok").all()
+    assert ds.attrs["parameters"]["min_r_squared"] == 0.8
+    assert r.stderr.count("poor-fit: R^2") == poor.sum()
+    df = tables.table("divergence", eid, store=store)
+    assert (df[df.result == "poor"].status.to_numpy() == ds.status.values).all()
+    r = CliRunner().invoke(analyse_app, ["divergence", eid, "--model", "DummyVision", "--name", "lenient", "--min-r-squared", "0",
+                                         "--store", store, "--scheduler", client.scheduler.address, "--json"])
+    assert r.exit_code == 0 and {g["status"] for g in json.loads(r.stdout.strip().splitlines()[-1])["groups"]} == {"ok"}
+    r = CliRunner().invoke(analyse_app, ["divergence", eid, "--model", "DummyVision", "--min-r-squared", "2", "--store", store])
+    assert r.exit_code != 0 and "--min-r-squared" in str(r.exception)

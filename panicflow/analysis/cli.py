@@ -157,17 +157,21 @@ def divergence_cmd(
     experiment_id: str = typer.Argument(...),
     model: str = typer.Option(..., "--model", help="Embedding model."),
     fit_steps: Optional[str] = typer.Option(None, "--fit-steps", help="Fit only steps START:END (END exclusive), e.g. 0:200."),
+    min_r_squared: float = typer.Option(0.8, "--min-r-squared", help="A fit with a lower R^2 has the status poor-fit, not ok."),
     name: Optional[str] = typer.Option(None, "--name", help="Name of the result (default: the model, with the window)."),
     store: Optional[str] = StoreOpt, scheduler: Optional[str] = SchedulerOpt, workers: int = WorkersOpt, as_json: bool = JsonOpt,
 ) -> None:
     """Divergence of runs sharing network and prompt: FTLE (slope of ln mean pairwise distance over steps), R^2, pairs."""
-    from .divergence import divergence, parse_window
+    from .divergence import OK, POOR_FIT, divergence, parse_window
     from .results import open_result, open_store
 
     window = parse_window(fit_steps)
+    if not 0 <= min_r_squared <= 1:
+        raise UserError(f"--min-r-squared: a value between 0 and 1, got {min_r_squared}")
     _note_running(store, [experiment_id])
     with _writing(store), _client(scheduler, workers) as c:
-        path = divergence(experiment_id, model, store=_store(store), client=c, fit_steps=window, name=name)
+        path = divergence(experiment_id, model, store=_store(store), client=c, fit_steps=window, name=name,
+                          min_r_squared=min_r_squared)
     g = open_result(open_store(_store(store)).experiment(experiment_id), "divergence", path.rsplit("/", 1)[1])
     groups = [{"network": n, "prompt": p, "exponent": float(e), "r_squared": float(r), "n_pairs": int(k), "status": st}
               for n, p, e, r, k, st in zip(g["group_network"][:], g["group_prompt"][:], g["exponent"][:], g["r_squared"][:],
@@ -175,8 +179,13 @@ def divergence_cmd(
     print(json.dumps({"path": path, "groups": groups}) if as_json else path)
     if not as_json:
         for row in groups[:_SHOWN]:
-            fit = (f"exponent {row['exponent']:.4g}/step, R^2 {row['r_squared']:.2f}, {row['n_pairs']} pairs"
-                   if row["status"] == "ok" else row["status"])
+            if row["status"] == OK:
+                fit = f"exponent {row['exponent']:.4g}/step, R^2 {row['r_squared']:.2f}, {row['n_pairs']} pairs"
+            elif row["status"] == POOR_FIT:
+                fit = (f"poor-fit: R^2 {row['r_squared']:.2f} < {min_r_squared:g}, no exponent "
+                       f"(slope {row['exponent']:.3g}/step, {row['n_pairs']} pairs)")
+            else:
+                fit = row["status"]
             typer.echo(f"{row['network']} | {row['prompt'][:40]}: {fit}", err=True)
         if len(groups) > _SHOWN:
             typer.echo(f"... {len(groups) - _SHOWN} more groups (`panicflow export tables`: divergence)", err=True)

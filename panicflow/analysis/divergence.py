@@ -11,7 +11,10 @@ runs, seed -1): replicates of one starting point. For each group and one embeddi
   (per invocation: with a text embedder on a two-model network every other step has a vector;
   the earlier tool's exponent was per embedded vector, twice this), over the steps with
   D(t) > 0 inside the fit window. Such fits are often poor (D is bounded and saturates), so
-  R^2, the slope's standard error, the number of pairs and the fitted steps are stored with it.
+  R^2, the slope's standard error, the number of pairs and the fitted steps are stored with it,
+  and a fit with R^2 below ``min_r_squared`` (default ``MIN_R_SQUARED`` = 0.8, the line the
+  divergence chart draws) has the status ``poor-fit``, not ``ok``: its slope is stored, but it
+  is a line through saturated noise, not a rate.
 
 Result ``analysis/divergence/<name>`` (name: the model, or ``<model>-<start>-<end>`` with a fit
 window): per group ``group_network``, ``group_prompt``, ``n_runs``, ``n_pairs``, ``n_steps``,
@@ -23,16 +26,21 @@ without a vector. One task per group on the cluster, reading its runs a block of
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-from distributed import Client
 
 from ..errors import UserError
 from .results import check_model, embedded_runs, experiment, open_store, run_lengths, versions, write_result
 
+if TYPE_CHECKING:
+    from distributed import Client
+
 KIND = "divergence"
 STEP_BLOCK = 256  # steps read at once: runs x 256 x dim floats per block
 MIN_FIT_STEPS = 3
+MIN_R_SQUARED = 0.8  # a fit below this R^2 is stored as POOR_FIT, not OK
+OK, POOR_FIT = "ok", "poor-fit"
 
 
 @dataclass(frozen=True)
@@ -102,15 +110,26 @@ def parse_window(text: str | None) -> tuple[int, int | None] | None:
     return start, end
 
 
+def fit_status(fit: Fit, min_r_squared: float = MIN_R_SQUARED) -> str:
+    """``ok``, ``poor-fit`` (R^2 below ``min_r_squared``), or why there is no fit."""
+    if not np.isfinite(fit.exponent):
+        return f"fewer than {MIN_FIT_STEPS} steps with D > 0 to fit"
+    return OK if np.isfinite(fit.r_squared) and fit.r_squared >= min_r_squared else POOR_FIT
+
+
 def divergence(experiment_id: str, model: str, store: str | None = None, client: Client | None = None, *,
-               fit_steps: tuple[int, int | None] | None = None, name: str | None = None) -> str:
+               fit_steps: tuple[int, int | None] | None = None, name: str | None = None,
+               min_r_squared: float = MIN_R_SQUARED) -> str:
     """Compute and store the divergence (FTLE) of every (network, prompt) group; returns the result's path.
 
     ``fit_steps`` (start, end): fit only the steps start <= t < end, end None for no end (the curve is stored whole).
+    ``min_r_squared``: a fit with a lower R^2 gets the status ``poor-fit`` instead of ``ok``.
     ``client``: a ``distributed.Client`` (one task per group); without one, computed here.
     """
     from ..store import default_location
 
+    if not 0 <= min_r_squared <= 1:
+        raise UserError(f"--min-r-squared: a value between 0 and 1, got {min_r_squared}")
     st = open_store(str(store) if store is not None else default_location())
     exp = st.experiment(experiment_id)
     check_model(exp, model)
@@ -154,7 +173,7 @@ def divergence(experiment_id: str, model: str, store: str | None = None, client:
         counts["n_steps"][i], counts["n_fit_steps"][i] = len(steps), fit.n
         for s in stats:
             stats[s][i] = getattr(fit, s)
-        status[i] = "ok" if np.isfinite(fit.exponent) else f"fewer than {MIN_FIT_STEPS} steps with D > 0 to fit"
+        status[i] = fit_status(fit, min_r_squared)
     if name is None:
         name = model if fit_steps is None else f"{model}-{lo}-{'end' if hi is None else hi}"
     desc = {
@@ -163,7 +182,7 @@ def divergence(experiment_id: str, model: str, store: str | None = None, client:
         "n_steps": "steps where every run of the group has a vector", "n_fit_steps": "steps in the fit (D > 0, inside the window)",
         "exponent": "slope of ln D over the step (per invocation step)", "intercept": "intercept of the fit (ln D at step 0)",
         "r_squared": "coefficient of determination of the fit", "stderr": "standard error of the slope",
-        "status": "ok, or why there is no fit",
+        "status": f"ok; poor-fit (R^2 below {min_r_squared:g}: the slope is not a rate); or why there is no fit",
     }
     values = {"group_network": np.array([k[0] for k in keys], dtype=str), "group_prompt": np.array([k[1] for k in keys], dtype=str),
               **counts, **stats, "status": status.astype(str)}
@@ -172,7 +191,8 @@ def divergence(experiment_id: str, model: str, store: str | None = None, client:
     arrays["run_group"] = (["run"], run_group, {"description": "group of the run; -1: no vector of this model"})
     return write_result(exp, KIND, name, arrays, {
         "kind": KIND, "model": model, "inputs": [exp.id],
-        "parameters": {"model": model, "fit_steps": None if fit_steps is None else [lo, hi], "min_fit_steps": MIN_FIT_STEPS},
+        "parameters": {"model": model, "fit_steps": None if fit_steps is None else [lo, hi], "min_fit_steps": MIN_FIT_STEPS,
+                       "min_r_squared": min_r_squared},
         "space": "unit-normalised vectors, euclidean", "units": "exponent per step (invocation)",
         "versions": versions("numpy"),
     })

@@ -53,6 +53,7 @@ from cycler import cycler
 
 from ..errors import UserError
 from ..store.experiment import Experiment
+from .divergence import MIN_R_SQUARED, OK, POOR_FIT
 from .results import list_results, open_result, open_store
 
 KINDS = ("diagrams", "entropy", "drift", "divergence", "distances", "durations", "clusters", "transitions", "stays", "map")
@@ -66,7 +67,7 @@ MAP_POINTS = 20_000
 DURATION_RUNS = 4096  # durations: the invocations of at most this many ended runs, evenly spaced
 AUTO_PROMPT_PANELS = 6  # drift and entropy: one panel per prompt by default up to this many prompts
 MAX_PROMPT_PANELS = 12  # at most this many prompt panels (--by prompt, divergence)
-GOOD_R2 = 0.8  # divergence: a fit below this R^2 is drawn as a poor fit, without its exponent
+GOOD_R2 = MIN_R_SQUARED  # divergence: a fit below this R^2 (stored as poor-fit) is drawn without its exponent
 SMALL_RANGE = 30  # stays: lengths (and counts) up to this on linear axes with integer ticks
 DIAGRAM_MARKERS = ("_", "o", "^", "s", "D", "v")  # H0 (all born at 0): a dash on the y axis
 LABEL_CHARS = 28  # prompts in tick labels and panel titles are cut to this, with an ellipsis
@@ -442,7 +443,7 @@ def _divergence(inp: _Input):
                 line = Patch(facecolor="none", edgecolor="none")
             handles.append(line)
             labels.append(f"{_network(nets[i])} ({n_runs[i]} runs)")
-            if status[i] != "ok":
+            if status[i] not in (OK, POOR_FIT):
                 labels[-1] += f": no fit, {status[i]}"
                 continue
             fit = steps[(steps >= lo) & (steps < hi)]
