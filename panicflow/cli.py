@@ -521,7 +521,19 @@ def _model_row(spec) -> dict[str, Any]:
         "dtype": extra.get("dtype"),
         "approx_gpu_gb": approx_gb(spec),
         "weights_present": weights_present(spec),
+        "gated": bool(extra.get("gated", False)),
+        "batch_size": spec.default_batch_size,
+        "max_batch": extra.get("max_batch"),
+        # False: its batched outputs depend on the batch, so it is called one input at a time
+        "batch_reproducible": bool(extra.get("batch_reproducible", True)),
+        "batch_note": " ".join(n for n in (extra.get("max_batch_note"), extra.get("batch_note")) if n) or None,
+        "generation": {k: extra[k] for k in _GENERATION_KEYS if k in extra} or None,
     }
+
+
+# the generation settings `models --json` shows (each invocation records what it used, docs/models.md)
+_GENERATION_KEYS = ("width", "height", "steps", "guidance", "offload", "prompt", "chat", "max_new_tokens", "do_sample",
+                    "decoding", "temperature", "top_p", "prompt_prefix", "truncate_dim", "padding_side", "pooling")
 
 
 @app.command("models")

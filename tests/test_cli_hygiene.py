@@ -348,7 +348,8 @@ def test_models_json_says_ids_dtypes_memory_and_whether_the_weights_are_here(tmp
         "name": "CLIPText", "kind": "text-embedder", "input": "text", "output": "vector[768]",
         "description": "OpenAI CLIP ViT-L/14 text side (shared text-image space)",
         "hf_id": "openai/clip-vit-large-patch14", "revision": "main", "dim": 768, "dtype": "float16",
-        "approx_gpu_gb": 2.0, "weights_present": True,
+        "approx_gpu_gb": 2.0, "weights_present": True, "gated": False, "batch_size": 256, "max_batch": None,
+        "batch_reproducible": True, "batch_note": None, "generation": None,
     }
     assert rows["CLIPVision"]["weights_present"] is True  # the same weights
     sdxl = rows["SDXLTurbo"]
@@ -359,6 +360,13 @@ def test_models_json_says_ids_dtypes_memory_and_whether_the_weights_are_here(tmp
     assert (dummy["hf_id"], dummy["revision"], dummy["dim"], dummy["approx_gpu_gb"], dummy["weights_present"]) == (
         None, None, 768, 0.0, None)
     assert rows["TinyBertText"]["weights_present"] is None  # random weights: nothing to fetch
+    # the earlier tool's panel (issue 23): gated repositories, safe batches, GLM-Image one input per call
+    assert rows["LLaMA32Vision"]["gated"] is True and rows["Flux2Dev"]["gated"] is True
+    assert (rows["Flux2Dev"]["max_batch"], rows["Flux2Klein"]["max_batch"]) == (4, 2)
+    glm = rows["GLMImage"]
+    assert glm["batch_reproducible"] is False and "one input at a time" in glm["batch_note"]
+    assert glm["generation"] == {"width": 1024, "height": 1024, "steps": 25, "guidance": 7.5}
+    assert (rows["Qwen3Embed"]["dim"], rows["ColNomic"]["dim"], rows["ColNomicVision"]["dim"]) == (2560, 128, 128)
 
 
 def test_run_and_resume_share_their_cluster_options():

@@ -11,6 +11,13 @@ on the worker that builds the model. ``extra`` holds, for every entry:
 ``trust_remote_code`` whether the repository's own Python code must run
 ``approx_gpu_gb``     approximate GPU memory when loaded, for the worker's LRU budget
 ``code_repos``        other repositories whose code the weights import (remote code)
+``gated``             the repository asks for an accepted licence and a Hugging Face token to
+                      download (said in ``models --json`` and in the missing-weights line)
+``max_batch``         the largest batch known to be safe (with ``max_batch_note``: on which card, whose
+                      measurement); ``default_batch_size`` is the batch a config gets by default
+``batch_reproducible`` False for a model whose batched outputs depend on the rest of the batch (one
+                      random stream for the whole call): the scheduler then calls it one input at a
+                      time (``scheduler.tasks.invoke_batch``), so a fixed-seed run stays reproducible
 
 and by kind: ``width``/``height``/``steps``/``guidance`` (text-to-image),
 ``prompt``/``max_new_tokens``/sampling settings (image-to-text),
@@ -70,6 +77,33 @@ TEXT_TO_IMAGE = [
            guidance=4.5, call_kwargs={"use_resolution_binning": False}, approx_gpu_gb=12),
 ]
 
+# The earlier tool's panel (docs/models.md, "The earlier tool's panel"): its ids, its generation
+# settings (1024 px, its steps and guidance) and its batch caps, measured on a 48 GB RTX 6000 Ada.
+_PANEL = dict(family="diffusers", width=1024, height=1024, dtype="bfloat16")
+_CARD48 = "the earlier tool's cap on a 48 GB RTX 6000 Ada at 1024 px"
+TEXT_TO_IMAGE += [
+    _entry("Flux2Klein", T2I, "FLUX.2 [klein] 9B (Black Forest Labs), Qwen3-8B text encoder, 4-step distilled",
+           batch=2, **_PANEL, hf_id="black-forest-labs/FLUX.2-klein-9B", steps=4, guidance=1.0, gated=True,
+           max_batch=2, max_batch_note=f"{_CARD48} (its VAE decoder ran out of memory at 4)", approx_gpu_gb=38),
+    _entry("Flux2Dev", T2I, "FLUX.2 [dev] 32B (Black Forest Labs), Mistral Small 3.1 text encoder, 15 steps",
+           batch=4, **_PANEL, hf_id="black-forest-labs/FLUX.2-dev", steps=15, guidance=3.5, gated=True,
+           offload="model", max_batch=4,
+           max_batch_note=f"{_CARD48}: batches of 4 cut its time per image from 113 s to 71 s (37%)",
+           approx_gpu_gb=70),
+    _entry("GLMImage", T2I, "GLM-Image (Z.ai), 9B autoregressive prior + 7B diffusion decoder, 25 steps",
+           batch=4, **_PANEL, hf_id="zai-org/GLM-Image", steps=25, guidance=7.5, max_batch=4,
+           max_batch_note=f"{_CARD48}: batches of 4 cut its time per image from 76 s to 45 s (41%), but "
+                          "see batch_reproducible", batch_reproducible=False,
+           batch_note="the pipeline seeds its autoregressive prior from the first item's generator for the "
+                      "whole batch, so a batched image differs from the same prompt and seed alone (mean "
+                      "pixel difference 69 of 255 in the earlier tool's test): panicflow calls it one "
+                      "input at a time", approx_gpu_gb=40),
+    _entry("HunyuanImage", T2I, "HunyuanImage 2.1 (Tencent, diffusers port), 17B, 25 steps", batch=1, **_PANEL,
+           hf_id="hunyuanvideo-community/HunyuanImage-2.1-Diffusers", steps=25, guidance=None, max_batch=1,
+           max_batch_note="the earlier tool never batched it (one image per call, 124 s each at 1024 px)",
+           approx_gpu_gb=60),
+]
+
 # Image-to-text (transformers). Captions are sampled with per-item seeds.
 _SAMPLING = dict(do_sample=True, temperature=1.0, top_p=0.9, max_new_tokens=50)
 IMAGE_TO_TEXT = [
@@ -86,6 +120,26 @@ IMAGE_TO_TEXT = [
            family="transformers-captioner", hf_id="Qwen/Qwen2.5-VL-3B-Instruct", dtype="bfloat16",
            model_class="Qwen2_5_VLForConditionalGeneration", chat=True,
            prompt="Describe this image in one sentence.", approx_gpu_gb=10, **_SAMPLING),
+]
+
+# The earlier tool's captioners: its prompt and token limits; its decoding (greedy for Gemma 3n, the
+# weights' generation config for the rest), in bfloat16 (it quantised some to 4 bits, panicflow does not).
+_CAPTION = dict(family="transformers-captioner", dtype="bfloat16", chat=True, prompt="Describe this image.",
+                max_batch=8, max_batch_note="the earlier tool's cap for every captioner with 1024-px images "
+                                            "on a 48 GB card")
+IMAGE_TO_TEXT += [
+    _entry("Qwen25VL7B", I2T, "Qwen2.5-VL-7B-Instruct (Alibaba), the earlier tool's Qwen25VL", batch=8,
+           **_CAPTION, hf_id="Qwen/Qwen2.5-VL-7B-Instruct", model_class="Qwen2_5_VLForConditionalGeneration",
+           max_new_tokens=128, decoding="generation_config", approx_gpu_gb=20),
+    _entry("Gemma3n", I2T, "Gemma 3n E2B instruction-tuned (Google), greedy", batch=8, **_CAPTION,
+           hf_id="google/gemma-3n-E2B-it", model_class="Gemma3nForConditionalGeneration", gated=True,
+           max_new_tokens=100, do_sample=False, approx_gpu_gb=12),
+    _entry("Pixtral", I2T, "Pixtral 12B (Mistral AI, transformers port as LLaVA)", batch=8, **_CAPTION,
+           hf_id="mistral-community/pixtral-12b", model_class="LlavaForConditionalGeneration",
+           max_new_tokens=128, decoding="generation_config", approx_gpu_gb=28),
+    _entry("LLaMA32Vision", I2T, "Llama 3.2 11B Vision Instruct (Meta)", batch=8, **_CAPTION,
+           hf_id="meta-llama/Llama-3.2-11B-Vision-Instruct", model_class="MllamaForConditionalGeneration",
+           gated=True, nested_images=True, max_new_tokens=128, decoding="generation_config", approx_gpu_gb=26),
 ]
 
 # Embedders. All unit length. Text models first, then image models, then the
@@ -126,6 +180,23 @@ EMBEDDERS = [
            family="clip", hf_id="openai/clip-vit-large-patch14", dtype="float16", approx_gpu_gb=2),
 ]
 
+# The earlier tool's default text embedder and its multi-vector ColNomic (one entry per side).
+_COLNOMIC = dict(family="colqwen", hf_id="nomic-ai/colnomic-embed-multimodal-3b", dtype="bfloat16",
+                 base_hf_id="Qwen/Qwen2.5-VL-3B-Instruct", code_repos=["Qwen/Qwen2.5-VL-3B-Instruct"],
+                 normalize=True, pooling="mean")
+EMBEDDERS += [
+    _entry("Qwen3Embed", TEXT, "Qwen3-Embedding-4B, last-token pooling, 2560-d (not truncated), no instruction",
+           dim=2560, batch=64, family="sentence-transformers", hf_id="Qwen/Qwen3-Embedding-4B", dtype="bfloat16",
+           normalize=True, padding_side="left", max_batch=256, max_batch_note="captions are short; not measured",
+           approx_gpu_gb=10),
+    _entry("ColNomic", TEXT, "colnomic-embed-multimodal-3b text side, token vectors mean-pooled to 128-d",
+           dim=128, batch=32, **_COLNOMIC, max_batch=64, max_batch_note="the earlier tool used 4; not measured",
+           approx_gpu_gb=8),
+    _entry("ColNomicVision", IMAGE, "colnomic-embed-multimodal-3b image side, image-token vectors mean-pooled "
+           "to 128-d", dim=128, batch=4, **_COLNOMIC, max_batch=4, max_batch_note="the earlier tool's batch",
+           approx_gpu_gb=10),
+]
+
 CATALOG: list[ModelSpec] = TEXT_TO_IMAGE + IMAGE_TO_TEXT + EMBEDDERS
 
 for _spec in CATALOG:
@@ -146,8 +217,24 @@ _RANDOM_DEFAULTS: dict[str, dict[str, Any]] = {
     "clip-text": dict(dtype="float32", approx_gpu_gb=0.1),
     "clip-vision": dict(dtype="float32", approx_gpu_gb=0.1),
     "bert-embedder": dict(dtype="float16", approx_gpu_gb=1),
+    # the panel's architectures (tiny only): the catalog entries' settings, small sizes and steps
+    "flux2": dict(dtype="bfloat16", width=32, height=32, steps=2, guidance=3.5, approx_gpu_gb=0.1,
+                  call_kwargs={"max_sequence_length": 16, "text_encoder_out_layers": [1, 2, 3]}),
+    "flux2-klein": dict(dtype="bfloat16", width=32, height=32, steps=2, guidance=1.0, approx_gpu_gb=0.1,
+                        call_kwargs={"max_sequence_length": 16, "text_encoder_out_layers": [1, 2, 3]}),
+    "mllama": dict(dtype="bfloat16", model_class="MllamaForConditionalGeneration", chat=True, nested_images=True,
+                   prompt="Describe this image.", max_new_tokens=8, decoding="generation_config", approx_gpu_gb=0.1),
+    "qwen2.5-vl": dict(dtype="bfloat16", model_class="Qwen2_5_VLForConditionalGeneration", chat=True,
+                       prompt="Describe this image.", max_new_tokens=8, decoding="generation_config",
+                       approx_gpu_gb=0.1),
+    "pixtral": dict(dtype="bfloat16", model_class="LlavaForConditionalGeneration", chat=True,
+                    prompt="Describe this image.", max_new_tokens=8, decoding="generation_config", approx_gpu_gb=0.1),
+    "qwen3-embedder": dict(dtype="bfloat16", normalize=True, padding_side="left", approx_gpu_gb=0.1),
+    "colqwen-text": dict(dtype="bfloat16", normalize=True, pooling="mean", approx_gpu_gb=0.1),
+    "colqwen-vision": dict(dtype="bfloat16", normalize=True, pooling="mean", approx_gpu_gb=0.1),
 }
-_RANDOM_DIMS = {"bert-embedder": {"tiny": 32, "full": 768}, "clip-text": {"tiny": 32}, "clip-vision": {"tiny": 32}}
+_RANDOM_DIMS = {"bert-embedder": {"tiny": 32, "full": 768}, "clip-text": {"tiny": 32}, "clip-vision": {"tiny": 32},
+                "qwen3-embedder": {"tiny": 32}, "colqwen-text": {"tiny": 16}, "colqwen-vision": {"tiny": 16}}
 _TINY = {
     "sdxl": dict(width=32, height=32, steps=2),
     "flux": dict(width=32, height=32, steps=2, call_kwargs={"max_sequence_length": 16}),

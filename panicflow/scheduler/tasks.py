@@ -39,7 +39,8 @@ def invoke_batch(
     inputs, so the model always sees outputs exactly as stored. ``invariant``
     ``per_item`` calls the model once per input (the model stays resident):
     each output is then what the model gives that input alone, whatever the
-    batch, at the cost of the batched kernels' speed.
+    batch, at the cost of the batched kernels' speed. A model whose entry says
+    ``batch_reproducible: False`` is always called that way.
     """
     store = _store(store_url)
     spec = get_spec(model)  # UnknownModel (a PermanentError), not KeyError, on a worker without it
@@ -48,6 +49,10 @@ def invoke_batch(
     else:
         decoded = list(inputs)
     impl = get_model(model)
+    if not spec.extra.get("batch_reproducible", True):
+        # its batched outputs depend on the rest of the batch (GLM-Image: one random stream per call),
+        # so it is always called one input at a time, and the parameters say so
+        invariant = "per_item"
     started = now_us()
     if invariant == "per_item":
         outputs = [out for item, seed in zip(decoded, seeds) for out in impl.generate([item], [int(seed)])]

@@ -14,10 +14,23 @@ from panicflow.models.catalog import CATALOG, random_weights_spec, register_rand
 from panicflow.models.families import FAMILIES, ModelNotAvailable, RemoteCodeNotAllowed, _common, build, resolve_weights
 
 REQUIRED = {
-    Role.TEXT_TO_IMAGE: {"SDXLTurbo", "FluxSchnell", "FluxDev", "SD35Medium", "ZImageTurbo", "SanaSprint"},
-    Role.IMAGE_TO_TEXT: {"Moondream", "BLIP2", "Florence2", "Qwen25VL"},
-    Role.TEXT_EMBEDDER: {"Nomic", "JinaClip", "STSBMpnet", "STSBRoberta", "all-MiniLM-L6-v2", "SigLIPText", "CLIPText"},
-    Role.IMAGE_EMBEDDER: {"NomicVision", "JinaClipVision", "SigLIPVision", "CLIPVision"},
+    Role.TEXT_TO_IMAGE: {"SDXLTurbo", "FluxSchnell", "FluxDev", "SD35Medium", "ZImageTurbo", "SanaSprint",
+                         "Flux2Klein", "Flux2Dev", "GLMImage", "HunyuanImage"},
+    Role.IMAGE_TO_TEXT: {"Moondream", "BLIP2", "Florence2", "Qwen25VL", "Qwen25VL7B", "Gemma3n", "Pixtral",
+                         "LLaMA32Vision"},
+    Role.TEXT_EMBEDDER: {"Nomic", "JinaClip", "STSBMpnet", "STSBRoberta", "all-MiniLM-L6-v2", "SigLIPText", "CLIPText",
+                         "Qwen3Embed", "ColNomic"},
+    Role.IMAGE_EMBEDDER: {"NomicVision", "JinaClipVision", "SigLIPVision", "CLIPVision", "ColNomicVision"},
+}
+
+# issue 23: the earlier tool's panel, with the ids it uses
+PANEL_IDS = {
+    "Flux2Klein": "black-forest-labs/FLUX.2-klein-9B", "Flux2Dev": "black-forest-labs/FLUX.2-dev",
+    "GLMImage": "zai-org/GLM-Image", "HunyuanImage": "hunyuanvideo-community/HunyuanImage-2.1-Diffusers",
+    "Gemma3n": "google/gemma-3n-E2B-it", "Pixtral": "mistral-community/pixtral-12b",
+    "LLaMA32Vision": "meta-llama/Llama-3.2-11B-Vision-Instruct", "Qwen3Embed": "Qwen/Qwen3-Embedding-4B",
+    "ColNomic": "nomic-ai/colnomic-embed-multimodal-3b", "ColNomicVision": "nomic-ai/colnomic-embed-multimodal-3b",
+    "Qwen25VL7B": "Qwen/Qwen2.5-VL-7B-Instruct",
 }
 
 
@@ -47,8 +60,40 @@ def test_every_entry_records_what_it_is(spec):
         assert extra["family"] in ("moondream", "jina-clip", "nomic-vision", "sentence-transformers")
 
 
+@pytest.mark.parametrize("name", PANEL_IDS)
+def test_panel_entries_record_id_batching_and_the_earlier_tools_settings(name):
+    spec = get_spec(name)
+    assert spec.extra["hf_id"] == PANEL_IDS[name] and spec.extra["dtype"] == "bfloat16"
+    assert 1 <= spec.default_batch_size <= spec.extra["max_batch"] and spec.extra["max_batch_note"]
+    if spec.role is Role.TEXT_TO_IMAGE:
+        assert (spec.extra["width"], spec.extra["height"]) == (1024, 1024)
+    if spec.role is Role.IMAGE_TO_TEXT:
+        assert spec.extra["prompt"] == "Describe this image." and spec.extra["max_new_tokens"] in (100, 128)
+    assert spec.extra.get("gated", False) == (name in ("Flux2Klein", "Flux2Dev", "Gemma3n", "LLaMA32Vision"))
+    assert spec.extra.get("batch_reproducible", True) == (name != "GLMImage")
+
+
+def test_flux2_and_glm_settings_are_the_earlier_tools():
+    settings = {n: (get_spec(n).extra["steps"], get_spec(n).extra["guidance"]) for n in
+                ("Flux2Klein", "Flux2Dev", "GLMImage", "HunyuanImage")}
+    assert settings == {"Flux2Klein": (4, 1.0), "Flux2Dev": (15, 3.5), "GLMImage": (25, 7.5), "HunyuanImage": (25, None)}
+
+
+def test_a_gated_model_says_so_in_its_missing_weights_line():
+    with pytest.raises(ModelNotAvailable) as info:
+        cache.get_model("LLaMA32Vision")
+    assert len(info.value.lines) == 1
+    line = info.value.lines[0]
+    assert "hf download meta-llama/Llama-3.2-11B-Vision-Instruct --revision main" in line
+    assert "is gated" in line and "HF_TOKEN" in line
+    with pytest.raises(ModelNotAvailable) as info:
+        cache.get_model("Qwen3Embed")
+    assert "gated" not in str(info.value)
+
+
 def test_shared_space_pairs_use_the_same_weights():
-    for text, image in [("SigLIPText", "SigLIPVision"), ("CLIPText", "CLIPVision"), ("JinaClip", "JinaClipVision")]:
+    for text, image in [("SigLIPText", "SigLIPVision"), ("CLIPText", "CLIPVision"), ("JinaClip", "JinaClipVision"),
+                        ("ColNomic", "ColNomicVision")]:
         assert get_spec(text).extra["hf_id"] == get_spec(image).extra["hf_id"]
         assert get_spec(text).dim == get_spec(image).dim
 

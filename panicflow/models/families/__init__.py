@@ -8,13 +8,15 @@ fast and works without the ``models`` extra.
 =========================  =====================================  ===============================
 family                     class                                  models
 =========================  =====================================  ===============================
-``diffusers``              ``diffusion.DiffusersTextToImage``     SDXL-Turbo, FLUX.1, SD 3.5, ...
-``transformers-captioner`` ``captioning.TransformersCaptioner``   BLIP-2, Florence-2, Qwen2.5-VL
+``diffusers``              ``diffusion.DiffusersTextToImage``     SDXL-Turbo, FLUX.1/2, SD 3.5, GLM-Image...
+``transformers-captioner`` ``captioning.TransformersCaptioner``   BLIP-2, Florence-2, Qwen2.5-VL, Gemma 3n,
+                                                                  Pixtral, Llama 3.2 Vision
 ``moondream``              ``captioning.MoondreamCaptioner``      Moondream2 (remote code)
 ``sentence-transformers``  ``embedding.SentenceTransformerEmbedder``  MiniLM, STSB, Nomic text
 ``clip``                   ``embedding.ClipEmbedder``             CLIP, SigLIP (text and image)
 ``jina-clip``              ``embedding.JinaClipEmbedder``         jina-clip-v2 (remote code)
 ``nomic-vision``           ``embedding.NomicVisionEmbedder``      nomic-embed-vision (remote code)
+``colqwen``                ``embedding.ColQwenEmbedder``          ColNomic (text and images), mean-pooled
 =========================  =====================================  ===============================
 """
 
@@ -40,6 +42,7 @@ FAMILIES: dict[str, str] = {
     "clip": "embedding:ClipEmbedder",
     "jina-clip": "embedding:JinaClipEmbedder",
     "nomic-vision": "embedding:NomicVisionEmbedder",
+    "colqwen": "embedding:ColQwenEmbedder",
 }
 
 

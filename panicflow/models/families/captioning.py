@@ -74,7 +74,11 @@ class TransformersCaptioner(GenerativeModel):
     none for BLIP-2's plain captioning, a task token such as ``<CAPTION>`` for
     Florence-2), ``chat`` (wrap the prompt in the processor's chat template, for
     instruction-tuned VLMs), ``max_new_tokens``, ``do_sample``, ``temperature``,
-    ``top_k``, ``top_p``, ``num_beams`` (deterministic decoding only).
+    ``top_k``, ``top_p``, ``num_beams`` (deterministic decoding only), ``nested_images`` (one list per
+    image, for processors that take several images per text: Llama 3.2 Vision's), and ``decoding:
+    generation_config``: decode as the weights' ``generation_config.json`` says (greedy, or sampling
+    with its temperature/top-k/top-p, drawn per item as above; its repetition penalty applies), the
+    values read at load and recorded with every invocation.
     """
 
     role = Role.IMAGE_TO_TEXT
@@ -94,9 +98,30 @@ class TransformersCaptioner(GenerativeModel):
         self.top_k = int(extra.get("top_k", 0))
         self.top_p = float(extra.get("top_p", 0.9))
         self.num_beams = int(extra.get("num_beams", 1))
+        self.nested = bool(extra.get("nested_images", False))
+        self.decoding = extra.get("decoding", "settings")
+        self.repetition_penalty: float | None = None
+        if self.decoding == "generation_config":
+            self._from_generation_config(getattr(model, "generation_config", None))
+        elif self.decoding != "settings":
+            raise ValueError(f"{spec.name}: decoding must be 'settings' or 'generation_config', not {self.decoding!r}")
         tokenizer = getattr(processor, "tokenizer", None)
         if tokenizer is not None and not model.config.is_encoder_decoder:
             tokenizer.padding_side = "left"  # batched decoder-only generation pads on the left
+
+    def _from_generation_config(self, config) -> None:
+        """Greedy or sampled decoding, with the weights' own settings (unset: transformers' defaults)."""
+        def value(name, default):
+            got = getattr(config, name, None) if config is not None else None
+            return default if got is None else got
+
+        self.do_sample = bool(value("do_sample", False))
+        self.temperature = float(value("temperature", 1.0))
+        self.top_k = int(value("top_k", 0))
+        self.top_p = float(value("top_p", 1.0))
+        self.num_beams = int(value("num_beams", 1))
+        penalty = value("repetition_penalty", None)
+        self.repetition_penalty = None if penalty is None else float(penalty)
 
     @classmethod
     def from_spec(cls, spec: ModelSpec) -> "TransformersCaptioner":
@@ -132,7 +157,7 @@ class TransformersCaptioner(GenerativeModel):
             return []
         images = _check_images(self.spec.name, inputs)
         text = self._text(len(images))
-        kwargs: dict[str, Any] = {"images": images, "return_tensors": "pt"}
+        kwargs: dict[str, Any] = {"images": [[im] for im in images] if self.nested else images, "return_tensors": "pt"}
         if text is not None:
             kwargs.update(text=text, padding=True)
         batch = self.processor(**kwargs).to(self.device)
@@ -172,6 +197,8 @@ class TransformersCaptioner(GenerativeModel):
             )
         else:
             params.update(num_beams=self.num_beams)
+        if self.decoding == "generation_config":
+            params.update(decoding="generation_config", repetition_penalty=self.repetition_penalty)
         return record(self.spec, **params)
 
 

@@ -1,4 +1,4 @@
-"""Text-to-image with diffusers pipelines (SDXL-Turbo, FLUX.1, SD 3.5, Z-Image, Sana...).
+"""Text-to-image with diffusers pipelines (SDXL-Turbo, FLUX.1/2, SD 3.5, Z-Image, Sana, GLM-Image...).
 
 One class for every diffusers model: ``DiffusionPipeline.from_pretrained``
 picks the pipeline class from the weights' ``model_index.json``. Each batch
@@ -11,6 +11,7 @@ the same batch on any cluster (``batching`` in docs/config.md).
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 from typing import Any
 
@@ -35,9 +36,13 @@ class DiffusersTextToImage(GenerativeModel):
         self.width = int(extra.get("width", 256))
         self.height = int(extra.get("height", 256))
         self.steps = int(extra.get("steps", 4))
-        self.guidance = float(extra.get("guidance", 0.0))
+        guidance = extra.get("guidance", 0.0)
+        self.guidance = None if guidance is None else float(guidance)
         self.call_kwargs: dict[str, Any] = dict(extra.get("call_kwargs", {}))
+        self.offload = extra.get("offload")
         pipeline.set_progress_bar_config(disable=True)
+        # HunyuanImage takes no guidance_scale: its guider component holds the scale
+        self.takes_guidance = "guidance_scale" in inspect.signature(type(pipeline).__call__).parameters
 
     @classmethod
     def from_spec(cls, spec: ModelSpec) -> "DiffusersTextToImage":
@@ -58,7 +63,14 @@ class DiffusersTextToImage(GenerativeModel):
         if trust:
             kwargs["trust_remote_code"] = True
         pipeline = DiffusionPipeline.from_pretrained(str(path), **kwargs)
-        pipeline.to(device)
+        offload = spec.extra.get("offload")
+        if offload == "model" and str(device).startswith("cuda"):
+            # one component on the GPU at a time (FLUX.2-dev: its 32B transformer, then its 24B text encoder)
+            pipeline.enable_model_cpu_offload(device=device)
+        elif offload == "sequential" and str(device).startswith("cuda"):
+            pipeline.enable_sequential_cpu_offload(device=device)
+        else:
+            pipeline.to(device)
         return cls(spec, pipeline, device, dtype)
 
     def _generators(self, seeds: list[int]) -> list[torch.Generator]:
@@ -73,17 +85,19 @@ class DiffusersTextToImage(GenerativeModel):
         for prompt in inputs:
             if not isinstance(prompt, str):
                 raise TypeError(f"{self.spec.name} takes text prompts, got {type(prompt).__name__}")
+        kwargs = dict(self.call_kwargs)
+        if self.guidance is not None and self.takes_guidance:
+            kwargs["guidance_scale"] = self.guidance
         with torch.inference_mode():
             out = self.pipeline(
                 prompt=list(inputs),
                 generator=self._generators(seeds),
                 num_inference_steps=self.steps,
-                guidance_scale=self.guidance,
                 height=self.height,
                 width=self.width,
                 num_images_per_prompt=1,
                 output_type="pil",
-                **self.call_kwargs,
+                **kwargs,
             )
         return [image.convert("RGB") for image in out.images]
 
@@ -93,13 +107,20 @@ class DiffusersTextToImage(GenerativeModel):
             width=self.width,
             height=self.height,
             steps=self.steps,
-            guidance=self.guidance,
+            guidance=self.guidance if self.takes_guidance else self._guider_scale(),
             dtype=dtype_name(self.dtype),
             device=str(self.device),
             pipeline=type(self.pipeline).__name__,
             scheduler=type(self.pipeline.scheduler).__name__,
+            **({"offload": self.offload} if self.offload else {}),
             **self.call_kwargs,
         )
+
+    def _guider_scale(self) -> float | None:
+        """The guidance scale of a pipeline whose guider component holds it (HunyuanImage)."""
+        guider = getattr(self.pipeline, "guider", None)
+        scale = getattr(guider, "guidance_scale", None)
+        return None if scale is None else float(scale)
 
 
 def _has_variant(path: Path, variant: str) -> bool:

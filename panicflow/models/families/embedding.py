@@ -1,4 +1,4 @@
-"""Embedders: sentence-transformers, CLIP/SigLIP, jina-clip-v2 and nomic-embed-vision.
+"""Embedders: sentence-transformers, CLIP/SigLIP, jina-clip-v2, nomic-embed-vision and ColQwen (ColNomic).
 
 Every embedder returns float32 rows; ``normalize`` (on by default) makes them
 unit length, after any Matryoshka truncation. Prompt prefixes documented by a
@@ -102,12 +102,19 @@ class SentenceTransformerEmbedder(_Embedder):
 
         trust = check_remote_code(spec)
         path = str(resolve_weights(spec))
+        kwargs: dict[str, Any] = {}
+        if spec.extra.get("padding_side"):  # Qwen3-Embedding pools the last token: pad on the left
+            import inspect
+
+            key = "processor_kwargs" if "processor_kwargs" in inspect.signature(SentenceTransformer).parameters else "tokenizer_kwargs"
+            kwargs[key] = {"padding_side": spec.extra["padding_side"]}
         model = SentenceTransformer(
             path,
             device=device,
             trust_remote_code=trust,
             local_files_only=True,
             model_kwargs={"dtype": dtype},
+            **kwargs,
         )
         return cls(spec, model.eval(), device, dtype)
 
@@ -255,3 +262,81 @@ class NomicVisionEmbedder(_Embedder):
         with torch.inference_mode():
             hidden = self.model(pixel_values=batch["pixel_values"].to(self.dtype)).last_hidden_state
         return self._check(_finish(hidden[:, 0], self.normalize, self.truncate_dim), len(inputs))
+
+
+def mean_pool(vectors: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """The mean of each row's token vectors where ``mask`` is set: ``(batch, tokens, dim)`` and
+    ``(batch, tokens)`` -> ``(batch, dim)``, in float32. A row with no token set gives zeros."""
+    mask = mask.to(torch.float32).unsqueeze(-1)
+    total = (vectors.to(torch.float32) * mask).sum(dim=1)
+    return total / mask.sum(dim=1).clamp(min=1.0)
+
+
+class ColQwenEmbedder(_Embedder):
+    """A ColQwen2/2.5 multi-vector retriever (ColNomic) reduced to one vector per item.
+
+    The model gives one 128-d unit vector per token (``ColQwen2ForRetrieval``: the backbone's last
+    hidden state, projected, L2-normalised, zero at padding). panicflow keeps one vector per item:
+    the **mean of the token vectors over the item's tokens, then L2-normalised**. Text: every
+    non-padding token of the plain text (tokenised as it is, no query prefix or augmentation tokens,
+    as colpali-engine's ``process_texts``). Images: only the image's own tokens (``<|image_pad|>``
+    positions; the prompt around them is left out, as colpali-engine's
+    ``mask_non_image_embeddings``). The earlier tool pooled the same way (mean of the non-zero
+    token vectors), and stored the result normalised.
+
+    Weights: a transformers ``ColQwen2ForRetrieval`` checkpoint, or a colpali-engine PEFT adapter
+    (ColNomic's published form: ``adapter_config.json`` beside ``adapter_model.safetensors``) over
+    its base model (``extra['base_hf_id']``), merged at load (``colpali.load_adapter``).
+    """
+
+    def __init__(self, spec: ModelSpec, model, processor, device: str, dtype) -> None:
+        super().__init__(spec, device, dtype)
+        self.model = model.eval()
+        self.processor = processor
+        self.dim = spec.dim or model.config.embedding_dim
+        tokenizer = processor.tokenizer
+        self.image_token_id = processor.image_token_id
+        self.max_length = int(spec.extra.get("text_max_length", 512))
+        tokenizer.padding_side = "left"
+
+    @classmethod
+    def from_spec(cls, spec: ModelSpec) -> "ColQwenEmbedder":
+        (transformers,) = require("transformers")
+        device = pick_device(spec)
+        dtype = pick_dtype(spec, device)
+        if spec.extra.get("random_init"):
+            from .random_init import build_for_spec
+
+            model, processor = build_for_spec(spec, device, dtype)
+            return cls(spec, model, processor, device, dtype)
+        path = resolve_weights(spec)
+        if (path / "adapter_config.json").is_file():
+            from .colpali import load_adapter
+
+            model = load_adapter(spec, path, dtype)
+        else:
+            model = transformers.ColQwen2ForRetrieval.from_pretrained(str(path), dtype=dtype, local_files_only=True)
+        processor = transformers.ColQwen2Processor.from_pretrained(str(path), local_files_only=True)
+        return cls(spec, model.to(device), processor, device, dtype)
+
+    def embed(self, inputs: list[Any]) -> np.ndarray:
+        if not inputs:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        if self.role is Role.TEXT_EMBEDDER:
+            texts = [self.prefix + t for t in _texts(self.spec.name, inputs)]
+            batch = self.processor.tokenizer(texts, padding="longest", truncation=True, max_length=self.max_length,
+                                             return_tensors="pt").to(self.device)
+            keep = batch["attention_mask"].bool()
+        else:
+            batch = self.processor(images=_images(self.spec.name, inputs), return_tensors="pt").to(self.device)
+            batch["pixel_values"] = batch["pixel_values"].to(self.dtype)
+            keep = (batch["input_ids"] == self.image_token_id) & batch["attention_mask"].bool()
+        with torch.inference_mode():
+            vectors = self.model(**batch).embeddings
+        rows = mean_pool(vectors, keep)
+        return self._check(_finish(rows, self.normalize, self.truncate_dim), len(inputs))
+
+    def parameters(self) -> dict[str, Any]:
+        params = super().parameters()
+        params["pooling"] = "mean of token vectors (text: non-padding tokens; image: image tokens), then L2"
+        return params

@@ -19,20 +19,31 @@ ARCHITECTURES: dict[str, tuple[str, str]] = {
     # name: (family, role)
     "sdxl": ("diffusers", "text-to-image"),
     "flux": ("diffusers", "text-to-image"),
+    "flux2": ("diffusers", "text-to-image"),
+    "flux2-klein": ("diffusers", "text-to-image"),
     "blip2": ("transformers-captioner", "image-to-text"),
     "florence2": ("transformers-captioner", "image-to-text"),
     "llava": ("transformers-captioner", "image-to-text"),
+    "mllama": ("transformers-captioner", "image-to-text"),
+    "pixtral": ("transformers-captioner", "image-to-text"),
     "clip-text": ("clip", "text-embedder"),
     "clip-vision": ("clip", "image-embedder"),
     "bert-embedder": ("sentence-transformers", "text-embedder"),
+    "qwen3-embedder": ("sentence-transformers", "text-embedder"),
+    "colqwen-text": ("colqwen", "text-embedder"),
+    "colqwen-vision": ("colqwen", "image-embedder"),
+    "qwen2.5-vl": ("transformers-captioner", "image-to-text"),
 }
 
 SCALES = ("tiny", "full")
 
 
 def byte_tokenizer(max_length: int = 77, *, bos: str = "<s>", eos: str = "</s>", pad: str = "<pad>",
-                   image_token: str | None = None):
-    """A fast tokenizer with one token per byte plus specials (ids: pad 0, bos 1, eos 2, unk 3; image 260)."""
+                   image_token: str | None = None, extra_tokens: tuple[str, ...] = (), chat_template: str | None = None,
+                   **named: str):
+    """A fast tokenizer with one token per byte plus specials (ids: pad 0, bos 1, eos 2, unk 3; image 260,
+    then ``extra_tokens`` in order). ``named`` sets special-token attributes a processor reads
+    (``tokenizer.<name>``), each added to the vocabulary too."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast
 
@@ -46,11 +57,19 @@ def byte_tokenizer(max_length: int = 77, *, bos: str = "<s>", eos: str = "</s>",
     tok.post_processor = processors.TemplateProcessing(
         single=f"{bos} $A {eos}", special_tokens=[(bos, vocab[bos]), (eos, vocab[eos])]
     )
-    extra = {"extra_special_tokens": {"image_token": image_token}} if image_token else {}
-    return PreTrainedTokenizerFast(
+    extra_special = {"image_token": image_token} if image_token else {}
+    extra_special.update(named)
+    extra = {"extra_special_tokens": extra_special} if extra_special else {}
+    tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=tok, bos_token=bos, eos_token=eos, pad_token=pad, unk_token="<unk>",
         model_max_length=max_length, **extra,
     )
+    missing = [t for t in extra_tokens if t not in tokenizer.get_vocab()]
+    if missing:
+        tokenizer.add_special_tokens({"extra_special_tokens": missing}, replace_extra_special_tokens=False)
+    if chat_template:
+        tokenizer.chat_template = chat_template
+    return tokenizer
 
 
 VOCAB = 260  # len(byte_tokenizer())
@@ -174,6 +193,90 @@ def flux(scale: str = "tiny"):
     )
 
 
+def chat_template(image: str = "<image>") -> str:
+    """A minimal chat template: ``ROLE: content`` lines, ``image`` where a message holds an image, string
+    or list contents (what the pipelines and processors below pass to ``apply_chat_template``)."""
+    return (
+        "{% for message in messages %}{{ message['role'] | upper }}: "
+        "{% if message['content'] is string %}{{ message['content'] }}{% else %}"
+        "{% for content in message['content'] %}{% if content['type'] == 'image' %}" + image +
+        "{% elif content['type'] == 'text' %}{{ content['text'] }}{% endif %}{% endfor %}{% endif %}\n"
+        "{% endfor %}{% if add_generation_prompt %}ASSISTANT:{% endif %}"
+    )
+
+
+def _flux2_transformer_and_vae(tiny: bool, text_dim: int, guidance_embeds: bool):
+    from diffusers import AutoencoderKLFlux2, Flux2Transformer2DModel
+
+    if not tiny:
+        raise ValueError("FLUX.2 is built at tiny scale only")
+    transformer = _make(Flux2Transformer2DModel,
+        patch_size=1, in_channels=4, num_layers=1, num_single_layers=1, attention_head_dim=16, num_attention_heads=2,
+        joint_attention_dim=text_dim, timestep_guidance_channels=256, axes_dims_rope=[4, 4, 4, 4],
+        guidance_embeds=guidance_embeds,
+    )
+    vae = _make(AutoencoderKLFlux2,
+        sample_size=32, in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",),
+        up_block_types=("UpDecoderBlock2D",), block_out_channels=(4,), layers_per_block=1, latent_channels=1,
+        norm_num_groups=1, use_quant_conv=False, use_post_quant_conv=False,
+    )
+    return transformer, vae
+
+
+# the tiny text encoders have 3 layers; the pipelines stack the hidden states of the layers named in
+# their call's ``text_encoder_out_layers`` (FLUX.2: 10, 20, 30 of Mistral Small; klein: 9, 18, 27 of Qwen3)
+FLUX2_TINY_OUT_LAYERS = [1, 2, 3]
+
+
+def flux2(scale: str = "tiny"):
+    """Flux2Pipeline (FLUX.2-dev): a Mistral-3 text encoder (Pixtral vision + Mistral), a flow-matching
+    transformer and the FLUX.2 VAE, as a toy of the same shape (tiny only)."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, Flux2Pipeline
+    from transformers import Mistral3Config, Mistral3ForConditionalGeneration, PixtralImageProcessorPil, PixtralProcessor
+
+    tiny = scale == "tiny"
+    tokenizer = byte_tokenizer(512, image_token="[IMG]", extra_tokens=("[IMG_BREAK]", "[IMG_END]"),
+                               chat_template=chat_template("[IMG]"))
+    processor = PixtralProcessor(
+        image_processor=PixtralImageProcessorPil(size={"longest_edge": 32}, patch_size=8), tokenizer=tokenizer,
+        patch_size=8, chat_template=chat_template("[IMG]"),
+    )
+    hidden = 16
+    config = Mistral3Config(
+        text_config=dict(model_type="mistral", vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=37,
+                         max_position_embeddings=512, num_attention_heads=4, num_hidden_layers=3,
+                         num_key_value_heads=2, sliding_window=None, bos_token_id=1, eos_token_id=2, pad_token_id=0),
+        vision_config=dict(model_type="pixtral", hidden_size=16, num_hidden_layers=1, num_attention_heads=4,
+                           intermediate_size=37, image_size=32, patch_size=8),
+        image_token_index=tokenizer.image_token_id, vision_feature_layer=-1, spatial_merge_size=1,
+    )
+    transformer, vae = _flux2_transformer_and_vae(tiny, 3 * hidden, guidance_embeds=True)
+    return Flux2Pipeline(
+        scheduler=FlowMatchEulerDiscreteScheduler(), vae=vae, text_encoder=_make(Mistral3ForConditionalGeneration, config),
+        tokenizer=processor, transformer=transformer,
+    )
+
+
+def flux2_klein(scale: str = "tiny"):
+    """Flux2KleinPipeline (FLUX.2 [klein]): a Qwen3 text encoder, a flow-matching transformer without
+    guidance embedding (step-distilled) and the FLUX.2 VAE, as a toy of the same shape (tiny only)."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, Flux2KleinPipeline
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    tiny = scale == "tiny"
+    tokenizer = byte_tokenizer(512, bos="<|im_start|>", eos="<|im_end|>", pad="<|endoftext|>",
+                               chat_template=chat_template())
+    hidden = 16
+    config = Qwen3Config(vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=37, num_hidden_layers=3,
+                         num_attention_heads=2, num_key_value_heads=2, head_dim=8, max_position_embeddings=512,
+                         bos_token_id=1, eos_token_id=2, pad_token_id=0)
+    transformer, vae = _flux2_transformer_and_vae(tiny, 3 * hidden, guidance_embeds=False)
+    return Flux2KleinPipeline(
+        scheduler=FlowMatchEulerDiscreteScheduler(), vae=vae, text_encoder=_make(Qwen3ForCausalLM, config),
+        tokenizer=tokenizer, transformer=transformer, is_distilled=True,
+    )
+
+
 def blip2(scale: str = "tiny"):
     """(Blip2ForConditionalGeneration, Blip2Processor): BLIP-2 OPT-2.7b sizes (full) or a toy."""
     from transformers import Blip2Config, Blip2ForConditionalGeneration, Blip2Processor, BlipImageProcessor, OPTConfig
@@ -265,6 +368,57 @@ def llava(scale: str = "tiny"):
     return _make(LlavaForConditionalGeneration, config).eval(), processor
 
 
+def pixtral(scale: str = "tiny"):
+    """(LlavaForConditionalGeneration, PixtralProcessor): Pixtral's architecture as transformers ports it
+    (a Pixtral vision encoder with 2-D RoPE, a Mistral decoder, ``[IMG]``/``[IMG_BREAK]``/``[IMG_END]``
+    tokens), tiny only. PixtralProcessor needs torchvision."""
+    from transformers import LlavaConfig, LlavaForConditionalGeneration, PixtralImageProcessorPil, PixtralProcessor
+
+    if scale != "tiny":
+        raise ValueError("pixtral is built at tiny scale only")
+    template = chat_template("[IMG]")
+    tokenizer = byte_tokenizer(512, image_token="[IMG]", extra_tokens=("[IMG_BREAK]", "[IMG_END]"),
+                               chat_template=template)
+    processor = PixtralProcessor(image_processor=PixtralImageProcessorPil(size={"longest_edge": 32}, patch_size=8),
+                                 tokenizer=tokenizer, patch_size=8, chat_template=template)
+    config = LlavaConfig(
+        vision_config=dict(model_type="pixtral", hidden_size=16, intermediate_size=37, num_hidden_layers=2,
+                           num_attention_heads=4, image_size=32, patch_size=8),
+        text_config=dict(model_type="mistral", vocab_size=len(tokenizer), hidden_size=32, intermediate_size=37,
+                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, sliding_window=None,
+                         max_position_embeddings=512, bos_token_id=1, eos_token_id=2, pad_token_id=0),
+        image_token_index=tokenizer.image_token_id, vision_feature_select_strategy="full", vision_feature_layer=-1,
+        projector_hidden_act="gelu",
+    )
+    return _make(LlavaForConditionalGeneration, config).eval(), processor
+
+
+def mllama(scale: str = "tiny"):
+    """(MllamaForConditionalGeneration, MllamaProcessor): Llama 3.2 Vision's architecture (tiled vision
+    encoder with global layers, a Llama decoder with cross-attention layers), tiny only."""
+    from transformers import MllamaConfig, MllamaForConditionalGeneration, MllamaImageProcessorPil, MllamaProcessor
+
+    if scale != "tiny":
+        raise ValueError("mllama is built at tiny scale only")
+    template = chat_template("<|image|>")
+    tokenizer = byte_tokenizer(512, bos="<|begin_of_text|>", eos="<|eot_id|>", pad="<|finetune_right_pad_id|>",
+                               image_token="<|image|>", extra_tokens=("<|python_tag|>",), chat_template=template)
+    processor = MllamaProcessor(
+        image_processor=MllamaImageProcessorPil(size={"height": 32, "width": 32}, max_image_tiles=2),
+        tokenizer=tokenizer, chat_template=template,
+    )
+    config = MllamaConfig(
+        vision_config=dict(hidden_size=16, num_hidden_layers=2, num_global_layers=1, attention_heads=4,
+                           intermediate_size=37, vision_output_dim=32, image_size=32, patch_size=8, max_num_tiles=2,
+                           intermediate_layers_indices=[0], supported_aspect_ratios=[[1, 1], [1, 2], [2, 1]]),
+        text_config=dict(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                         num_key_value_heads=2, intermediate_size=37, max_position_embeddings=512,
+                         cross_attention_layers=[1], bos_token_id=1, eos_token_id=2, pad_token_id=0),
+        image_token_index=tokenizer.image_token_id,
+    )
+    return _make(MllamaForConditionalGeneration, config).eval(), processor
+
+
 def _clip(scale: str = "tiny"):
     from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor
 
@@ -303,15 +457,104 @@ def bert_embedder(scale: str = "tiny"):
     return SentenceTransformer(modules=[word, pooling, models.Normalize()], device="cpu")
 
 
+def qwen3_embedder(scale: str = "tiny"):
+    """A SentenceTransformer with Qwen3-Embedding's modules (a Qwen3 decoder, last-token pooling, left
+    padding, normalisation), tiny only."""
+    import tempfile
+
+    from sentence_transformers import SentenceTransformer, models
+    from transformers import Qwen3Config, Qwen3Model
+
+    if scale != "tiny":
+        raise ValueError("qwen3-embedder is built at tiny scale only")
+    tokenizer = byte_tokenizer(512, bos="<|im_start|>", eos="<|endoftext|>", pad="<|endoftext|>")
+    tokenizer.padding_side = "left"
+    config = Qwen3Config(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=37, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, head_dim=8, max_position_embeddings=512,
+                         bos_token_id=1, eos_token_id=2, pad_token_id=2)
+    with tempfile.TemporaryDirectory() as tmp:
+        _make(Qwen3Model, config).save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        word = models.Transformer(tmp, max_seq_length=128, tokenizer_args={"padding_side": "left"})
+    dim = getattr(word, "get_embedding_dimension", None) or word.get_word_embedding_dimension
+    pooling = models.Pooling(dim(), pooling_mode="lasttoken")
+    return SentenceTransformer(modules=[word, pooling, models.Normalize()], device="cpu")
+
+
+QWEN_VL_TOKENS = ("<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>", "<|video_pad|>")
+
+
+def _qwen2_5_vl_config(tokenizer, text_hidden: int = 32):
+    from transformers import Qwen2_5_VLConfig
+
+    ids = tokenizer.convert_tokens_to_ids
+    return Qwen2_5_VLConfig(
+        text_config=dict(vocab_size=len(tokenizer), hidden_size=text_hidden, intermediate_size=37, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+                         rope_parameters={"rope_type": "default", "mrope_section": [1, 1, 2], "rope_theta": 10000.0},
+                         bos_token_id=1, eos_token_id=2, pad_token_id=0),
+        vision_config=dict(depth=2, hidden_size=32, intermediate_size=37, num_heads=4, out_hidden_size=text_hidden,
+                           patch_size=14, spatial_merge_size=2, temporal_patch_size=2, window_size=56,
+                           fullatt_block_indexes=[1]),
+        image_token_id=ids("<|image_pad|>"), video_token_id=ids("<|video_pad|>"),
+        vision_start_token_id=ids("<|vision_start|>"), vision_end_token_id=ids("<|vision_end|>"),
+    )
+
+
+def _qwen_vl_image_processor():
+    from transformers import Qwen2VLImageProcessorPil
+
+    # 28-px merged patches: a 40x50 image becomes 2x2 merged patches, never more than 4x4
+    return Qwen2VLImageProcessorPil(min_pixels=28 * 28 * 4, max_pixels=28 * 28 * 16, patch_size=14, merge_size=2,
+                                    temporal_patch_size=2)
+
+
+def colqwen(scale: str = "tiny"):
+    """(ColQwen2ForRetrieval, ColQwen2Processor) over a Qwen2.5-VL backbone, ColNomic's architecture
+    (multi-vector: one projected, normalised vector per token), tiny only."""
+    from transformers import ColQwen2Config, ColQwen2ForRetrieval, ColQwen2Processor
+
+    if scale != "tiny":
+        raise ValueError("colqwen is built at tiny scale only")
+    tokenizer = byte_tokenizer(512, bos="<|im_start|>", eos="<|endoftext|>", pad="<|endoftext|>",
+                               image_token="<|image_pad|>", extra_tokens=QWEN_VL_TOKENS)
+    processor = ColQwen2Processor(image_processor=_qwen_vl_image_processor(), tokenizer=tokenizer)
+    config = ColQwen2Config(vlm_config=_qwen2_5_vl_config(tokenizer).to_dict(), embedding_dim=16)
+    return _make(ColQwen2ForRetrieval, config).eval(), processor
+
+
+def qwen2_5_vl(scale: str = "tiny"):
+    """(Qwen2_5_VLForConditionalGeneration, Qwen2_5_VLProcessor): Qwen2.5-VL's architecture, tiny only.
+    Its processor holds a video processor, which needs torchvision."""
+    from transformers import Qwen2_5_VLForConditionalGeneration, Qwen2_5_VLProcessor, Qwen2VLVideoProcessor
+
+    if scale != "tiny":
+        raise ValueError("qwen2.5-vl is built at tiny scale only")
+    template = chat_template("<|vision_start|><|image_pad|><|vision_end|>")
+    tokenizer = byte_tokenizer(512, bos="<|im_start|>", eos="<|im_end|>", pad="<|endoftext|>",
+                               image_token="<|image_pad|>", extra_tokens=QWEN_VL_TOKENS, chat_template=template)
+    processor = Qwen2_5_VLProcessor(image_processor=_qwen_vl_image_processor(), tokenizer=tokenizer,
+                                    video_processor=Qwen2VLVideoProcessor(), chat_template=template)
+    return _make(Qwen2_5_VLForConditionalGeneration, _qwen2_5_vl_config(tokenizer)).eval(), processor
+
+
 BUILDERS: dict[str, Callable[[str], Any]] = {
     "sdxl": sdxl,
     "flux": flux,
+    "flux2": flux2,
+    "flux2-klein": flux2_klein,
     "blip2": blip2,
     "florence2": florence2,
     "llava": llava,
+    "mllama": mllama,
+    "pixtral": pixtral,
     "clip-text": _clip,
     "clip-vision": _clip,
     "bert-embedder": bert_embedder,
+    "qwen3-embedder": qwen3_embedder,
+    "colqwen-text": colqwen,
+    "colqwen-vision": colqwen,
+    "qwen2.5-vl": qwen2_5_vl,
 }
 
 

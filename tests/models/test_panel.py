@@ -1,0 +1,271 @@
+"""The earlier tool's panel (issue 23) on tiny random-weight builds of the same architectures.
+
+Each architecture is built from config objects (``random_init``), saved with ``save_pretrained``
+and loaded back through the registry and the family's real loading code, then called batched and
+one input at a time. Architectures whose processors need a library that does not import here are
+skipped with the reason (PixtralProcessor and Qwen2.5-VL's video processor need torchvision).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("diffusers")
+pytest.importorskip("transformers")
+
+from PIL import Image  # noqa: E402
+
+from panicflow.models import REGISTRY, Role, cache, get_spec  # noqa: E402
+
+# the libraries an architecture needs beyond the models extra
+NEEDS = {"flux2": "torchvision", "pixtral": "torchvision", "qwen2.5-vl": "torchvision"}
+
+
+def importable(module: str) -> bool:
+    try:
+        __import__(module)
+    except Exception:  # torchvision from PyPI raises RuntimeError beside a CPU torch built elsewhere
+        return False
+    return True
+
+
+def available(arch: str):
+    need = NEEDS.get(arch)
+    marks = [pytest.mark.skipif(not importable(need), reason=f"{arch}'s processor needs {need}")] if need else []
+    return pytest.param(arch, marks=marks, id=arch)
+
+
+def images(n: int) -> list[Image.Image]:
+    rng = np.random.RandomState(3)
+    return [Image.fromarray(rng.randint(0, 255, (40 + 7 * i, 50, 3), dtype=np.uint8)) for i in range(n)]
+
+
+def pixels(image) -> np.ndarray:
+    return np.asarray(image, dtype=np.int16)
+
+
+# ------------------------------------------------------------------------------------ text-to-image
+
+PROMPTS = ["a red fox in the snow", "a lighthouse on a cliff in a storm at night"]
+TINY_T2I = {"max_sequence_length": 16, "text_encoder_out_layers": [1, 2, 3]}
+
+
+@pytest.fixture(params=[available("flux2-klein"), available("flux2")])
+def panel_t2i(request, tiny_saved, local_model):
+    arch = request.param
+    entry = get_spec("Flux2Klein" if arch == "flux2-klein" else "Flux2Dev").extra
+    local_model(f"tiny-{arch}", Role.TEXT_TO_IMAGE, "diffusers", tiny_saved(arch), width=32, height=32, steps=2,
+                guidance=entry["guidance"], dtype=entry["dtype"], offload=entry.get("offload"), call_kwargs=TINY_T2I)
+    return f"tiny-{arch}"
+
+
+def test_flux2_batched_and_single_calls_agree_and_reproduce(panel_t2i):
+    model = cache.get_model(panel_t2i)
+    batch = model.generate(PROMPTS, [7, 8])
+    assert [im.size for im in batch] == [(32, 32)] * 2 and all(im.mode == "RGB" for im in batch)
+    for image, prompt, seed in zip(batch, PROMPTS, [7, 8]):  # per-item generators: the batch barely matters
+        (alone,) = model.generate([prompt], [seed])
+        assert np.abs(pixels(image) - pixels(alone)).max() <= 2
+    cache.clear()
+    again = cache.get_model(panel_t2i).generate(PROMPTS, [7, 8])
+    assert all(np.array_equal(pixels(a), pixels(b)) for a, b in zip(batch, again))
+    other = cache.get_model(panel_t2i).generate(PROMPTS[:1], [9])
+    assert np.abs(pixels(other[0]) - pixels(batch[0])).max() > 10
+
+
+def test_flux2_records_its_generation_settings(panel_t2i):
+    params = cache.get_model(panel_t2i).parameters()
+    pipeline = "Flux2KleinPipeline" if "klein" in panel_t2i else "Flux2Pipeline"
+    assert params["pipeline"] == pipeline and params["scheduler"] == "FlowMatchEulerDiscreteScheduler"
+    assert (params["width"], params["height"], params["steps"]) == (32, 32, 2)
+    assert params["guidance"] == (1.0 if "klein" in panel_t2i else 3.5)
+    assert params["text_encoder_out_layers"] == [1, 2, 3] and params["dtype"] == "float32"
+
+
+def test_a_model_whose_batch_is_not_reproducible_is_called_one_input_at_a_time(tmp_path, monkeypatch):
+    """GLM-Image's pipeline seeds its prior from the first item for the whole batch: the scheduler
+    calls such an entry (``batch_reproducible: False``) one input at a time, and records it."""
+    from panicflow.scheduler import tasks
+    from panicflow.store import Store
+
+    assert get_spec("GLMImage").extra["batch_reproducible"] is False
+    dummy = get_spec("DummyT2I")
+    REGISTRY["GlmLike"] = dataclasses.replace(dummy, name="GlmLike", extra={"batch_reproducible": False})
+    model = cache.get_model("GlmLike")
+    sizes: list[int] = []
+    real = model.generate
+    monkeypatch.setattr(model, "generate", lambda inputs, seeds: sizes.append(len(inputs)) or real(inputs, seeds))
+    store = Store(str(tmp_path / "store"), create=True)
+    out = tasks.invoke_batch(store.location, "GlmLike", ["a", "bb", "ccc"], [1, 2, 3])
+    assert sizes == [1, 1, 1]
+    assert json.loads(store.objects.get_bytes(out["parameters_hash"]))["batch_invariant"] == "per_item"
+
+
+# ------------------------------------------------------------------------------------ image-to-text
+
+CAPTIONERS = {"mllama": "LLaMA32Vision", "pixtral": "Pixtral", "qwen2.5-vl": "Qwen25VL7B"}
+
+
+@pytest.fixture
+def panel_captioner(tiny_saved, local_model):
+    def make(arch: str, folder=None, **extra):
+        entry = dict(get_spec(CAPTIONERS[arch]).extra)
+        settings = {k: entry[k] for k in ("model_class", "chat", "prompt", "decoding", "do_sample", "nested_images")
+                    if k in entry}
+        settings.update(max_new_tokens=6, dtype=entry["dtype"], **extra)
+        local_model(f"tiny-{arch}", Role.IMAGE_TO_TEXT, "transformers-captioner", folder or tiny_saved(arch),
+                    **settings)
+        return cache.get_model(f"tiny-{arch}")
+
+    return make
+
+
+@pytest.mark.parametrize("arch", [available(a) for a in CAPTIONERS])
+def test_panel_captioners_batched_and_single(panel_captioner, arch):
+    """The entries' own settings (chat prompt, the weights' generation config: greedy here), batched
+    and one image at a time."""
+    model = panel_captioner(arch)
+    imgs = images(3)
+    batch = model.generate(imgs, [1, 2, 3])
+    assert len(batch) == 3 and all(isinstance(c, str) and c for c in batch)
+    assert batch == [model.generate([im], [9])[0] for im in imgs]
+    params = model.parameters()
+    assert params["prompt"] == "Describe this image." and params["chat"] and params["max_new_tokens"] == 6
+    assert params["decoding"] == "generation_config" and params["do_sample"] is False
+
+
+def test_generation_config_sampling_is_read_recorded_and_seeded_per_item(panel_captioner, tiny_saved, tmp_path):
+    import shutil
+
+    folder = tmp_path / "mllama"
+    shutil.copytree(tiny_saved("mllama"), folder)
+    config = json.loads((folder / "generation_config.json").read_text())
+    config.update(do_sample=True, temperature=2.0, top_p=0.95, repetition_penalty=1.05)
+    (folder / "generation_config.json").write_text(json.dumps(config))
+    model = panel_captioner("mllama", folder=folder)
+    params = model.parameters()
+    assert params["do_sample"] and params["temperature"] == 2.0 and params["top_p"] == 0.95
+    assert params["repetition_penalty"] == 1.05 and params["sampling"] == "per-item gumbel-max"
+    img = images(1)[0]
+    captions = model.generate([img] * 4, [0, 1, 2, 3])
+    assert len(set(captions)) > 1
+    assert model.generate([img] * 4, [0, 1, 2, 3]) == captions
+
+
+# ------------------------------------------------------------------------------------ embedders
+
+TEXTS = ["a cat on a mat", "a dog", "the quick brown fox jumps over the lazy dog"]
+
+
+def check_rows(rows: np.ndarray, n: int, dim: int) -> None:
+    assert rows.shape == (n, dim) and rows.dtype == np.float32
+    assert np.allclose(np.linalg.norm(rows, axis=1), 1.0, atol=1e-5)
+
+
+def test_qwen3_embedder_pools_the_last_token_batched_and_single(tiny_saved, local_model):
+    local_model("tiny-qwen3", Role.TEXT_EMBEDDER, "sentence-transformers", tiny_saved("qwen3-embedder"), dim=32,
+                **{k: v for k, v in get_spec("Qwen3Embed").extra.items() if k in ("padding_side", "normalize")})
+    model = cache.get_model("tiny-qwen3")
+    assert model.model.tokenizer.padding_side == "left"
+    rows = model.embed(TEXTS)
+    check_rows(rows, 3, 32)
+    assert np.allclose(rows, np.concatenate([model.embed([t]) for t in TEXTS]), atol=1e-5)
+    assert get_spec("Qwen3Embed").dim == 2560 and get_spec("Qwen3Embed").extra.get("truncate_dim") is None
+
+
+@pytest.fixture
+def colqwen(tiny_saved, local_model):
+    def make(role: Role, name=None, folder=None, **extra):
+        name = name or f"tiny-colqwen-{role.value}"
+        local_model(name, role, "colqwen", folder or tiny_saved("colqwen-text"), dim=16, **extra)
+        return cache.get_model(name)
+
+    return make
+
+
+@pytest.mark.parametrize("role", [Role.TEXT_EMBEDDER, Role.IMAGE_EMBEDDER], ids=["text", "vision"])
+def test_colqwen_mean_pools_token_vectors_batched_and_single(colqwen, role):
+    model = colqwen(role)
+    inputs = TEXTS if role is Role.TEXT_EMBEDDER else images(3)
+    rows = model.embed(inputs)
+    check_rows(rows, 3, 16)
+    single = np.concatenate([model.embed([x]) for x in inputs])
+    assert np.allclose(rows, single, atol=1e-4)
+    assert "mean of token vectors" in model.parameters()["pooling"]
+    # the documented reduction, recomputed from the model's own multi-vector output
+    if role is Role.TEXT_EMBEDDER:
+        batch = model.processor.tokenizer(inputs[:1], return_tensors="pt")
+        keep = batch["attention_mask"].bool()
+    else:
+        batch = model.processor(images=inputs[:1], return_tensors="pt")
+        keep = batch["input_ids"] == model.image_token_id
+        assert 0 < int(keep.sum()) < batch["input_ids"].shape[1]  # the prompt around the image is left out
+    with torch.inference_mode():
+        vectors = model.model(**batch).embeddings[0][keep[0]]
+    assert torch.allclose(vectors.norm(dim=-1), torch.ones(len(vectors)), atol=1e-4)  # unit token vectors
+    mean = vectors.mean(dim=0)
+    assert np.allclose(rows[0], (mean / mean.norm()).numpy(), atol=1e-4)
+
+
+def test_mean_pool_ignores_masked_tokens():
+    from panicflow.models.families.embedding import mean_pool
+
+    vectors = torch.tensor([[[1.0, 0.0], [0.0, 1.0], [100.0, 100.0]]])
+    assert torch.allclose(mean_pool(vectors, torch.tensor([[1, 1, 0]])), torch.tensor([[0.5, 0.5]]))
+    assert torch.equal(mean_pool(vectors, torch.tensor([[0, 0, 0]])), torch.zeros(1, 2))
+
+
+def test_colnomic_adapter_is_merged_into_its_base_model(tiny_saved, tmp_path, colqwen):
+    """ColNomic's published form: a colpali-engine PEFT adapter (LoRA on the language model, the
+    128-d custom_text_proj) over Qwen2.5-VL; loaded here over a tiny base model."""
+    import transformers
+    from safetensors.torch import save_file
+
+    tiny = transformers.ColQwen2ForRetrieval.from_pretrained(str(tiny_saved("colqwen-text")))
+    base, adapter = tmp_path / "base", tmp_path / "adapter"
+    tiny.vlm.save_pretrained(str(base))
+    transformers.ColQwen2Processor.from_pretrained(str(tiny_saved("colqwen-text"))).save_pretrained(str(adapter))
+    gen = torch.Generator().manual_seed(5)
+    r, alpha, hidden = 2, 4.0, tiny.vlm.config.text_config.hidden_size
+    weights, expected = {}, {}
+    for i in range(tiny.vlm.config.text_config.num_hidden_layers):
+        for proj in ("q_proj", "v_proj"):
+            module = tiny.vlm.language_model.layers[i].self_attn.get_submodule(proj)
+            a = torch.randn(r, module.in_features, generator=gen)
+            b = torch.randn(module.out_features, r, generator=gen)
+            key = f"base_model.model.model.layers.{i}.self_attn.{proj}"  # colpali-engine's ColQwen2_5 layout
+            weights[f"{key}.lora_A.weight"], weights[f"{key}.lora_B.weight"] = a, b
+            expected[module] = module.weight.detach() + alpha / r * b @ a
+    weights["base_model.model.custom_text_proj.weight"] = torch.randn(16, hidden, generator=gen)
+    weights["base_model.model.custom_text_proj.bias"] = torch.randn(16, generator=gen)
+    save_file(weights, str(adapter / "adapter_model.safetensors"))
+    (adapter / "adapter_config.json").write_text(json.dumps(
+        {"peft_type": "LORA", "r": r, "lora_alpha": alpha, "base_model_name_or_path": "test/base"}))
+    model = colqwen(Role.TEXT_EMBEDDER, name="adapter", folder=adapter, base_local_dir=str(base))
+    with torch.no_grad():
+        for module, weight in expected.items():
+            module.weight.copy_(weight)
+        tiny.embedding_proj_layer.weight.copy_(weights["base_model.model.custom_text_proj.weight"])
+        tiny.embedding_proj_layer.bias.copy_(weights["base_model.model.custom_text_proj.bias"])
+    reference = colqwen(Role.TEXT_EMBEDDER, name="reference")
+    reference.model = tiny.eval()
+    assert np.allclose(model.embed(TEXTS), reference.embed(TEXTS), atol=1e-5)
+    assert not np.allclose(model.embed(TEXTS), colqwen(Role.TEXT_EMBEDDER, name="plain").embed(TEXTS), atol=1e-3)
+
+
+def test_an_adapter_weight_that_matches_no_layer_is_an_error(tiny_saved, tmp_path):
+    import transformers
+
+    from panicflow.models.families import ModelNotAvailable
+    from panicflow.models.families.colpali import merge_lora
+
+    vlm = transformers.ColQwen2ForRetrieval.from_pretrained(str(tiny_saved("colqwen-text"))).vlm
+    weights = {"base_model.model.model.layers.0.mlp.no_such_proj.lora_A.weight": torch.zeros(2, 4),
+               "base_model.model.model.layers.0.mlp.no_such_proj.lora_B.weight": torch.zeros(4, 2)}
+    with pytest.raises(ModelNotAvailable, match="no_such_proj"):
+        merge_lora(get_spec("ColNomic"), vlm, weights, {"r": 2, "lora_alpha": 4})
