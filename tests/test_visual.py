@@ -6,7 +6,9 @@ import csv
 import hashlib
 import importlib.util
 import os
+import re
 import shutil
+import subprocess
 import time
 
 import imageio_ffmpeg
@@ -45,6 +47,23 @@ def _colour(store, digest):
 
 def _patch(frame, x, y, r=2):
     return frame[y - r:y + r + 1, x - r:x + r + 1].reshape(-1, 3).mean(axis=0)
+
+
+def _colour_tags(path):
+    """What a player reads of the video's colours: ffmpeg's stream line (the container's and the decoder's view, e.g.
+    "yuv420p(tv, bt709, progressive)", where one name means primaries, transfer and matrix agree) and the bitstream's
+    own VUI fields (H.264/HEVC code 1 = BT.709, 2 = unspecified), the way ffprobe would show them."""
+    exe = imageio_ffmpeg.get_ffmpeg_exe()
+    info = subprocess.run([exe, "-hide_banner", "-i", str(path)], capture_output=True, text=True).stderr
+    trace = subprocess.run([exe, "-hide_banner", "-i", str(path), "-c", "copy", "-bsf:v", "trace_headers", "-f", "null", "-"],
+                           capture_output=True, text=True).stderr
+    stream = re.search(r"Video: .*?(yuv420p\([^)]*\))", info).group(1)
+    vui = {name: {int(v) for v in re.findall(rf"\b{name}\s+[01]+ = (\d+)", trace)}
+           for name in ("colour_primaries", "transfer_characteristics", "matrix_coefficients")}
+    return stream, vui
+
+
+BT709 = ("yuv420p(tv, bt709, progressive)", {"colour_primaries": {1}, "transfer_characteristics": {1}, "matrix_coefficients": {1}})
 
 
 def test_parse_runs():
@@ -107,6 +126,84 @@ def test_video_frames_show_each_runs_images(analysis_experiment, tmp_path):
             assert np.abs(got - colours[digest]).max() <= 16, (run, i)
     # the progress strip fills up: dark at the right end of the first frame, light at the end of the last
     assert frames[0][-2, -3].mean() < 100 and frames[-1][-2, -3].mean() > 180
+    small = video.layout(source.run_info(source.select()), 320, 180)
+    assert small.tile < video.LABEL_MIN_TILE and small.cell_label_size == 0  # unlabelled: the top-left corner gives the step
+
+
+def test_video_is_tagged_and_encoded_bt709(analysis_experiment, tmp_path):
+    """Primaries and transfer were "unknown" (only the matrix was tagged), in the container and in the H.264 VUI: a
+    player may then guess other colours (issue 22 item 9). The luma of solid cells shows BT.709's matrix was used."""
+    store, eid = analysis_experiment
+    out = video.export_video(eid, tmp_path / "m.mp4", store=store, runs="0,9", resolution="320x180")
+    assert _colour_tags(out) == BT709
+    exe = imageio_ffmpeg.get_ffmpeg_exe()
+    raw = subprocess.run([exe, "-v", "error", "-i", out, "-frames:v", "1", "-f", "rawvideo", "-pix_fmt", "yuv420p", "-"],
+                         capture_output=True, check=True).stdout
+    luma = np.frombuffer(raw[:320 * 180], np.uint8).reshape(180, 320).astype(float)
+    source = Source(eid, store)
+    lay = video.layout(source.run_info([0, 9]), 320, 180)
+    far_from_601 = 0
+    for run in (0, 9):
+        x, y = lay.cells[run]
+        r, g, b = _colour(store, next(source.pictures(source.run_info([run])[0])).hash)
+        got = luma[y + lay.tile // 2 - 2:y + lay.tile // 2 + 3, x + lay.tile // 2 - 2:x + lay.tile // 2 + 3].mean()
+        bt709, bt601 = (16 + 219 * (c[0] * r + c[1] * g + c[2] * b) / 255 for c in ((0.2126, 0.7152, 0.0722), (0.299, 0.587, 0.114)))
+        assert abs(got - bt709) <= 2, (run, got, bt709, bt601)
+        far_from_601 += abs(bt709 - bt601) > 6
+    assert far_from_601  # the check could tell the two matrices apart
+
+
+def test_video_cells_say_their_run_seed_and_step(analysis_experiment, tmp_path):
+    """Cells said nothing of which run or seed they were, and frames carried only the frame index (issue 22 item 9). The
+    frames as drawn are compared pixel for pixel with the labels drawn alone on the cell's solid colour; the encoded
+    video keeps a dark band with light text where the label is."""
+    from panicflow.visual.frames import fit_tile
+
+    store, eid = analysis_experiment
+    source = Source(eid, store)
+    infos = source.run_info([0, 5, 9])  # two networks, seeds 1 and -1 (unseeded)
+    lay = video.layout(infos, 640, 360)
+    assert lay.tile >= video.LABEL_MIN_TILE and lay.cell_label_size >= 8
+    pictures = {i.run: list(source.pictures(i)) for i in infos}
+    n, stream = video.frames(source, infos, 640, 360)
+    assert n == max(len(p) for p in pictures.values())
+
+    def drawn(colour, size, draw_on):
+        reference = Image.new("RGB", size, colour)
+        draw_on(ImageDraw.Draw(reference))
+        return np.asarray(reference)
+
+    from PIL import ImageDraw
+
+    for i, frame in enumerate(stream):
+        frame = np.asarray(frame)
+        for info in infos:
+            ended = i >= len(pictures[info.run])
+            p = pictures[info.run][min(i, len(pictures[info.run]) - 1)]
+            colour = tuple(np.asarray(fit_tile(source.image(p.hash), 8))[4, 4])
+            top, bottom = lay.cell_label_boxes(info.run)
+            for (x, y, w, h), text in ((top, video.run_label(info)), (bottom, video.step_label(p, ended))):
+                want = drawn(colour, (w, h), lambda d: video.draw_cell_label(d, lay, (0, 0, w, h), text))
+                assert (frame[y:y + h, x:x + w] == want).all(), (i, info.run, text)
+            assert text == f"step {p.step}" + (" · ended" if ended else "")
+            cx, cy = lay.cells[info.run]
+            assert tuple(frame[cy + lay.tile // 2, cx + lay.tile // 2]) == colour  # the picture is still seen
+        going = [pictures[r.run][i].step for r in infos if i < len(pictures[r.run])]
+        lines = video.counter_lines(i, n, going)
+        assert lines[1] == f"picture {i + 1} / {n}" and lines[0].startswith("step")
+        x, y, w, h = lay.counter_box
+        want = drawn(video.BACKGROUND, (lay.width, lay.height), lambda d: video.draw_counter(d, lay, lines))
+        assert (frame[y:y + h, x:x + w] == want[y:y + h, x:x + w]).all(), i
+    assert video.run_label(infos[0]) == "run 0 · seed 1" and video.run_label(infos[1]) == "run 5 · unseeded"
+
+    out = video.export_video(eid, tmp_path / "l.mp4", store=store, runs="0,5,9", resolution="640x360")
+    reader = imageio_ffmpeg.read_frames(out)
+    next(reader)
+    first = np.frombuffer(next(reader), np.uint8).reshape(360, 640, 3).astype(int)
+    for info in infos:
+        for x, y, w, h in lay.cell_label_boxes(info.run):
+            band = first[y + 1:y + h - 1, x + 1:x + w // 3].mean(axis=2)  # the text starts at the left of the band
+            assert band.min() < 60 and band.max() > 180, info.run  # black band, light text: not the picture
 
 
 def test_video_chosen_runs_and_bad_options(analysis_experiment, tmp_path):
@@ -114,6 +211,7 @@ def test_video_chosen_runs_and_bad_options(analysis_experiment, tmp_path):
     out = video.export_video(eid, tmp_path / "two.mkv", store=store, runs="0,5", resolution="320x180", codec="h265")
     meta = next(imageio_ffmpeg.read_frames(out))
     assert meta["codec"] == "hevc" and tuple(meta["size"]) == (320, 180)
+    assert _colour_tags(out) == BT709
     assert video.parse_resolution("4K") == (3840, 2160)
     for kwargs, msg in (({"resolution": "101x100"}, "must be even"), ({"resolution": "big"}, "choose hd, 4k, 8k"),
                         ({"codec": "vp8"}, "--codec"), ({"fps": 0}, "--fps"), ({"runs": "99"}, "no run 99")):

@@ -5,8 +5,12 @@ of one (prompt, network) pair (its seeds) form a block of cells, laid out in the
 columns that makes the cells largest at the requested resolution, so the grid fills the
 frame whatever the counts (blocks with fewer runs leave their last cells empty). A cell is
 the run's current image with its caption (the text written of it) underneath; a run that
-has no more images keeps its last one, its caption greyed. Prompt captions run down the
-left, network captions across the top, a progress strip along the bottom.
+has no more images keeps its last one, its caption greyed. A cell of at least
+``LABEL_MIN_TILE`` pixels is labelled on its image: run and seed at the top left, the step of
+the picture shown at the bottom left (a frame's cells are one picture index, not one step:
+runs of other networks, and ended runs, are at other steps). Prompt captions run down the
+left, network captions across the top, the step of the running runs' pictures top left, a
+progress strip along the bottom.
 
 Frames are drawn one at a time and piped as raw RGB into ffmpeg (the binary imageio-ffmpeg
 ships, or a system one), so memory holds one frame, one tile per cell and a block of steps
@@ -32,6 +36,12 @@ RESOLUTIONS = {"hd": (1920, 1080), "4k": (3840, 2160), "8k": (7680, 4320)}
 CODECS = {"h264": ("libx264", ["-tag:v", "avc1"]), "h265": ("libx265", ["-tag:v", "hvc1"])}
 CONTAINERS = (".mp4", ".mov", ".mkv")
 CAPTION_MIN_TILE = 96  # below this a caption would be unreadable: the cells get the room instead
+LABEL_MIN_TILE = 72  # below this "run 12 · seed 3" would cover most of the image's width: the frame's counter gives the step
+# Tagged BT.709 (primaries, transfer and matrix) in the frames themselves, and converted with that matrix explicitly:
+# -color_primaries/-color_trc alone left both "unknown" in the stream with ffmpeg 9 (the frames' own unset values win), and an
+# older ffmpeg's implicit RGB -> YUV conversion used the BT.601 matrix whatever the tag said (red cells drawn orange-ish).
+COLOUR_FILTER = ("scale=out_color_matrix=bt709:out_range=tv,format=yuv420p,"
+                 "setparams=color_primaries=bt709:color_trc=bt709:colorspace=bt709:range=tv")
 
 BACKGROUND = (0, 0, 0)
 LABEL = (235, 235, 235)
@@ -39,6 +49,7 @@ CAPTION = (200, 200, 200)
 CAPTION_ENDED = (100, 100, 100)
 STRIP = (45, 45, 45)
 STRIP_FILL = (230, 230, 230)
+CELL_LABEL_BOX = (0, 0, 0)  # opaque: legible over any picture
 
 Progress = Callable[[int, int], None]
 
@@ -70,9 +81,22 @@ class Layout:
     strip_h: int
     label_size: int
     caption_size: int = field(init=False)
+    cell_label_size: int = field(init=False)  # 0: cells too small to label
 
     def __post_init__(self) -> None:
         self.caption_size = max(7, round(self.tile * 0.075))
+        self.cell_label_size = max(8, round(self.tile * 0.06)) if self.tile >= LABEL_MIN_TILE else 0
+
+    def cell_label_boxes(self, run: int) -> tuple[tuple[int, int, int, int], tuple[int, int, int, int]]:
+        """(left, top, width, height) of the run's two label bands, the run at the top of its image, the step at the bottom
+        (a label is as wide as its text, at most this)."""
+        x, y = self.cells[run]
+        h = line_height(font(self.cell_label_size)) + 2 * self.cell_label_pad
+        return (x, y, self.tile, h), (x, y + self.tile - h, self.tile, h)
+
+    @property
+    def cell_label_pad(self) -> int:
+        return max(1, self.cell_label_size // 4)
 
 
 def layout(runs: list[RunInfo], width: int, height: int) -> Layout:
@@ -164,11 +188,44 @@ class _Cell:
             draw_text(draw, (0, 0, lay.tile, lay.tile), "no images", lay.caption_size, CAPTION_ENDED)
             return cell
         cell.paste(fit_tile(self.source.image(self.current.hash), lay.tile, BACKGROUND), (0, 0))
+        if lay.cell_label_size:  # the run's label is part of the cached tile; the step's is drawn on each frame
+            top, _ = lay.cell_label_boxes(self.info.run)
+            draw_cell_label(draw, lay, (0, 0, top[2], top[3]), run_label(self.info))
         if lay.caption_h:
             colour = CAPTION_ENDED if self.ended else CAPTION
             draw_text(draw, (2, lay.tile + 1, lay.tile - 4, lay.caption_h - 2), self.current.caption,
                       lay.caption_size, colour, min_size=7)
         return cell
+
+
+def run_label(info: RunInfo) -> str:
+    return f"run {info.run} · " + ("unseeded" if info.seed == -1 else f"seed {info.seed}")
+
+
+def step_label(picture: Picture, ended: bool) -> str:
+    return f"step {picture.step}" + (" · ended" if ended else "")
+
+
+def draw_cell_label(draw: ImageDraw.ImageDraw, lay: Layout, box: tuple[int, int, int, int], text: str) -> None:
+    """A band as wide as ``text`` (at most the cell) at ``box``, the text light on black."""
+    x, y, w, h = box
+    pad, size = lay.cell_label_pad, lay.cell_label_size
+    w = min(w, int(font(size).getlength(text)) + 2 * pad + 1)
+    draw.rectangle([x, y, x + w - 1, y + h - 1], fill=CELL_LABEL_BOX)
+    draw_text(draw, (x + pad, y + pad, w - 2 * pad, h - 2 * pad), text, size, LABEL, align="left", min_size=size)
+
+
+def counter_lines(i: int, n_frames: int, steps: list[int]) -> tuple[str, str]:
+    """The top-left corner: the step of the pictures of the runs still going (one value when their networks have equally
+    many models per picture), and under it which picture of the video it is."""
+    lo, hi = min(steps), max(steps)
+    return (f"step {lo}" if lo == hi else f"steps {lo}–{hi}"), f"picture {i + 1} / {n_frames}"
+
+
+def draw_counter(draw: ImageDraw.ImageDraw, lay: Layout, lines: tuple[str, str]) -> None:
+    x, y, w, h = lay.counter_box
+    for k, (text, bold) in enumerate(zip(lines, (True, False))):  # a line each: never "20" wrapped alone
+        draw_text(draw, (x, y + k * h // 2, w, h // 2), text, lay.label_size * 0.8, CAPTION, bold=bold, align="left", min_size=7)
 
 
 def _base(lay: Layout) -> Image.Image:
@@ -198,10 +255,12 @@ def frames(source: Source, runs: list[RunInfo], width: int, height: int) -> tupl
             for cell in cells:
                 cell.advance()
                 frame.paste(cell.tile(), lay.cells[cell.info.run])
+                if lay.cell_label_size and cell.current is not None:
+                    draw_cell_label(draw, lay, lay.cell_label_boxes(cell.info.run)[1], step_label(cell.current, cell.ended))
             fill = round(lay.width * (i + 1) / n_frames)
             draw.rectangle([0, lay.height - lay.strip_h, fill - 1, lay.height], fill=STRIP_FILL)
-            draw_text(draw, lay.counter_box, f"image {i + 1} / {n_frames}", lay.label_size * 0.8, CAPTION,
-                      align="left", min_size=7)
+            going = [c.current.step for c in cells if not c.ended and c.current is not None]  # never empty: the longest run goes on
+            draw_counter(draw, lay, counter_lines(i, n_frames, going))
             yield frame
 
     return n_frames, generate()
@@ -254,8 +313,8 @@ def export_video(
     tmp = out.with_name(f".{out.stem}.partial{out.suffix}")
     writer = imageio_ffmpeg.write_frames(
         str(tmp), (width, height), fps=fps, codec=encoder, quality=None, macro_block_size=2, pix_fmt_out="yuv420p", ffmpeg_log_level="error",
-        output_params=["-crf", str(crf), "-preset", "medium", *tag, "-movflags", "+faststart", "-color_primaries", "bt709",
-                       "-color_trc", "bt709", "-colorspace", "bt709"],
+        output_params=["-vf", COLOUR_FILTER, "-crf", str(crf), "-preset", "medium", *tag, "-movflags", "+faststart",
+                       "-color_primaries", "bt709", "-color_trc", "bt709", "-colorspace", "bt709"],
     )
     try:
         writer.send(None)
