@@ -22,6 +22,16 @@ captioner (30 new tokens, sampled) and a BERT-base sentence embedder.
    how long that experiment's model calls take back to back; the check reports
    predicted / measured (goal: at least 0.8).
 
+3. Panel (``--panel [NAME ...]``, issue 23): each catalog entry of the earlier tool's panel
+   (Flux2Klein, Flux2Dev, GLMImage, HunyuanImage, Qwen25VL7B, Gemma3n, Pixtral, LLaMA32Vision,
+   Qwen3Embed, ColNomic, ColNomicVision) on its architecture with random weights at tiny sizes,
+   in the entry's dtype on the GPU: loaded through the registry, called on a batch of the entry's
+   largest safe batch (at most 4), then on the same inputs one at a time; it reports seconds per
+   item both ways and the largest difference (pixels of 255, differing captions, or the largest
+   embedding difference). An entry without a tiny build, or whose processor needs a library that
+   is missing, is reported as such. ``--panel`` alone runs only this part:
+   ``python scripts/gpu_check.py --panel``.
+
 Prints a table and, with ``--json PATH``, writes every number there.
 """
 
@@ -63,6 +73,8 @@ def parse(argv=None) -> argparse.Namespace:
     p.add_argument("--skip-direct", action="store_true")
     p.add_argument("--skip-experiment", action="store_true")
     p.add_argument("--json", type=Path, help="write the results here")
+    p.add_argument("--panel", nargs="*", default=None, metavar="NAME",
+                   help="the earlier tool's panel entries (all when no name is given), tiny sizes; only this part")
     args = p.parse_args(argv)
     if args.batch_sizes is None:
         args.batch_sizes = [1, 4, 8] if args.tiny else [1, 8, 32, 64]
@@ -227,6 +239,70 @@ def experiment(args, entries, rates) -> dict[str, object]:
     return result
 
 
+# the panel's catalog entries and the random-weight architecture each runs on (None: no tiny build)
+PANEL = {
+    "Flux2Klein": "flux2-klein", "Flux2Dev": "flux2", "GLMImage": None, "HunyuanImage": None,
+    "Qwen25VL7B": "qwen2.5-vl", "Gemma3n": None, "Pixtral": "pixtral", "LLaMA32Vision": "mllama",
+    "Qwen3Embed": "qwen3-embedder", "ColNomic": "colqwen-text", "ColNomicVision": "colqwen-vision",
+}
+
+
+def _difference(role: str, batch, alone) -> float:
+    if role == "embedder":
+        return float(np.abs(np.asarray(batch) - np.asarray(alone)).max())
+    if role == "image-to-text":
+        return float(sum(a != b for a, b in zip(batch, alone)))
+    return float(max(np.abs(np.asarray(a, dtype=np.int16) - np.asarray(b, dtype=np.int16)).max()
+                     for a, b in zip(batch, alone)))
+
+
+def panel(args) -> dict[str, dict[str, object]]:
+    """Each panel entry's architecture on the device: a batch, then one input at a time."""
+    from panicflow.models import get_spec
+
+    out: dict[str, dict[str, object]] = {}
+    for name in args.panel or list(PANEL):
+        if name not in PANEL:
+            sys.exit(f"--panel: {name!r} is not a panel entry; known: {', '.join(PANEL)}")
+        entry, arch = get_spec(name), PANEL[name]
+        if arch is None:
+            out[name] = {"status": "no tiny build (docs/models.md)"}
+            print(f"panel {name:14s} no tiny build", flush=True)
+            continue
+        role = "embedder" if entry.role.is_embedder else entry.role.value
+        spec = random_weights_spec(f"gpu-check-{name}", arch, "tiny", device=args.device, dtype=entry.extra["dtype"])
+        n = min(int(entry.extra.get("max_batch", 4)), 4)
+        items = inputs_for("text-to-image" if entry.input_kind.value == "text" else "image-to-text", n, 48)
+        seeds = list(range(n))
+        try:
+            cache.register_specs([spec])
+            model = cache.get_model(spec.name)
+            call(model, role, items, seeds)  # warm-up
+            _sync(args.device)
+            t = time.perf_counter()
+            batch = call(model, role, items, seeds)
+            _sync(args.device)
+            batched_s = (time.perf_counter() - t) / n
+            t = time.perf_counter()
+            alone = [out_ for item, seed in zip(items, seeds) for out_ in call(model, role, [item], [seed])]
+            _sync(args.device)
+            single_s = (time.perf_counter() - t) / n
+        except ImportError as exc:  # a processor that needs torchvision or timm
+            out[name] = {"status": f"skipped: {str(exc).strip().splitlines()[0]}"}
+            print(f"panel {name:14s} {out[name]['status']}", flush=True)
+            continue
+        result = {"status": "ok", "architecture": arch, "batch": n, "s_per_item_batched": batched_s,
+                  "s_per_item_single": single_s, "max_difference": _difference(role, batch, alone),
+                  "parameters": model.parameters()}
+        out[name] = result
+        print(f"panel {name:14s} {arch:15s} batch {n}: {batched_s * 1000:8.1f} ms/item batched, "
+              f"{single_s * 1000:8.1f} ms/item alone, max difference {result['max_difference']:g}", flush=True)
+        cache.unload(spec.name)
+        del model
+        _free(args.device)
+    return out
+
+
 def main(argv=None) -> dict[str, object]:
     args = parse(argv)
     if args.device.startswith("cuda"):
@@ -235,6 +311,15 @@ def main(argv=None) -> dict[str, object]:
         if not torch.cuda.is_available():
             sys.exit("no CUDA device: use --device cpu --tiny for a dry run")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    if args.panel is not None:
+        results = {"device": args.device, "panel": panel(args)}
+        if args.device.startswith("cuda"):
+            import torch
+
+            results["gpu"] = torch.cuda.get_device_name(0)
+        if args.json:
+            args.json.write_text(json.dumps(results, indent=2, default=str))
+        return results
     entries = specs(args)
     results: dict[str, object] = {"device": args.device, "tiny": args.tiny, "t2i": args.t2i}
     if args.device.startswith("cuda"):

@@ -91,6 +91,20 @@ def test_a_gated_model_says_so_in_its_missing_weights_line():
     assert "gated" not in str(info.value)
 
 
+def test_the_panel_config_is_ready():
+    from pathlib import Path
+
+    import yaml
+
+    from panicflow.config import validate_config
+
+    config = validate_config(yaml.safe_load((Path(__file__).parents[2] / "configs" / "panel.yaml").read_text()))
+    assert len(config.networks) == 25 and len(config.prompts) == 20 and len(config.seeds) == 4
+    assert len(config.runs()) == 2000 and config.max_length == 50 and config.embedding_models == ["Qwen3Embed"]
+    assert {n[0] for n in config.networks} == {"SD35Medium", "ZImageTurbo", "Flux2Klein", "GLMImage", "Flux2Dev"}
+    assert {n[1] for n in config.networks} == {"Moondream", "Qwen25VL7B", "Gemma3n", "Pixtral", "LLaMA32Vision"}
+
+
 def test_shared_space_pairs_use_the_same_weights():
     for text, image in [("SigLIPText", "SigLIPVision"), ("CLIPText", "CLIPVision"), ("JinaClip", "JinaClipVision"),
                         ("ColNomic", "ColNomicVision")]:

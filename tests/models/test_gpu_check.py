@@ -34,3 +34,19 @@ def test_dry_run_direct_and_experiment(tmp_path):
     assert exp["steps"] == 16 and exp["wall_s"] > 0 and exp["ratio"] > 0
     (held,) = exp["held_models"].values()  # one worker, holding the three models it preloaded
     assert sorted(held) == ["gpu-check-bert", "gpu-check-blip2", "gpu-check-sdxl"]
+
+
+def test_panel_dry_run(tmp_path):
+    """``--panel`` on a CPU: each named entry's architecture loaded, batched and one at a time."""
+    gpu_check = load_script()
+    results = gpu_check.main(["--device", "cpu", "--panel", "Flux2Klein", "ColNomicVision", "GLMImage",
+                              "--json", str(tmp_path / "panel.json")])
+    panel = results["panel"]
+    assert panel["GLMImage"]["status"].startswith("no tiny build")
+    for name in ("Flux2Klein", "ColNomicVision"):
+        assert panel[name]["status"] == "ok" and panel[name]["s_per_item_batched"] > 0
+    assert panel["Flux2Klein"]["batch"] == 2 and panel["Flux2Klein"]["max_difference"] <= 2
+    assert panel["ColNomicVision"]["max_difference"] < 1e-4
+    assert panel["Flux2Klein"]["parameters"]["pipeline"] == "Flux2KleinPipeline"
+    assert set(gpu_check.PANEL) >= {"Flux2Klein", "Flux2Dev", "GLMImage", "HunyuanImage", "Qwen25VL7B", "Gemma3n",
+                                    "Pixtral", "LLaMA32Vision", "Qwen3Embed", "ColNomic", "ColNomicVision"}
