@@ -257,6 +257,69 @@ def test_timeline_tiles_are_the_evenly_spaced_images(analysis_experiment, tmp_pa
         timeline.export_timeline(eid, tmp_path, None, store=store)
 
 
+def test_timeline_figure_rows_are_runs_by_prompt_and_columns_networks(analysis_experiment, tmp_path):
+    """`export timeline` wrote one strip per run only: the figure puts every run in one image, runs in rows grouped by
+    prompt, networks in columns (the earlier tool's first figure; issue 22 item 10). Each tile is checked by its pixel."""
+    store, eid = analysis_experiment
+    expected = _runs(store, eid)
+    calls = []
+    out = timeline.export_timeline_figure(eid, tmp_path / "f.png", store=store, steps=4, tile=48, progress=lambda d, n: calls.append((d, n)))
+    assert calls[-1] == (16, 16) and len(calls) == 16
+    source = Source(eid, store)
+    infos = source.run_info(source.select())
+    lay = timeline.figure_layout(infos, 4, 48)
+    image = np.asarray(Image.open(out).convert("RGB")).astype(int)
+    assert image.shape == (lay.height, lay.width, 3) and set(lay.cells) == set(range(16))
+    white = np.array(timeline.BACKGROUND)
+    for run, (x, y) in lay.cells.items():
+        hashes = expected[run][1]
+        for i, k in enumerate(timeline.spaced(len(hashes), 4)):
+            assert (image[y + 24, x + i * lay.pitch + 24] == _colour(store, hashes[k])).all(), (run, k)
+        steps_label = image[y + 48:y + 48 + lay.label_h, x:x + 48]
+        heading = image[y - lay.label_h:y, x:x + 4 * lay.pitch]
+        assert steps_label.min() < 160 and heading.min() < 160, run  # "step N" under the first picture, "run R · ..." above
+    info = {i.run: i for i in infos}
+    for a in range(16):
+        for b in range(16):
+            (xa, ya), (xb, yb) = lay.cells[a], lay.cells[b]
+            assert (xa == xb) == (info[a].network == info[b].network)  # a column per network
+            if info[a].prompt == "a cat" and info[b].prompt == "a red circle":
+                assert ya < yb  # the prompts' groups, in config order
+            if info[a].network == info[b].network and info[a].prompt == info[b].prompt and a < b:
+                assert ya < yb  # runs of a pair downwards by run number
+    for text, (x, y, w, h) in lay.prompt_boxes:  # the prompt at its group's left: dark text on the grey card
+        card = image[y:y + h, x:x + w]
+        assert (card == timeline.CARD).all(axis=2).mean() > 0.8 and card.min() < 100, text
+    for text, (x, y, w, h) in lay.network_boxes:
+        assert image[y:y + h, x:x + w].min() < 100, text
+
+    # a choice of runs leaves a pair's missing runs empty: runs 0, 2 (a cat, seeds 1 and 2), 1 (a red circle) of the first
+    # network, 8 (a cat, seed 1) of the second
+    out = timeline.export_timeline_figure(eid, tmp_path / "some.jpg", "0,1,2,8", store=store, steps=2, tile=40)
+    lay = timeline.figure_layout(source.run_info([0, 1, 2, 8]), 2, 40)
+    image = np.asarray(Image.open(out).convert("RGB")).astype(int)
+    (x0, y0), (x1, y1), (x2, y2), (x8, y8) = (lay.cells[r] for r in (0, 1, 2, 8))
+    assert Image.open(out).format == "JPEG" and image.shape[:2] == (lay.height, lay.width)
+    assert y8 == y0 < y2 < y1 and x0 == x1 == x2 < x8
+    assert np.abs(image[y2 - lay.label_h:y2 + 40 + lay.label_h, x8:x8 + 2 * lay.pitch] - white).max() <= 8  # no run 10 chosen
+
+
+def test_timeline_figure_size_is_capped():
+    """200 runs of 8 pictures at 256 px made an 8,800 x 58,000 px canvas; the tile shrinks to the largest that fits,
+    and a figure that does not fit even at 32 px is refused with what to choose."""
+    from panicflow.visual.source import RunInfo
+
+    runs = [RunInfo(i, (f"N{i // 50}",), (i // 5) % 10, f"p{i % 5}", 40, "length", -1, -1) for i in range(200)]
+    assert not timeline.figure_layout(runs, 8, 256).fits()
+    lay = timeline.fit_figure(runs, 8, 256)
+    assert lay.fits() and not timeline.figure_layout(runs, 8, lay.tile + 1).fits() and lay.tile >= 32
+    assert max(lay.width, lay.height) <= timeline.MAX_SIDE and lay.pixels <= timeline.MAX_PIXELS
+    assert timeline.fit_figure(runs[:8], 8, 256).tile == 256  # a small figure keeps its tile
+    many = [RunInfo(i, (f"N{i // 2500}",), i // 5 % 500, f"p{i % 5}", 40, "length", -1, -1) for i in range(5000)]
+    with pytest.raises(UserError, match="choose fewer --runs or --steps"):
+        timeline.fit_figure(many, 8, 256)
+
+
 def test_images_export_is_the_stored_images_with_an_index(analysis_experiment, tmp_path):
     store, eid = analysis_experiment
     expected = _runs(store, eid)
