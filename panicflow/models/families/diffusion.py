@@ -39,7 +39,7 @@ class DiffusersTextToImage(GenerativeModel):
         guidance = extra.get("guidance", 0.0)
         self.guidance = None if guidance is None else float(guidance)
         self.call_kwargs: dict[str, Any] = dict(extra.get("call_kwargs", {}))
-        self.offload = extra.get("offload")
+        self.offload = extra.get("offload") if str(device).startswith("cuda") else None  # a CPU never offloads
         pipeline.set_progress_bar_config(disable=True)
         # HunyuanImage takes no guidance_scale: its guider component holds the scale
         self.takes_guidance = "guidance_scale" in inspect.signature(type(pipeline).__call__).parameters
