@@ -39,6 +39,8 @@ def test_statistics_match_pandas(analysis_experiment):
         assert row.n == len(v) and row.n_missing == (~rows.usable).sum()
         for name, value in {"mean": v.mean(), "std": v.std(ddof=1), "median": v.median(), "min": v.min(), "max": v.max()}.items():
             assert row[name] == pytest.approx(value, rel=1e-12), name
+        pts = rows.n_points_used[rows.usable]  # the point count with every summary (issue 24 item 6)
+        assert (row.n_points_min, row.n_points_max) == (pts.min(), pts.max()) and row.n_points_median == pts.median()
         assert row.ci_low <= row["mean"] <= row.ci_high
     assert (got.n_missing > 0).any()  # some H2 diagrams of the dummy runs have no finite bar
     attrs = panicflow.open_experiment(eid, store=store)[path].ds.attrs
@@ -95,4 +97,98 @@ def test_cli_and_table(analysis_experiment):
     df = tables.table("entropy_summary", eid, store=store)
     df = df[df.result == "median-percentile-0.95-500-0"]
     assert len(df) == 12 and set(df.statistic) == {"median"} and set(df.n_resamples) == {500}
+    assert all("n_points_min" in g and "adjusted_mean" in g for g in out["groups"])
+    r = CliRunner().invoke(analyse_app, ["entropy", eid, "--n-resamples", "200", "--name", "cli-points", "--store", store])
+    assert r.exit_code == 0 and " points" in r.stderr and "n=" in r.stderr
     assert (df.ci_low <= df["median"]).all() and (df["median"] <= df.ci_high).all()
+
+
+def _fwl(values, points, ref):
+    """The analysis of covariance by hand (Frisch-Waugh-Lovell): the common slope from the within-network variation,
+    each network's mean moved along it to ln(ref), and that estimate's standard error."""
+    x = {k: np.log(np.asarray(p, float)) for k, p in points.items()}
+    sxy = sum(((x[k] - x[k].mean()) * (values[k] - values[k].mean())).sum() for k in values)
+    sxx = sum(((x[k] - x[k].mean()) ** 2).sum() for k in values)
+    b = sxy / sxx
+    resid = np.concatenate([values[k] - values[k].mean() - b * (x[k] - x[k].mean()) for k in values])
+    s2 = (resid ** 2).sum() / (len(resid) - len(values) - 1)
+    adj = {k: values[k].mean() + b * (np.log(ref) - x[k].mean()) for k in values}
+    se = {k: np.sqrt(s2 * (1 / len(values[k]) + (np.log(ref) - x[k].mean()) ** 2 / sxx)) for k in values}
+    return b, adj, se
+
+
+def test_adjusted_means_control_for_the_point_count():
+    """Two networks of equal entropy at equal length, one with short (looped) runs: the raw means differ, the
+    adjusted ones do not; estimates against scikit-learn's least squares, standard errors against the formula."""
+    from sklearn.linear_model import LinearRegression
+
+    rng = np.random.default_rng(2)
+    points = {"A": rng.choice([500, 500, 500, 70, 120], 30), "B": np.full(25, 500), "C": rng.integers(60, 500, 20)}
+    level = {"A": 2.0, "B": 2.0, "C": 2.4}
+    values = {k: level[k] + 0.8 * np.log(p) + rng.normal(0, 0.05, len(p)) for k, p in points.items()}
+    got = entropy.adjusted_means(values, points)
+    ref = float(np.median(np.concatenate(list(points.values()))))
+    assert got["reference_points"] == ref == 500
+    assert abs(values["A"].mean() - values["B"].mean()) > 0.2  # pooled lengths: A looks lower
+    assert got["adjusted"]["A"] == pytest.approx(got["adjusted"]["B"], abs=0.05)
+    assert got["adjusted"]["C"] - got["adjusted"]["B"] == pytest.approx(0.4, abs=0.05)
+    names = list(values)
+    onehot = np.concatenate([np.eye(3)[[i] * len(values[k])] for i, k in enumerate(names)])
+    x = np.column_stack([onehot, np.log(np.concatenate([points[k] for k in names]))])
+    lr = LinearRegression(fit_intercept=False).fit(x, np.concatenate([values[k] for k in names]))
+    assert got["slope"] == pytest.approx(lr.coef_[-1], rel=1e-9)
+    b, adj, se = _fwl(values, points, ref)
+    assert got["slope"] == pytest.approx(b, rel=1e-9)
+    for i, k in enumerate(names):
+        assert got["adjusted"][k] == pytest.approx(lr.coef_[i] + lr.coef_[-1] * np.log(ref), rel=1e-9)
+        assert got["adjusted"][k] == pytest.approx(adj[k], rel=1e-9) and got["se"][k] == pytest.approx(se[k], rel=1e-9)
+    # no network whose runs differ in length: the slope is not estimable, and nothing is made up
+    same = entropy.adjusted_means({"A": values["A"][:5], "B": values["B"][:5]}, {"A": np.full(5, 500), "B": np.full(5, 70)})
+    assert np.isnan(same["slope"]) and np.isnan(same["adjusted"]["A"]) and same["reference_points"] == pytest.approx(285)
+    assert np.isnan(entropy.adjusted_means({"A": np.array([])}, {"A": np.array([], int)})["slope"])
+
+
+def test_stored_adjusted_means_and_point_columns(analysis_experiment, tmp_path):
+    """On a copy whose point counts differ between runs (the dummy runs all reach max_length): what is stored."""
+    import shutil
+
+    from panicflow.store import Store
+
+    src, eid = analysis_experiment
+    store = str(tmp_path / "store")
+    shutil.copytree(src, store)
+    g = Store(store).experiment(eid).group()
+    for model in ("DummyText", "DummyVision"):
+        used = g[f"diagrams/{model}/n_points_used"]
+        u = used[...]
+        u[::3] = np.maximum(2, u[::3] // np.arange(2, 2 + len(u[::3])))  # every third run as if shorter
+        used[...] = u
+    path = entropy.entropy_summary(eid, store=store, n_resamples=200, name="points")
+    got = _summary(store, eid, path)
+    ent = _expected(store, eid)
+    ent = ent[ent.usable]
+    for (model, dim), rows in ent.groupby(["embedding_model", "homology_dim"]):
+        values = {n: r.entropy.to_numpy() for n, r in rows.groupby("network")}
+        points = {n: r.n_points_used.to_numpy() for n, r in rows.groupby("network")}
+        expect = entropy.adjusted_means(values, points)
+        within = sum(np.ptp(np.log(p.astype(float))) for p in points.values())
+        for net in values:
+            row = got.loc[(net, model, dim)]
+            assert row.reference_points == float(np.median(rows.n_points_used))
+            if within > 0 and len(rows) > len(values) + 1:
+                b, adj, se = _fwl(values, points, row.reference_points)
+                assert row.points_slope == pytest.approx(b, rel=1e-9) and row.adjusted_mean == pytest.approx(adj[net], rel=1e-9)
+                assert row.adjusted_se == pytest.approx(se[net], rel=1e-9)
+            else:
+                assert np.isnan(row.adjusted_mean) and np.isnan(expect["slope"])
+    assert np.isfinite(got.adjusted_mean).any()  # the dummy runs loop at different lengths: estimable somewhere
+    df = tables.table("entropy_summary", eid, store=store)
+    df = df[df.result == "points"]
+    assert {"n_points_min", "n_points_median", "n_points_max", "adjusted_mean", "adjusted_se", "points_slope",
+            "reference_points"} <= set(df.columns)
+    assert (df.n_points_min <= df.n_points_max).all()
+    table = tables.table("entropies", eid, store=store)
+    d = panicflow.open_experiment(eid, store=store)["diagrams/DummyText"].ds
+    one = table[(table.embedding_model == "DummyText") & (table.homology_dim == 0)].set_index("run")
+    assert (one.n_points.to_numpy() == d.n_points.values[one.index]).all()
+    assert (one.n_points_used.to_numpy() == d.n_points_used.values[one.index]).all()

@@ -243,15 +243,18 @@ def entropy_cmd(
         path = entropy_summary(experiment_id, store=_store(store), statistic=statistic, confidence=confidence,
                                n_resamples=n_resamples, method=method, seed=seed, name=name)
     g = open_result(open_store(_store(store)).experiment(experiment_id), "entropy", path.rsplit("/", 1)[1])
-    keys = ("group_network", "group_model", "group_homology_dim", "n", statistic, "ci_low", "ci_high")
+    keys = ("group_network", "group_model", "group_homology_dim", "n", statistic, "ci_low", "ci_high",
+            "n_points_min", "n_points_max", "adjusted_mean", "adjusted_se", "reference_points")
     rows = list(zip(*(g[k][:] for k in keys)))
     if as_json:
         print(json.dumps({"path": path, "groups": [{k: (v.item() if hasattr(v, "item") else v) for k, v in zip(keys, r)} for r in rows]},
                          default=str))
         return
     print(path)
-    for net, model, dim, n, stat, lo, hi in rows:
-        typer.echo(f"{net} | {model} | H{dim}: {statistic} {stat:.3f} [{lo:.3f}, {hi:.3f}] n={n}", err=True)
+    for net, model, dim, n, stat, lo, hi, p_lo, p_hi, adj, se, ref in rows:
+        points = f", {p_lo} points" if p_lo == p_hi else f", {p_lo}-{p_hi} points"
+        adjusted = f"; at {ref:g} points {adj:.3f} ± {se:.3f}" if adj == adj else ""  # NaN: not estimable
+        typer.echo(f"{net} | {model} | H{dim}: {statistic} {stat:.3f} [{lo:.3f}, {hi:.3f}] n={n}{points if n else ''}{adjusted}", err=True)
 
 
 @analyse_app.command("results")

@@ -38,7 +38,8 @@ SCHEMAS = {
     "bars": pa.schema([("experiment_id", pa.string()), ("run", pa.int64()), ("embedding_model", pa.string()),
                        ("homology_dim", pa.int8()), ("birth", pa.float64()), ("death", pa.float64()), ("persistence", pa.float64())]),
     "entropies": pa.schema([("experiment_id", pa.string()), ("run", pa.int64()), ("embedding_model", pa.string()),
-                            ("homology_dim", pa.int8()), ("entropy", pa.float64()), ("status", pa.string())]),
+                            ("homology_dim", pa.int8()), ("entropy", pa.float64()), ("status", pa.string()),
+                            ("n_points", pa.int64()), ("n_points_used", pa.int64())]),
     "drift": pa.schema([("experiment_id", pa.string()), ("run", pa.int64()), ("step", pa.int64()), ("embedding_model", pa.string()),
                         ("cosine_distance", pa.float32()), ("unit_euclidean_distance", pa.float32())]),
     "clusters": pa.schema([("experiment_id", pa.string()), ("clustering", pa.string()), ("embedding_model", pa.string()),
@@ -63,7 +64,9 @@ SCHEMAS = {
                                   ("n_missing", pa.int64()), ("mean", pa.float64()), ("std", pa.float64()), ("median", pa.float64()),
                                   ("min", pa.float64()), ("max", pa.float64()), ("statistic", pa.string()), ("ci_low", pa.float64()),
                                   ("ci_high", pa.float64()), ("confidence_level", pa.float64()), ("method", pa.string()),
-                                  ("n_resamples", pa.int64()), ("seed", pa.int64())]),
+                                  ("n_resamples", pa.int64()), ("seed", pa.int64()), ("n_points_min", pa.int64()),
+                                  ("n_points_median", pa.float64()), ("n_points_max", pa.int64()), ("adjusted_mean", pa.float64()),
+                                  ("adjusted_se", pa.float64()), ("points_slope", pa.float64()), ("reference_points", pa.float64())]),
 }
 
 
@@ -136,7 +139,8 @@ def _block(name, exp, g, models, lengths, a, b, vectors) -> list[dict]:
                 e = d["entropy"][a:b]
                 rr, kk = np.nonzero(np.broadcast_to(status[:, None] != "", e.shape))
                 out.append({"run": runs[rr], "embedding_model": np.full(len(rr), m), "homology_dim": kk.astype(np.int8),
-                            "entropy": e[rr, kk], "status": status[rr]})
+                            "entropy": e[rr, kk], "status": status[rr], "n_points": d["n_points"][a:b][rr],
+                            "n_points_used": d["n_points_used"][a:b][rr]})
             else:
                 birth, death, dim = d["birth"][a:b], d["death"][a:b], d["dimension"][a:b]
                 rr, pp = np.nonzero((dim >= 0) & okr[:, None])
@@ -199,6 +203,9 @@ def _later(name, grp, rname, attrs, g, a, b) -> list[dict]:
     if name == "entropy_summary":
         n, p = grp["n"].shape[0], attrs["parameters"]
         c = {k: grp[k][:] for k in ("n", "n_missing", "mean", "std", "median", "min", "max", "ci_low", "ci_high")}
+        for k in ("n_points_min", "n_points_median", "n_points_max", "adjusted_mean", "adjusted_se", "points_slope", "reference_points"):
+            # a result stored before these were computed: -1 / NaN
+            c[k] = grp[k][:] if k in grp else np.full(n, -1 if k in ("n_points_min", "n_points_max") else np.nan)
         return [c | {"run": np.zeros(n), "result": np.full(n, rname), "network": grp["group_network"][:],
                      "embedding_model": grp["group_model"][:], "homology_dim": grp["group_homology_dim"][:].astype(np.int8),
                      "statistic": np.full(n, p["statistic"]), "confidence_level": np.full(n, p["confidence_level"]),
