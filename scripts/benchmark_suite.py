@@ -1,0 +1,83 @@
+"""How long the test suite takes (issue 21 item 2): this checkout's `scripts/test` against another
+checkout's, one after the other in one run, on the same machine and virtualenv.
+
+    git worktree add /tmp/suitebase 0ffc7a1        # the checkout before
+    .venv/bin/python scripts/benchmark_suite.py --before /tmp/suitebase --out /tmp/suite-bench
+
+Each checkout's own test command runs as it is (`scripts/test`, with ``--durations=0`` added so that
+every test's time is reported), with this checkout's .venv (the before checkout gets a symlink to it
+when it has none, so that bootstrap installs nothing). The table gives the wall time, the tests that
+passed, failed and were deselected, and the 20 slowest tests of each (call + setup + teardown),
+as Markdown on stdout; each run's full log is in --out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import subprocess
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent.parent
+DURATION = re.compile(r"^\s*([0-9.]+)s (call|setup|teardown)\s+(\S+)")
+SUMMARY = re.compile(r"(\d+) (passed|failed|deselected|skipped|errors?)")
+
+
+def run_suite(checkout: Path, log: Path, extra: list[str]) -> dict:
+    venv = checkout / ".venv"
+    if not venv.exists():
+        venv.symlink_to(HERE / ".venv")
+    t0 = time.monotonic()
+    with open(log, "w") as out:
+        rc = subprocess.run(["scripts/test", "--durations=0", *extra], cwd=checkout, stdout=out,
+                            stderr=subprocess.STDOUT).returncode
+    wall = time.monotonic() - t0
+    text = log.read_text(errors="replace")
+    per_test: dict[str, float] = defaultdict(float)
+    for line in text.splitlines():
+        m = DURATION.match(line)
+        if m:
+            per_test[m.group(3)] += float(m.group(1))
+    tail = text.strip().splitlines()[-1] if text.strip() else ""
+    counts = {k.rstrip("s") if k.startswith("error") else k: int(n) for n, k in SUMMARY.findall(tail)}
+    return {"rc": rc, "wall": wall, "counts": counts, "per_test": dict(per_test), "tail": tail}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--before", required=True, help="a checkout of the commit before (git worktree add DIR COMMIT)")
+    ap.add_argument("--out", default="/tmp/suite-bench", help="folder for the two logs")
+    ap.add_argument("--top", type=int, default=20)
+    ap.add_argument("pytest_args", nargs="*", help="more pytest arguments for both runs (after --)")
+    a = ap.parse_args()
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    runs = {}
+    for name, checkout in (("before", Path(a.before).resolve()), ("after", HERE)):
+        print(f"{name}: {checkout} ...", file=sys.stderr, flush=True)
+        runs[name] = run_suite(checkout, out / f"{name}.log", a.pytest_args)
+        r = runs[name]
+        print(f"{name}: {r['wall']:.0f} s, {r['tail']}", file=sys.stderr, flush=True)
+    load = os.getloadavg()
+    print(f"Measured one after the other on {os.cpu_count()} cores (load average at the end {load[0]:.1f}).\n")
+    print("| suite | wall s | wall | passed | failed | deselected | sum of test times s |")
+    print("|---|---|---|---|---|---|---|")
+    for name, r in runs.items():
+        c = r["counts"]
+        m, s = divmod(int(round(r["wall"])), 60)
+        print(f"| {name} | {r['wall']:.0f} | {m}:{s:02d} | {c.get('passed', 0)} | {c.get('failed', 0) + c.get('error', 0)} "
+              f"| {c.get('deselected', 0)} | {sum(r['per_test'].values()):.0f} |")
+    for name, r in runs.items():
+        print(f"\n{a.top} slowest, {name} (s, call + setup + teardown):\n")
+        print("| s | test |\n|---|---|")
+        for test, sec in sorted(r["per_test"].items(), key=lambda kv: -kv[1])[: a.top]:
+            print(f"| {sec:.1f} | `{test}` |")
+    return 0 if all(r["rc"] == 0 for r in runs.values()) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
