@@ -147,7 +147,7 @@ def persim_entropy(dgms: list[np.ndarray]) -> np.ndarray:
         d = d[np.isfinite(d[:, 1])]
         lengths = (d[:, 1] - d[:, 0]).astype(np.float32)
         if lengths.size == 0:
-            out.append(np.float32(0.0))
+            out.append(np.float32(-np.sum(lengths)))  # persim: -sum over no bar, -0.0
             continue
         p = lengths / lengths.sum()
         out.append(np.float32(-np.sum(p * np.log(p))))

@@ -113,6 +113,11 @@ def check_against_source(db: Path, store: str, eid: str) -> None:
                     pairs = np.column_stack([d.birth.values[i][sel], d.death.values[i][sel]])
                     np.testing.assert_array_equal(pairs, npz[f"dgms_{dim}"].astype(np.float64))
                 np.testing.assert_allclose(np.nan_to_num(d.entropy.values[i], nan=0.0), npz["entropy"], rtol=1e-4, atol=1e-6)
+                # the tool's own values are kept as it stored them, -0.0 of an empty dimension included (issue 24 item 6)
+                tool = tree["legacy/tool_entropy"].ds[model].values[i]
+                np.testing.assert_array_equal(tool, npz["entropy"].astype(np.float64))
+                assert (np.signbit(tool) == np.signbit(npz["entropy"])).all()
+            assert d.attrs["imported"]["point_cloud"] == "raw" and d.attrs["imported"]["unit_normalised"] is False
             assert d.status.values[i] == "ok" and int(d.n_points.values[i]) == len(emb)
         got = {int(k): int(v) for k, v in enumerate(label[i]) if v != -2}
         want = {}
@@ -180,6 +185,30 @@ def test_imported_experiment_works_like_a_native_one(sound, client):
     assert sequences.sequences(eid, store=store)
     assert len(tables.table("bars", eid, store=store)) == int((tree["diagrams/DummyText"].ds.dimension.values >= 0).sum()
                                                                 + (tree["diagrams/DummyVision"].ds.dimension.values >= 0).sum())
+
+
+def test_empty_dimensions_entropy_is_said(sound):
+    """The tool's -0.0 entropy of a dimension without a finite bar is NaN here: said in the import's notes (per run
+    and per experiment, and in experiment.json), its value kept in legacy/tool_entropy (issue 24 item 6)."""
+    db, store, eid = sound
+    tree = panicflow.open_experiment(eid, store=store)
+    meta = json.loads((Path(store) / "experiments" / eid / "experiment.json").read_text())
+    notes = meta["import"]["notes"]
+    for model in ("DummyText", "DummyVision"):
+        tool = tree["legacy/tool_entropy"].ds[model].values
+        ours = tree[f"diagrams/{model}"].ds.entropy.values
+        empty = (tool == 0) & np.isnan(ours)
+        assert (np.signbit(tool[empty])).all()  # the tool's -0.0
+        line = [n for n in notes if n.startswith(f"{model}: ")]
+        if empty.any():
+            assert len(line) == 1 and f"{int(empty.sum())} entropies of dimensions without a finite bar" in line[0]
+            run = int(np.flatnonzero(empty.any(axis=1))[0])
+            report = json.loads(str(tree["legacy"].ds.report.values[run]))
+            assert any("is stored as NaN" in issue for issue in report["issues"])
+        else:
+            assert not line
+    assert any(((tree["legacy/tool_entropy"].ds[m].values == 0) & np.isnan(tree[f"diagrams/{m}"].ds.entropy.values)).any()
+               for m in ("DummyText", "DummyVision"))  # the sound database has such diagrams: the test tests something
 
 
 def test_legacy_ids_resolve(sound):

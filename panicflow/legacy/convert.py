@@ -41,6 +41,15 @@ from .rules import jpeg30
 from .schema import InvocationRow, LegacyDB, hyphenated, read_diagram, read_vector
 
 IMPORTED_REASON = "imported from the earlier PANIC-TDA tool (giotto-ph on the raw vectors, float32 pairs)"
+# what an imported diagram was computed from and how, as data: diagrams/<model>.attrs["imported"] (reference 2.6)
+IMPORTED_DIAGRAMS = {
+    "computed_by": "panic-tda", "library": "giotto-ph ripser_parallel", "maxdim": 2, "metric": "euclidean",
+    "point_cloud": "raw", "unit_normalised": False, "coefficients": "Z/2", "threshold": "enclosing radius",
+    "collapse_edges": False, "pairs": "float32", "runs": "those whose reason is IMPORTED_REASON",
+    "reason": IMPORTED_REASON,
+    "note": "the run's stored embedding vectors as they are (not scaled to unit length); the tool's entropy is kept in "
+            "legacy/tool_entropy/<model>, diagrams/<model>/entropy is recomputed from the pairs (NaN without a finite bar)",
+}
 MAX_ISSUES = 20  # lines of detail kept per run
 # outputs that cannot be stored: each is its own outcome in the counts
 OUTPUT_PROBLEMS = ("null output", "output_text is not text", "text with NUL characters", "text that is not valid UTF-8",
@@ -84,6 +93,8 @@ class RunData:
     tally: Counter = field(default_factory=Counter)  # (table, outcome) -> rows
     issues: list[str] = field(default_factory=list)
     pending: dict[str, list[str]] = field(default_factory=lambda: defaultdict(list))  # "embeddings"/"diagrams" -> models
+    # model -> the entropy the tool stored with an imported diagram, per homology dimension, as it stored it (-0.0 kept)
+    tool_entropy: dict[str, np.ndarray] = field(default_factory=dict)
 
     def note(self, line: str) -> None:
         if len(self.issues) < MAX_ISSUES:
@@ -361,6 +372,8 @@ def _diagrams(ctx: Context, data: RunData, run_id: Any, kept: dict[str, dict[int
             entropy = persistent_entropy(diagrams)
             entropy[len(pairs):] = np.nan
             _compare_entropy(data, model, legacy_entropy, entropy[: len(pairs)])
+            if legacy_entropy is not None:
+                data.tool_entropy[model] = np.asarray(legacy_entropy, dtype=np.float64).reshape(-1)[:maxdim + 1]
             result = DiagramResult("ok", IMPORTED_REASON, n, n, len(pairs) - 1, diagrams, entropy, steps=steps)
         if result is None:
             data.pending["diagrams"].append(model)
@@ -369,14 +382,24 @@ def _diagrams(ctx: Context, data: RunData, run_id: Any, kept: dict[str, dict[int
             data.diagrams[model] = result
 
 
+EMPTY_ENTROPY_NOTE = ("the tool's entropy {values} of a dimension without a finite bar (H{dims}) is stored as NaN, "
+                      "panicflow's value for no bar: summaries leave the run out of that dimension where the tool's "
+                      "counted 0; the tool's value is kept in legacy/tool_entropy/{model}")
+
+
 def _compare_entropy(data: RunData, model: str, legacy: Any, ours: np.ndarray) -> None:
     """The stored entropy is recomputed from the pairs (in float64, as doctor checks it); say where the
-    tool's float32 value disagrees (beyond float32 rounding; it wrote 0.0 where there is no finite bar)."""
+    tool's float32 value disagrees (beyond float32 rounding), and where its 0.0 (-0.0, persim's sum over no
+    bar) of a dimension without a finite bar becomes NaN."""
     if legacy is None:
         return
     legacy = np.asarray(legacy, dtype=np.float64).reshape(-1)[: len(ours)]
     ours = ours[: len(legacy)]
-    same = np.isclose(legacy, ours, rtol=1e-4, atol=1e-5) | (np.isnan(ours) & (legacy == 0))
+    empty = np.isnan(ours) & (legacy == 0)
+    if empty.any():
+        data.note(f"{model}: " + EMPTY_ENTROPY_NOTE.format(values=", ".join(repr(float(v)) for v in legacy[empty]),
+                                                           dims=", H".join(map(str, np.flatnonzero(empty))), model=model))
+    same = np.isclose(legacy, ours, rtol=1e-4, atol=1e-5) | empty
     if not same.all():
         data.note(f"{model}: the tool's entropy {legacy.tolist()} differs from the pairs' {ours.tolist()}; the pairs' is stored")
 

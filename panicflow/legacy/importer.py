@@ -34,13 +34,14 @@ from ..store import Store, consolidated
 from ..store.experiment import STEP_CHUNK, Experiment, ExperimentWriter, chunk_compressors, now_us, vector_digest, write_embedding_rows
 from ..store.journal import RunEvent, StepRecord
 from . import verify
-from .convert import IMPORTED_REASON, Clustering, Context, RunData, read_run
+from .convert import IMPORTED_DIAGRAMS, IMPORTED_REASON, Clustering, Context, RunData, read_run
 from .plan import Plan, experiment_id_for, plan_experiment
 from .report import TABLES, ExperimentEntry, ImportReport
 from .schema import LegacyDB, hyphenated, json_value, legacy_uuid
 
 Progress = Callable[[str, int, int], None]  # (what, done, total)
 LEGACY = "legacy"  # the Zarr group of the legacy ids, per-run import reports and digests
+TOOL_ENTROPY = "tool_entropy"  # legacy/tool_entropy/<model>: the entropies the tool stored, as it stored them
 
 
 def import_legacy(
@@ -267,6 +268,16 @@ class _ExperimentImport:
                 if name == "run_id":
                     a[...] = np.array([hyphenated(s.legacy_id) if s.legacy_id else "" for s in self.plan.slots])
         lg.attrs.update(self._provenance())
+        te = lg.require_group(TOOL_ENTROPY)
+        for model in cfg.embedding_models:
+            if model not in te:
+                dims = cfg.persistence.maxdim + 1
+                te.create_array(model, shape=(n_runs, dims), chunks=(1, dims), dtype="float64", fill_value=np.nan,
+                                dimension_names=["run", "homology_dim"], attributes={"description": (
+                                    "the persistent entropy the earlier tool stored with the run's imported diagram, as it "
+                                    "stored it (float32 widened; 0.0 or -0.0 for a dimension without a finite bar, where "
+                                    f"diagrams/{model}/entropy is NaN); NaN: no imported diagram")})
+            g[f"diagrams/{model}"].attrs.update({"imported": IMPORTED_DIAGRAMS})
         for cl in self.clusterings.values():
             parent = g.require_group("analysis").require_group("clusters")
             if cl.name in parent and parent[cl.name].attrs.get("status") in ("writing", "complete"):
@@ -296,6 +307,8 @@ class _ExperimentImport:
             writer.mark_embedded(i, model, digest=vector_digest(vectors))
         for model, result in data.diagrams.items():
             writer.write_diagram(i, model, result)
+        for model, values in data.tool_entropy.items():
+            g[f"{LEGACY}/{TOOL_ENTROPY}/{model}"][i, :len(values)] = values
         for cl_id, row in data.labels.items():
             g[f"analysis/clusters/{self.clusterings[cl_id].name}/label"][i, :n] = row
         if n:
@@ -345,6 +358,8 @@ class _ExperimentImport:
         if e.problems:
             e.status = "verification failed"
             return
+        notes = self._entropy_notes(g)
+        e.issues[:0] = notes
         stops = g["stop_reason"][:]
         left = e.pending.get("embeddings", 0) + e.pending.get("diagrams", 0)
         failed = int((stops == "failed").sum())
@@ -363,11 +378,28 @@ class _ExperimentImport:
                                  "imported_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
         meta["import"] = {"tally": {f"{t}|{o}": n for (t, o), n in e.tally.items() if n},
                           "stop_reasons": e.stop_reasons, "left_for_resume": e.pending,
-                          "verified": "every run's content digest, its objects, and the rows of every table"}
+                          "verified": "every run's content digest, its objects, and the rows of every table",
+                          "notes": notes}
         exp.check_owner()
         exp.root.write_bytes(f"{exp.prefix}/experiment.json", json.dumps(meta, indent=2).encode())  # the marker, last
         exp.root.delete(_MetaAside(exp.root, exp.prefix).aside)
         e.status = "imported"
+
+    def _entropy_notes(self, g: verify.Arrays) -> list[str]:
+        """One line per model whose imported entropies of dimensions without a finite bar (the tool's -0.0) are NaN
+        here: such a run leaves the dimension's summaries, which the tool's averages counted as 0."""
+        out = []
+        for model in self.plan.config.embedding_models:
+            tool = g[f"{LEGACY}/{TOOL_ENTROPY}/{model}"][...]
+            ours = g[f"diagrams/{model}/entropy"][...][:, : tool.shape[1]]
+            empty = (tool == 0) & np.isnan(ours)
+            if empty.any():
+                per_dim = ", ".join(f"H{k}: {int(n)}" for k, n in enumerate(empty.sum(axis=0)) if n)
+                out.append(f"{model}: {int(empty.sum())} entropies of dimensions without a finite bar ({per_dim} runs) were the "
+                           f"tool's 0.0 (-0.0) and are NaN here, panicflow's value for no bar: an entropy summary leaves those "
+                           f"runs out of that dimension where the tool's averages counted 0 (its values: "
+                           f"legacy/{TOOL_ENTROPY}/{model})")
+        return out
 
     def _finish_clustering(self, exp: Experiment, cl: Clustering) -> None:
         grp = exp.group()[f"analysis/clusters/{cl.name}"]
