@@ -37,6 +37,17 @@ def blobs_experiment(analysis_experiment, tmp_path_factory):
     return copy, eid
 
 
+def _noisy(n=900, seed=0):
+    """Unit vectors of overlapping blobs of different spreads and uniform noise: data where min_samples and
+    epsilon change the clustering (well-separated blobs come out the same under any setting)."""
+    rng = np.random.default_rng(seed)
+    centers = rng.normal(size=(8, 12))
+    which = rng.integers(0, 8, n)
+    x = centers[which] + rng.uniform(0.3, 1.2, 8)[which, None] * rng.normal(size=(n, 12))
+    x[: n // 10] = rng.uniform(-3, 3, (n // 10, 12))
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
 def _stored_vectors(store, eid):
     """Unit vectors in (run, step) order, with their (run, step), read from the tree."""
     vec = panicflow.open_experiment(eid, store=store)[f"embeddings/{MODEL}"].ds.vector.values.astype(np.float64)
@@ -123,12 +134,159 @@ def test_two_experiments_in_one_space(blobs_experiment, client, tmp_path):
 
 
 @pytest.mark.parametrize("kw, message", [
-    ({"reduce": "pca"}, "--reduce: expected pca:K"),
+    ({"reduce": "pca"}, "--reduce: expected"),
+    ({"reduce": "pca:1.5"}, "--reduce: expected"),
+    ({"reduce": "pca:0"}, "--reduce: expected"),
     ({"min_cluster_size": 1}, "--min-cluster-size"),
     ({"algorithm": "kmeans"}, "--algorithm"),
     ({"algorithm": "fast_hdbscan", "sample": 100}, "--sample: only with"),
+    ({"algorithm": "sklearn", "sample": 100}, "--sample: only with"),
+    ({"preset": "panic-tda", "sample": 100}, "--sample: only with"),
+    ({"preset": "nope"}, "--preset"),
+    ({"cluster_selection_epsilon": -0.1}, "--cluster-selection-epsilon"),
 ])
 def test_user_errors(blobs_experiment, client, kw, message):
     store, eid = blobs_experiment
     with pytest.raises(UserError, match=message):
         clustering.cluster([eid], MODEL, store=store, client=client, **kw)
+
+
+def _mst_weights(x, neighbours_besides_self):
+    """Sorted edge weights of a minimum spanning tree of the mutual reachability distances, the core distance being
+    the distance to the k-th neighbour not counting the point itself: scipy and numpy, no clustering library."""
+    from scipy.sparse.csgraph import minimum_spanning_tree
+    from scipy.spatial.distance import cdist as dist
+
+    d = dist(x.astype(np.float64), x.astype(np.float64))
+    core = np.sort(d, axis=1)[:, neighbours_besides_self]  # column 0 is the point itself
+    mr = np.maximum(d, np.maximum(core[:, None], core[None, :]))
+    np.fill_diagonal(mr, 0)
+    return np.sort(minimum_spanning_tree(mr).data)
+
+
+def test_hdbscan_min_samples_k_is_sklearn_k_plus_one():
+    """The fact docs/analysis.md states and min_samples_note records: the hdbscan package's min_samples k is the
+    density scikit-learn calls k + 1 (scikit-learn counts the point itself). Checked on data where min_samples
+    matters: the spanning tree's weights against an independent computation, the labels against scikit-learn."""
+    from sklearn.cluster import HDBSCAN
+    from sklearn.metrics import adjusted_rand_score
+
+    x = _noisy(600)
+    for k in (2, 4, 9):
+        ours = hdbscan.HDBSCAN(min_cluster_size=10, min_samples=k, approx_min_span_tree=False).fit(x)
+        weights = np.sort(ours.single_linkage_tree_.to_numpy()[:, 2])
+        np.testing.assert_allclose(weights, _mst_weights(x, k), rtol=1e-5, atol=1e-6)
+        assert np.abs(weights - _mst_weights(x, k - 1)).max() > 1e-3  # the same number is another density
+        same = HDBSCAN(min_cluster_size=10, min_samples=k + 1, copy=True).fit(x)
+        other = HDBSCAN(min_cluster_size=10, min_samples=k, copy=True).fit(x)
+        # equal up to how each library breaks ties in the tree
+        assert adjusted_rand_score(ours.labels_, same.labels_) > 0.99
+        assert adjusted_rand_score(ours.labels_, same.labels_) >= adjusted_rand_score(ours.labels_, other.labels_)
+    assert "scikit-learn's min_samples 5" in clustering.min_samples_note("hdbscan", 4)
+    assert "hdbscan package's min_samples 3" in clustering.min_samples_note("sklearn", 4)
+
+
+@pytest.fixture(scope="module")
+def noisy_experiment(blobs_experiment, tmp_path_factory):
+    """The blobs experiment with the _noisy vectors (zero-padded to the model's dimension) instead."""
+    import shutil
+
+    store, eid = blobs_experiment
+    copy = str(tmp_path_factory.mktemp("noisy") / "store")
+    shutil.copytree(store, copy)
+    vec = Store(copy).experiment(eid).group()[f"embeddings/{MODEL}/vector"]
+    v = vec[...]
+    has = ~np.isnan(v).any(axis=2)
+    x = _noisy(int(has.sum()), seed=3)
+    v[has] = 0.0
+    v[has, : x.shape[1]] = x
+    vec[...] = v
+    return copy, eid
+
+
+def test_defaults_are_stored_in_effect(noisy_experiment, client):
+    """Default: --reduce auto is the full space for a small set, and min_samples is stored as the value in effect
+    (= min_cluster_size), not null (issue 24 item 6); labels equal a direct hdbscan call."""
+    store, eid = noisy_experiment
+    name = clustering.cluster([eid], MODEL, store=store, client=client)
+    a = clustering.assignments(eid, name, store=store)
+    p = a["attrs"]["parameters"]
+    assert p["reduce"] == "none" and p["reduce_requested"] == "auto" and "explained_variance" not in a["attrs"]
+    assert p["min_cluster_size"] == 10 and p["min_samples"] == 10 and p["algorithm"] == "hdbscan"
+    assert p["cluster_selection_epsilon"] == 0.0 and p["allow_single_cluster"] is False
+    assert a["attrs"]["requested"]["min_samples"] is None
+    assert "scikit-learn's min_samples 11 is the same setting" in a["attrs"]["min_samples_note"]
+    v, run, step = _stored_vectors(store, eid)
+    np.testing.assert_array_equal(a["label"][run, step], hdbscan.HDBSCAN(min_cluster_size=10).fit(v).labels_)
+
+
+def test_explained_variance_recorded_and_low_variance_warns(noisy_experiment, client, monkeypatch):
+    store, eid = noisy_experiment
+    v, run, step = _stored_vectors(store, eid)
+    with pytest.warns(clustering.LowVarianceWarning, match=r"keeps \d+% of the variance"):
+        name = clustering.cluster([eid], MODEL, store=store, client=client, min_cluster_size=5, reduce="pca:2")
+    a = clustering.assignments(eid, name, store=store)["attrs"]
+    ref = PCA(n_components=2, svd_solver="full").fit(v)  # an independent fit on the same unit vectors
+    assert a["explained_variance"] == pytest.approx(ref.explained_variance_ratio_.sum(), rel=1e-4)
+    np.testing.assert_allclose(a["explained_variance_ratio"], ref.explained_variance_ratio_, rtol=1e-4)
+    assert a["explained_variance"] < clustering.LOW_VARIANCE
+    # a variance target: the fewest components keeping 90 %, as scikit-learn picks them; no warning
+    target = PCA(n_components=0.9, svd_solver="full").fit(v)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", clustering.LowVarianceWarning)
+        name = clustering.cluster([eid], MODEL, store=store, client=client, min_cluster_size=5, reduce="pca:0.9")
+    a = clustering.assignments(eid, name, store=store)["attrs"]
+    assert a["parameters"]["reduce"] == f"pca:{target.n_components_}" and a["parameters"]["reduce_requested"] == "pca:0.9"
+    assert a["explained_variance"] >= 0.9
+    # auto above AUTO_FULL_SPACE_MAX vectors: that variance target
+    monkeypatch.setattr(clustering, "AUTO_FULL_SPACE_MAX", 10)
+    a = clustering.assignments(eid, clustering.cluster([eid], MODEL, store=store, client=client, min_cluster_size=5),
+                               store=store)["attrs"]
+    assert a["parameters"]["reduce"] == f"pca:{target.n_components_}" and a["parameters"]["reduce_requested"] == "auto"
+
+
+@pytest.mark.filterwarnings("ignore:The default value of `copy`:FutureWarning")  # the tool's call, as it was
+def test_panic_tda_preset_equals_the_earlier_tools_call(noisy_experiment, client):
+    """--preset panic-tda: the earlier tool's clustering (reference 2.8), checked against its own call on the
+    same unit vectors: scikit-learn's HDBSCAN, min sizes max(2, int(0.001 n)), epsilon, a single cluster allowed."""
+    from sklearn.cluster import HDBSCAN
+
+    store, eid = noisy_experiment
+    v, run, step = _stored_vectors(store, eid)
+    for eps, extra in ((0.5, {}), (0.1, {"cluster_selection_epsilon": 0.1, "min_cluster_size": 8, "min_samples": 8})):
+        name = clustering.cluster([eid], MODEL, store=store, client=client, preset="panic-tda", **extra)
+        a = clustering.assignments(eid, name, store=store)
+        size = extra.get("min_cluster_size", max(2, int(len(v) * 0.001)))
+        tool = HDBSCAN(min_cluster_size=size, min_samples=size, cluster_selection_epsilon=eps, allow_single_cluster=True,
+                       metric="euclidean", store_centers="medoid", n_jobs=-1).fit(v)
+        np.testing.assert_array_equal(a["label"][run, step], tool.labels_)
+        np.testing.assert_allclose(a["probability"][run, step], tool.probabilities_, rtol=1e-6)
+        p = a["attrs"]["parameters"]
+        assert (p["algorithm"], p["preset"], p["reduce"], p["allow_single_cluster"]) == ("sklearn", "panic-tda", "none", True)
+        assert p["min_cluster_size"] == p["min_samples"] == size and p["cluster_selection_epsilon"] == eps
+        assert a["attrs"]["library"] == "scikit-learn" and "scikit-learn" in a["attrs"]["versions"]
+
+
+def test_cli_warns_in_one_line_and_takes_the_preset(noisy_experiment, client):
+    from typer.testing import CliRunner
+
+    from panicflow.analysis.cli import analyse_app
+
+    store, eid = noisy_experiment
+    sched = client.scheduler.address
+    r = CliRunner().invoke(analyse_app, ["cluster", eid, "--model", MODEL, "--min-cluster-size", "5", "--reduce", "pca:2",
+                                         "--store", store, "--scheduler", sched])
+    assert r.exit_code == 0, r.output
+    lines = [ln for ln in r.stderr.splitlines() if "warning" in ln.lower()]
+    assert len(lines) == 1 and lines[0].startswith("warning: --reduce pca:2: the PCA keeps") and "LowVarianceWarning" not in r.stderr
+    assert "of the variance kept" in r.stderr
+    r = CliRunner().invoke(analyse_app, ["cluster", eid, "--model", MODEL, "--preset", "panic-tda", "--cluster-selection-epsilon",
+                                         "0.3", "--store", store, "--scheduler", sched, "--json"])
+    assert r.exit_code == 0, r.output
+    out = __import__("json").loads(r.stdout.strip().splitlines()[-1])
+    assert out["algorithm"] == "sklearn" and out["reduce"] == "none" and out["explained_variance"] is None
+    p = clustering.assignments(eid, out["name"], store=store)["attrs"]["parameters"]
+    assert p["cluster_selection_epsilon"] == 0.3 and p["allow_single_cluster"] is True
+    assert "warning" not in r.stderr.lower()

@@ -90,29 +90,53 @@ def _parse_reduce(reduce: str) -> str:
 def cluster_cmd(
     experiment_ids: List[str] = typer.Argument(..., help="Experiment ids (clustered together, in one space)."),
     model: str = typer.Option(..., "--model", help="Embedding model whose vectors are clustered."),
-    min_cluster_size: int = typer.Option(10, "--min-cluster-size"),
-    min_samples: Optional[int] = typer.Option(None, "--min-samples", help="Default: --min-cluster-size."),
-    reduce: str = typer.Option("pca:32", "--reduce", help="pca:K (PCA to K dimensions before hdbscan) or none."),
+    min_cluster_size: Optional[int] = typer.Option(None, "--min-cluster-size", help="Default 10 (panic-tda: max(2, 0.1% of the vectors))."),
+    min_samples: Optional[int] = typer.Option(None, "--min-samples", help="Default: --min-cluster-size. The hdbscan package's k is "
+                                                                          "scikit-learn's k+1 (docs/analysis.md)."),
+    reduce: Optional[str] = typer.Option(None, "--reduce", help="auto (default: none up to 20,000 vectors, else pca:0.9), none, "
+                                                                "pca:K (K dimensions) or pca:F (the fewest keeping the fraction F of the variance)."),
     sample: Optional[int] = typer.Option(None, "--sample", help="Fit on N random vectors and label the rest with approximate_predict."),
-    algorithm: str = typer.Option("hdbscan", "--algorithm", help="hdbscan or fast_hdbscan."),
+    algorithm: Optional[str] = typer.Option(None, "--algorithm", help="hdbscan (default), fast_hdbscan or sklearn (scikit-learn's HDBSCAN)."),
+    cluster_selection_epsilon: Optional[float] = typer.Option(None, "--cluster-selection-epsilon", help="Default 0 (panic-tda: 0.5)."),
+    allow_single_cluster: Optional[bool] = typer.Option(None, "--allow-single-cluster/--no-allow-single-cluster",
+                                                        help="Default: no (panic-tda: yes)."),
+    preset: Optional[str] = typer.Option(None, "--preset", help="panic-tda: the earlier tool's clustering (scikit-learn, no PCA, "
+                                                                "min sizes 0.1% of the vectors, epsilon 0.5, a single cluster allowed)."),
     name: Optional[str] = typer.Option(None, "--name", help="Name of the result (default: derived from the parameters)."),
     store: Optional[str] = StoreOpt, scheduler: Optional[str] = SchedulerOpt, workers: int = WorkersOpt, as_json: bool = JsonOpt,
 ) -> None:
     """HDBSCAN over the unit-normalised embeddings of one model; the labels go into each experiment's store."""
+    import warnings
+
     from . import clustering
 
-    clustering.ClusterParams(model, min_cluster_size, min_samples, _parse_reduce(reduce), sample, algorithm).check()
+    reduce = None if reduce is None else _parse_reduce(reduce)
+    clustering.ClusterParams(model, min_cluster_size, min_samples, reduce, sample, algorithm,
+                             cluster_selection_epsilon=cluster_selection_epsilon, allow_single_cluster=allow_single_cluster,
+                             preset=preset).check()
     _note_running(store, experiment_ids)
-    with _writing(store), _client(scheduler, workers) as c:
+    with _writing(store), _client(scheduler, workers) as c, warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", clustering.LowVarianceWarning)
         result = clustering.cluster(experiment_ids, model, store=_store(store), client=c, min_cluster_size=min_cluster_size,
-                                    min_samples=min_samples, reduce=_parse_reduce(reduce), sample=sample,
-                                    algorithm=algorithm, name=name)
+                                    min_samples=min_samples, reduce=reduce, sample=sample, algorithm=algorithm,
+                                    cluster_selection_epsilon=cluster_selection_epsilon, allow_single_cluster=allow_single_cluster,
+                                    preset=preset, name=name)
+    for w in caught:  # the low-variance warning in one line, not Python's warning format; others as they were
+        if issubclass(w.category, clustering.LowVarianceWarning):
+            typer.echo(f"warning: {w.message}", err=True)
+        else:
+            warnings.showwarning(w.message, w.category, w.filename, w.lineno)
     a = clustering.assignments(experiment_ids[0], result, store=_store(store))["attrs"]
+    p = a["parameters"]
     summary = {"name": result, "path": f"analysis/clusters/{result}", "clusters": a["n_clusters"],
-               "vectors": a["n_vectors"], "noise": a["n_noise"]}
+               "vectors": a["n_vectors"], "noise": a["n_noise"], "reduce": p["reduce"],
+               "explained_variance": a.get("explained_variance"), "min_cluster_size": p["min_cluster_size"],
+               "min_samples": p["min_samples"], "algorithm": p["algorithm"]}
     print(json.dumps(summary) if as_json else result)
     if not as_json:
-        typer.echo(f"{a['n_clusters']} clusters, {a['n_noise']} of {a['n_vectors']} vectors noise", err=True)
+        kept = f", {a['explained_variance']:.0%} of the variance kept" if a.get("explained_variance") is not None else ""
+        typer.echo(f"{a['n_clusters']} clusters, {a['n_noise']} of {a['n_vectors']} vectors noise ({p['algorithm']}, "
+                   f"min cluster size {p['min_cluster_size']}, min samples {p['min_samples']}, reduce {p['reduce']}{kept})", err=True)
 
 
 @analyse_app.command("drift")

@@ -2,9 +2,26 @@
 
 What is clustered: every stored vector of one embedding model in the chosen experiments,
 scaled to unit length (so euclidean distance orders pairs as cosine distance does),
-optionally reduced by PCA (``reduce="pca:K"``, the default K=32; ``"none"`` clusters the
-768-d vectors themselves, which hdbscan does slowly). Clustering several experiments at once
-puts them in one space, so their labels can be compared.
+optionally reduced by PCA: ``reduce="pca:K"`` to K dimensions, ``"pca:F"`` (0 < F < 1) to the
+fewest that keep the fraction F of the variance, ``"none"`` not at all, and ``"auto"`` (the
+default) the full space up to ``AUTO_FULL_SPACE_MAX`` vectors and ``pca:0.9`` above. A PCA to
+32 dimensions kept 51 % of the variance of all-MiniLM-L6-v2 embeddings of English sentences and
+changed their clustering (ARI 0.42 against the full space's, which agreed with itself at 0.83
+on 90 % subsamples), where the fewest components keeping 90 % (162) gave 0.80
+(docs/analysis.md, scripts/measure_reduce_default.py); so the stored result records the
+variance kept (``explained_variance``) and a PCA that keeps less than ``LOW_VARIANCE`` warns
+(``LowVarianceWarning``). Clustering several experiments at
+once puts them in one space, so their labels can be compared.
+
+Libraries (``algorithm``): ``hdbscan`` (default), ``fast_hdbscan``, ``sklearn``
+(``sklearn.cluster.HDBSCAN``, the earlier tool's). Their ``min_samples`` count differently: the
+hdbscan package's k is scikit-learn's k + 1 (scikit-learn counts the point itself), so the same
+number is a different density; the stored parameters hold the value in effect and
+``min_samples_note`` says which convention. ``preset="panic-tda"`` is the earlier tool's clustering:
+scikit-learn's HDBSCAN on the unit vectors without PCA, ``min_cluster_size = min_samples =
+max(2, int(0.001 n))`` for n vectors, ``cluster_selection_epsilon`` 0.5 (its CLI's default; pass
+the value its clustering recorded) and ``allow_single_cluster=True``; any setting given
+explicitly overrides the preset's.
 
 How it runs (no process but the one hdbscan task holds more than one run's vectors):
 
@@ -23,8 +40,11 @@ Result, in each input experiment's store, ``analysis/clusters/<name>``:
 ``label`` (run, step) int32 (-1 noise, -2 no vector of this model), ``probability``
 (run, step) float32 (hdbscan's membership strength; NaN without a vector), and per cluster
 ``cluster_id``, ``size`` (over all inputs), ``medoid_experiment``, ``medoid_run``,
-``medoid_step``. Attributes: every parameter, the input experiments, the library and the
-versions. The default name is derived from the parameters and inputs, so a second
+``medoid_step``. Attributes: ``parameters`` (every setting in effect: none is left null, a
+variance target's components resolved), ``requested`` (what the call gave), the input
+experiments, the library and the versions, ``min_samples_note``, and with a PCA
+``explained_variance`` (the fraction of the variance of the unit vectors the PCA fit kept) and
+``explained_variance_ratio`` (per component). The default name is derived from the parameters and inputs, so a second
 clustering with other parameters is stored beside the first.
 """
 
@@ -32,6 +52,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import warnings
 from dataclasses import asdict, dataclass
 from typing import Any, Sequence
 
@@ -42,37 +63,116 @@ from ..errors import UserError
 from .results import check_model, embedded_runs, open_store, read_vectors, unit, versions, write_result
 
 KIND = "clusters"
-ALGORITHMS = ("hdbscan", "fast_hdbscan")
+ALGORITHMS = ("hdbscan", "fast_hdbscan", "sklearn")
+LIBRARIES = {"hdbscan": "hdbscan", "fast_hdbscan": "fast-hdbscan", "sklearn": "scikit-learn"}
+DEFAULT_MIN_CLUSTER_SIZE = 10
+# --reduce auto (the default): the full space up to this many vectors (hdbscan took 141 s for 10k x 768,
+# reference/measured-facts.md), else the fewest PCA components that keep AUTO_VARIANCE of the variance. Chosen on
+# scripts/measure_reduce_default.py (docs/analysis.md): pca:32 kept 51 % of the variance of real sentence embeddings
+# and gave ARI 0.42 against the full space; pca:0.9 gave 0.80, the full space's own agreement on subsamples 0.83
+AUTO_FULL_SPACE_MAX = 20_000
+AUTO_VARIANCE = 0.9
+LOW_VARIANCE = 0.9  # a PCA that keeps less of the variance than this warns (LowVarianceWarning)
+PRESETS = ("panic-tda",)
+# the earlier tool's clustering (reference section 2.8): scikit-learn's HDBSCAN on the unit vectors, no PCA,
+# min_cluster_size = min_samples = max(2, int(0.001 n)), allow_single_cluster, and its CLI's --epsilon default
+PANIC_TDA_EPSILON = 0.5
+
+
+class LowVarianceWarning(UserWarning):
+    """The PCA before the clustering kept less than ``LOW_VARIANCE`` of the variance."""
+
+
+def panic_tda_min_size(n: int) -> int:
+    """The earlier tool's min_cluster_size and min_samples for n vectors: max(2, int(0.001 n))."""
+    return max(2, int(n * 0.001))
 
 
 @dataclass(frozen=True)
 class ClusterParams:
+    """What a clustering was asked for; ``None`` means the default (or the preset's), resolved by ``effective``."""
+
     model: str
-    min_cluster_size: int = 10
+    min_cluster_size: int | None = None
     min_samples: int | None = None
-    reduce: str = "pca:32"
+    reduce: str | None = None
     sample: int | None = None
-    algorithm: str = "hdbscan"
+    algorithm: str | None = None
     seed: int = 0
     pca_fit_size: int = 50_000
-
-    def components(self) -> int | None:
-        return None if self.reduce == "none" else int(self.reduce.split(":", 1)[1])
+    cluster_selection_epsilon: float | None = None
+    allow_single_cluster: bool | None = None
+    preset: str | None = None
 
     def check(self) -> None:
-        r = self.reduce
-        if not (r == "none" or (r.startswith("pca:") and r[4:].isdigit() and int(r[4:]) >= 1)):
-            raise UserError(f"--reduce: expected pca:K (K a positive integer) or none, got {r!r}")
-        if self.min_cluster_size < 2:
+        if self.reduce is not None:
+            parse_reduce(self.reduce)
+        if self.preset is not None and self.preset not in PRESETS:
+            raise UserError(f"--preset: choose {' or '.join(PRESETS)}, not {self.preset!r}")
+        if self.min_cluster_size is not None and self.min_cluster_size < 2:
             raise UserError(f"--min-cluster-size: must be at least 2 (got {self.min_cluster_size})")
         if self.min_samples is not None and self.min_samples < 1:
             raise UserError(f"--min-samples: must be at least 1 (got {self.min_samples})")
-        if self.sample is not None and self.sample < self.min_cluster_size:
-            raise UserError(f"--sample: must be at least --min-cluster-size ({self.min_cluster_size}), got {self.sample}")
-        if self.algorithm not in ALGORITHMS:
-            raise UserError(f"--algorithm: choose {' or '.join(ALGORITHMS)}, not {self.algorithm!r}")
-        if self.algorithm == "fast_hdbscan" and self.sample is not None:
-            raise UserError("--sample: only with --algorithm hdbscan (fast_hdbscan cannot label unseen vectors)")
+        if self.cluster_selection_epsilon is not None and not self.cluster_selection_epsilon >= 0:
+            raise UserError(f"--cluster-selection-epsilon: must be at least 0 (got {self.cluster_selection_epsilon})")
+        mcs = self.min_cluster_size or DEFAULT_MIN_CLUSTER_SIZE
+        if self.sample is not None and self.sample < mcs:
+            raise UserError(f"--sample: must be at least --min-cluster-size ({mcs}), got {self.sample}")
+        algorithm = self.algorithm or ("sklearn" if self.preset == "panic-tda" else "hdbscan")
+        if algorithm not in ALGORITHMS:
+            raise UserError(f"--algorithm: choose {', '.join(ALGORITHMS)}, not {algorithm!r}")
+        if algorithm != "hdbscan" and self.sample is not None:
+            raise UserError(f"--sample: only with --algorithm hdbscan ({algorithm} cannot label unseen vectors)")
+
+    def effective(self, n_vectors: int) -> dict[str, Any]:
+        """The settings used for ``n_vectors`` vectors, every default resolved (``reduce`` still ``auto``'s choice
+        of none or pca:F; the components a variance target gives are known after the PCA)."""
+        self.check()
+        tda = self.preset == "panic-tda"
+        mcs = self.min_cluster_size or (panic_tda_min_size(n_vectors) if tda else DEFAULT_MIN_CLUSTER_SIZE)
+        reduce = self.reduce or ("none" if tda else "auto")
+        if reduce == "auto":
+            reduce = "none" if n_vectors <= AUTO_FULL_SPACE_MAX else f"pca:{AUTO_VARIANCE:g}"
+        return {
+            "model": self.model, "preset": self.preset, "algorithm": self.algorithm or ("sklearn" if tda else "hdbscan"),
+            "min_cluster_size": mcs,
+            # hdbscan and scikit-learn both default min_samples to min_cluster_size; the preset sets both to 0.1 %
+            "min_samples": self.min_samples or (panic_tda_min_size(n_vectors) if tda else mcs),
+            "cluster_selection_epsilon": float(self.cluster_selection_epsilon if self.cluster_selection_epsilon is not None
+                                               else PANIC_TDA_EPSILON if tda else 0.0),
+            "allow_single_cluster": bool(self.allow_single_cluster if self.allow_single_cluster is not None else tda),
+            "reduce": reduce, "reduce_requested": self.reduce or ("none" if tda else "auto"),
+            "sample": self.sample, "seed": self.seed, "pca_fit_size": self.pca_fit_size,
+        }
+
+
+def parse_reduce(text: str) -> int | float | None:
+    """``none`` -> None, ``pca:K`` -> K components, ``pca:F`` (0 < F < 1) -> the fewest components keeping the
+    fraction F of the variance; ``auto`` -> None here (resolved by ``ClusterParams.effective``)."""
+    r = text.strip().lower()
+    if r in ("none", "auto"):
+        return None
+    if r.startswith("pca:"):
+        v = r[4:]
+        if v.isdigit() and int(v) >= 1:
+            return int(v)
+        try:
+            f = float(v)
+        except ValueError:
+            f = -1.0
+        if 0 < f < 1 and not v.isdigit():
+            return f
+    raise UserError(f"--reduce: expected auto, none, pca:K (K a positive integer) or pca:F (0 < F < 1: keep that "
+                    f"fraction of the variance), got {text!r}")
+
+
+def min_samples_note(algorithm: str, min_samples: int) -> str:
+    """How ``min_samples`` counts, per library (the same k means a different density in each)."""
+    if algorithm == "sklearn":
+        return (f"scikit-learn: min_samples {min_samples} counts the point itself; the hdbscan package's "
+                f"min_samples {min_samples - 1} is the same setting")
+    return (f"{LIBRARIES[algorithm]}: min_samples {min_samples} counts neighbours besides the point; scikit-learn's "
+            f"min_samples {min_samples + 1} is the same setting")
 
 
 # ------------------------------------------------------------------ worker tasks
@@ -85,13 +185,18 @@ def _unit_rows(loc: str, eid: str, model: str, run: int, rows: np.ndarray | None
     return (v if rows is None else v[rows]).astype(np.float32)
 
 
-def _fit_pca(k: int, seed: int, *parts: np.ndarray):
+def _fit_pca(k: int | float, seed: int, *parts: np.ndarray):
     from sklearn.decomposition import PCA
 
     x = np.concatenate(parts)
-    if k > min(x.shape):
+    if isinstance(k, int) and k > min(x.shape):
         raise UserError(f"--reduce pca:{k}: at most {min(x.shape)} components for {x.shape[0]} vectors of dimension {x.shape[1]}")
     return PCA(n_components=k, svd_solver="full", random_state=seed).fit(x)
+
+
+def _explained(pca) -> tuple[int, list[float]]:
+    """(components, the fraction of the variance each keeps) of a fitted PCA."""
+    return int(pca.n_components_), [float(r) for r in pca.explained_variance_ratio_]
 
 
 def _features(loc: str, eid: str, model: str, run: int, pca) -> np.ndarray:
@@ -106,7 +211,13 @@ def _take(x: np.ndarray, rows: np.ndarray) -> np.ndarray:
 def _fit(params: dict, *parts: np.ndarray):
     """The clustering itself: returns (clusterer or None, labels, probabilities)."""
     x = np.concatenate(parts)
-    kw = {"min_cluster_size": params["min_cluster_size"], "min_samples": params["min_samples"]}
+    kw = {"min_cluster_size": params["min_cluster_size"], "min_samples": params["min_samples"],
+          "cluster_selection_epsilon": params["cluster_selection_epsilon"], "allow_single_cluster": params["allow_single_cluster"]}
+    if params["algorithm"] == "sklearn":  # the earlier tool's library
+        from sklearn.cluster import HDBSCAN
+
+        c = HDBSCAN(metric="euclidean", copy=True, **kw).fit(x)
+        return None, c.labels_.astype(np.int32), c.probabilities_.astype(np.float32)
     if params["algorithm"] == "fast_hdbscan":
         import fast_hdbscan
 
@@ -166,23 +277,30 @@ def cluster(
     store: str | None = None,
     client: Client | None = None,
     *,
-    min_cluster_size: int = 10,
+    min_cluster_size: int | None = None,
     min_samples: int | None = None,
-    reduce: str = "pca:32",
+    reduce: str | None = None,
     sample: int | None = None,
-    algorithm: str = "hdbscan",
+    algorithm: str | None = None,
     seed: int = 0,
     pca_fit_size: int = 50_000,
+    cluster_selection_epsilon: float | None = None,
+    allow_single_cluster: bool | None = None,
+    preset: str | None = None,
     name: str | None = None,
 ) -> str:
     """Cluster the ``model`` embeddings of the experiments; returns the result's name.
 
-    Needs a ``distributed.Client`` (the work runs on its cluster; without one a LocalCluster
-    of two processes is started and closed here). See the module docstring for what is stored.
+    Defaults: ``min_cluster_size`` 10, ``min_samples`` = min_cluster_size, ``reduce="auto"``, ``algorithm="hdbscan"``,
+    ``cluster_selection_epsilon`` 0, ``allow_single_cluster`` False; ``preset="panic-tda"`` changes them to the
+    earlier tool's (module docstring). A PCA that keeps less than ``LOW_VARIANCE`` of the variance warns
+    (``LowVarianceWarning``). Needs a ``distributed.Client`` (the work runs on its cluster; without one a
+    LocalCluster of two processes is started and closed here). See the module docstring for what is stored.
     """
     from ..store import default_location
 
-    params = ClusterParams(model, min_cluster_size, min_samples, reduce, sample, algorithm, seed, pca_fit_size)
+    params = ClusterParams(model, min_cluster_size, min_samples, None if reduce is None else reduce.strip().lower(), sample,
+                           algorithm, seed, pca_fit_size, cluster_selection_epsilon, allow_single_cluster, preset)
     params.check()
     if not experiment_ids:
         raise UserError("cluster: give at least one experiment id")
@@ -206,8 +324,9 @@ def _cluster(st, exps, params: ClusterParams, client: Client, name: str | None) 
     args = [(loc, eid, params.model, run) for eid, run in units]
     counts = np.array(client.gather([client.submit(_count, *a, pure=False) for a in args]), dtype=np.int64)
     total = int(counts.sum())
-    if total < params.min_cluster_size:
-        raise UserError(f"cluster: only {total} {params.model} vectors in these experiments; need at least --min-cluster-size ({params.min_cluster_size})")
+    eff = params.effective(total)
+    if total < eff["min_cluster_size"]:
+        raise UserError(f"cluster: only {total} {params.model} vectors in these experiments; need at least --min-cluster-size ({eff['min_cluster_size']})")
     offsets = np.concatenate([[0], np.cumsum(counts)])
     rng = np.random.default_rng(params.seed)
 
@@ -219,16 +338,25 @@ def _cluster(st, exps, params: ClusterParams, client: Client, name: str | None) 
     if params.sample is not None and params.sample < total:
         sampled = per_unit(rng.choice(total, params.sample, replace=False))
     pca = None
-    k = params.components()
+    k = parse_reduce(eff["reduce"])
+    explained: tuple[int, list[float]] | None = None
     if k is not None:
         fit_rows = sampled if sampled is not None and params.sample <= params.pca_fit_size else (
             per_unit(rng.choice(total, params.pca_fit_size, replace=False)) if total > params.pca_fit_size else None)
         rows = [client.submit(_unit_rows, *a, None if fit_rows is None else fit_rows[i], pure=False)
                 for i, a in enumerate(args) if fit_rows is None or len(fit_rows[i])]
         pca = client.submit(_fit_pca, k, params.seed, *rows, pure=False)
+        explained = client.gather(client.submit(_explained, pca, pure=False))
+        eff["reduce"] = f"pca:{explained[0]}"  # a variance target's components, known now
+        kept = float(sum(explained[1]))
+        if kept < LOW_VARIANCE:
+            warnings.warn(LowVarianceWarning(
+                f"--reduce {eff['reduce']}: the PCA keeps {kept:.0%} of the variance of the {params.model} vectors "
+                f"(below {LOW_VARIANCE:.0%}); the clustering may differ from the full space's (--reduce none, or "
+                f"pca:{AUTO_VARIANCE:g} for the fewest components that keep {AUTO_VARIANCE:.0%})"), stacklevel=3)
     feats = [client.submit(_features, *a, pca, pure=False) for a in args]
-    p = {"min_cluster_size": params.min_cluster_size, "min_samples": params.min_samples,
-         "algorithm": params.algorithm, "sample": params.sample if sampled is not None else None}
+    p = {k_: eff[k_] for k_ in ("min_cluster_size", "min_samples", "algorithm", "cluster_selection_epsilon", "allow_single_cluster")}
+    p["sample"] = params.sample if sampled is not None else None
     if sampled is None:
         fit = client.submit(_fit, p, *feats, pure=False)
         labels, probs = client.gather(client.submit(_labels_of, fit, pure=False))
@@ -253,16 +381,20 @@ def _cluster(st, exps, params: ClusterParams, client: Client, name: str | None) 
     sizes = np.array([int((all_labels == c).sum()) for c in ids], dtype=np.int64)
 
     inputs = [e.id for e in exps]
-    record = asdict(params)
+    record = eff  # the settings in effect, none left null
     if name is None:
         digest = hashlib.sha256(json.dumps([record, inputs]).encode()).hexdigest()[:8]
-        name = f"{params.algorithm}-{params.model}-{digest}"
-    lib = "hdbscan" if params.algorithm == "hdbscan" else "fast-hdbscan"
-    attrs = {"kind": KIND, "parameters": record, "inputs": inputs, "library": lib,
-             "versions": versions(lib, "scikit-learn", "numpy"), "n_vectors": total, "n_clusters": len(ids),
+        name = f"{eff['algorithm']}-{params.model}-{digest}"
+    lib = LIBRARIES[eff["algorithm"]]
+    attrs = {"kind": KIND, "parameters": record, "requested": asdict(params), "inputs": inputs, "library": lib,
+             "versions": versions(*dict.fromkeys([lib, "scikit-learn", "numpy"])), "n_vectors": total, "n_clusters": len(ids),
              "n_noise": int((all_labels == -1).sum()),
-             "space": "unit-normalised vectors" + (f", PCA to {k} dimensions" if k else "") + ", euclidean",
+             "min_samples_note": min_samples_note(eff["algorithm"], eff["min_samples"]),
+             "space": "unit-normalised vectors" + (f", PCA to {explained[0]} dimensions" if explained else "") + ", euclidean",
              "medoid": "member with the smallest summed cosine distance to the cluster's members, in the original space"}
+    if explained is not None:
+        attrs["explained_variance"] = float(sum(explained[1]))
+        attrs["explained_variance_ratio"] = explained[1]
     for exp in exps:
         g = exp.group(read_only=True)
         n_runs, n_steps = g["output_hash"].shape

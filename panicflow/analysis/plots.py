@@ -196,7 +196,8 @@ def describe_clustering(attrs: dict) -> str:
     """A clustering in words, from its parameters: e.g. ``HDBSCAN of DummyText (min cluster size 5, PCA to 4
     dimensions): 3 clusters``, for titles (its stored name is a digest)."""
     p = attrs.get("parameters", {})
-    algorithm = {"hdbscan": "HDBSCAN", "fast_hdbscan": "fast-hdbscan"}.get(p.get("algorithm"), str(p.get("algorithm", "")))
+    algorithm = {"hdbscan": "HDBSCAN", "fast_hdbscan": "fast-hdbscan", "sklearn": "scikit-learn HDBSCAN"}.get(
+        p.get("algorithm"), str(p.get("algorithm", "")))
     parts = [f"min cluster size {p.get('min_cluster_size')}"]
     if p.get("min_samples") not in (None, p.get("min_cluster_size")):
         parts.append(f"min samples {p['min_samples']}")
