@@ -2,7 +2,7 @@
 
     .venv/bin/python scripts/benchmark_visual.py [--seeds 8] [--prompts 4] [--steps 400] [--resolution hd]
     .venv/bin/python scripts/benchmark_visual.py --experiment ID --store S     (an existing experiment)
-    ... [--exports video,images,report]                                           (which exports, default all)
+    ... [--exports video,images,report,timeline]                                  (which exports, default all)
 
 Runs one experiment of the CPU dummy models (2 networks x seeds x prompts runs of up to --steps
 steps) into a temporary store, then each export in a fresh process, printing its wall time and
@@ -23,7 +23,7 @@ import time
 
 CHILD = r"""
 import json, resource, sys, time
-import panicflow.visual.video, panicflow.visual.images, panicflow.visual.report
+import panicflow.visual.video, panicflow.visual.images, panicflow.visual.report, panicflow.visual.timeline
 base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 what, eid, store, out, resolution = sys.argv[1:]
 t = time.monotonic()
@@ -31,6 +31,8 @@ if what == "video":
     panicflow.visual.video.export_video(eid, out + "/m.mp4", store=store, resolution=resolution)
 elif what == "images":
     panicflow.visual.images.export_images(eid, out + "/images", store=store)
+elif what == "timeline":  # the figure of every run
+    panicflow.visual.timeline.export_timeline_figure(eid, out + "/timeline.png", store=store, note=print)
 else:
     panicflow.visual.report.write_report(eid, out + "/r.html", store, plots=False)
 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -51,7 +53,7 @@ def main() -> None:
     ap.add_argument("--resolution", default="hd")
     ap.add_argument("--experiment", help="Export this experiment of --store instead of running one.")
     ap.add_argument("--store")
-    ap.add_argument("--exports", default="video,images,report")
+    ap.add_argument("--exports", default="video,images,report,timeline")
     a = ap.parse_args()
     import panicflow
 

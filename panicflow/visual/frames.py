@@ -141,6 +141,6 @@ def save_image(image: Image.Image, path: str | os.PathLike) -> str:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
     options = {"quality": 92} if fmt in ("JPEG", "WEBP") else {"optimize": False}
-    image.convert("RGB").save(tmp, format=fmt, **options)
+    (image if image.mode == "RGB" else image.convert("RGB")).save(tmp, format=fmt, **options)  # convert copies: a 50 Mpx figure twice
     os.replace(tmp, path)
     return str(path)

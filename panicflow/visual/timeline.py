@@ -51,7 +51,8 @@ CARD = (242, 242, 242)
 RULE = (215, 215, 215)
 
 # The figure is drawn on one canvas: at most 16,383 px a side (WebP's limit; PNG and JPEG allow more, viewers barely)
-# and 50 Mpx (150 MB of RGB while drawn). 200 runs of 8 pictures at 256 px would be about 8,800 x 58,000 px.
+# and 50 Mpx (150 MB of RGB while drawn). 200 runs (4 networks x 5 prompts x 10 seeds) of 8 pictures at 256 px
+# would be 9,040 x 16,086 px (145 Mpx, 436 MB); they are drawn at 148 px, 5,208 x 9,516.
 MAX_SIDE = 16383
 MAX_PIXELS = 50_000_000
 MIN_TILE = 32
@@ -204,7 +205,7 @@ def render_figure(source: Source, infos: list[RunInfo], lay: FigureLayout, pictu
         draw_text(draw, box, text, lay.title_size, INK, bold=True, valign="bottom")
     for text, (x, y, w, h) in lay.prompt_boxes:
         draw.rectangle([x, y, x + w - 1, y + h - 1], fill=CARD)
-        draw_text(draw, (x + 4, y + 4, w - 8, h - 8), text, lay.title_size, INK, min_size=8)
+        draw_text(draw, (x + 4, y + 4, w - 8, h - 8), text, lay.title_size, INK, valign="top", min_size=8)  # beside its first row
     for y in lay.rules:
         draw.line([(lay.title_box[0], y), (lay.width - lay.title_box[0], y)], fill=RULE)
     for done, info in enumerate(sorted(infos, key=lambda r: r.run)):
