@@ -142,5 +142,11 @@ def test_poor_fits_stored_printed_and_tabled(analysis_experiment, client):
     r = CliRunner().invoke(analyse_app, ["divergence", eid, "--model", "DummyVision", "--name", "lenient", "--min-r-squared", "0",
                                          "--store", store, "--scheduler", client.scheduler.address, "--json"])
     assert r.exit_code == 0 and {g["status"] for g in json.loads(r.stdout.strip().splitlines()[-1])["groups"]} == {"ok"}
+    from panicflow.analysis.plots import figure  # the chart draws by the result's own threshold, as its status says
+
+    for result, good in (("poor", False), ("lenient", True)):
+        texts = [t.get_text() for ax in figure(eid, "divergence", store=store, result=result).axes if ax.get_legend()
+                 for t in ax.get_legend().get_texts()]
+        assert any("λ =" in t for t in texts) == good and any("poor fit" in t for t in texts) != good
     r = CliRunner().invoke(analyse_app, ["divergence", eid, "--model", "DummyVision", "--min-r-squared", "2", "--store", store])
     assert r.exit_code != 0 and "--min-r-squared" in str(r.exception)

@@ -421,6 +421,7 @@ def _divergence(inp: _Input):
     exponent, intercept, r2 = g["exponent"][:], g["intercept"][:], g["r_squared"][:]
     n_runs, status, curve = g["n_runs"][:], g["status"][:], g["mean_distance"][:]
     window = g.attrs.get("parameters", {}).get("fit_steps")
+    good_r2 = g.attrs.get("parameters", {}).get("min_r_squared", GOOD_R2)  # the result's own threshold (its status)
     lo, hi = (window[0], curve.shape[1] if window[1] is None else window[1]) if window else (0, curve.shape[1])
     names = sorted(set(nets))
     palette = dict(zip(names, colours(len(names))))
@@ -450,12 +451,12 @@ def _divergence(inp: _Input):
             fit = steps[(steps >= lo) & (steps < hi)]
             x = np.array([fit.min(), fit.max()], np.float64)
             y = intercept[i] + exponent[i] * x
-            if r2[i] >= GOOD_R2:
+            if r2[i] >= good_r2:
                 fl, = ax.plot(x, y, color=colour, lw=1.8, ls="--", zorder=4)
                 labels.append(f"fit: λ = {exponent[i]:.3g} per step, R² {r2[i]:.2f}")
             else:  # drawn faint and dotted, without its slope: a line through noise, not a rate
                 fl, = ax.plot(x, y, color=OTHER, lw=0.8, ls=":", zorder=4)
-                labels.append(f"poor fit (R² {r2[i]:.2f} < {GOOD_R2}): no exponent")
+                labels.append(f"poor fit (R² {r2[i]:.2f} < {good_r2:g}): no exponent")
             handles.append(fl)
         if window:
             shade = ax.axvspan(lo - 0.5, min(hi, last_step + 1) - 0.5, color="#000000", alpha=0.07, lw=0, zorder=0)
@@ -469,7 +470,7 @@ def _divergence(inp: _Input):
     fitted = "every compared step" if not window else f"steps {lo} to {'the end' if window[1] is None else hi - 1}"
     _title(fig, inp, f"Divergence of replicate runs: {g.attrs.get('model')}, fitted over {fitted}{more}\n"
            f"(D: mean distance between the unit embeddings of a group's runs, over every pair;\n"
-           f"dashed: least-squares line, R² ≥ {GOOD_R2}; dotted grey: a poor fit, no exponent)")
+           f"dashed: least-squares line, R² ≥ {good_r2:g}; dotted grey: a poor fit, no exponent)")
     return fig, f"divergence-{g.basename}"
 
 
