@@ -331,4 +331,6 @@ def plot_cmd(
     paths = plot(experiment_id, kind, out=out, store=_store(store), clustering=clustering, result=result, by=by, title=title)
     print(json.dumps([str(p) for p in paths]) if as_json else "\n".join(str(p) for p in paths))
 
+from . import cli_dynamics  # noqa: E402,F401  (registers `analyse dynamics`)
+
 from . import cli_recurrence  # noqa: E402,F401  (registers knn, noise-sweep, noise-captions, recurrence, windows, run-table)

@@ -31,7 +31,7 @@ from ..store import Store, consolidated
 from ..store.experiment import Experiment
 
 ANALYSIS = "analysis"
-KINDS = ("clusters", "drift", "distances", "divergence", "sequences", "entropy")  # analysis/<kind>/<name>
+KINDS = ("clusters", "drift", "distances", "divergence", "sequences", "entropy", "dynamics")  # analysis/<kind>/<name>
 KINDS += ("knn", "noise_sweep", "noise_caption", "recurrence", "windows", "run_table")  # issue 24 items 3, 5 (density.py, recurrence.py)
 
 
