@@ -2,8 +2,8 @@
 
 Each architecture is built from config objects (``random_init``), saved with ``save_pretrained``
 and loaded back through the registry and the family's real loading code, then called batched and
-one input at a time. Architectures whose processors need a library that does not import here are
-skipped with the reason (PixtralProcessor and Qwen2.5-VL's video processor need torchvision).
+one input at a time. PixtralProcessor (Pixtral, FLUX.2 [dev]) and Qwen2.5-VL's processor run without
+torchvision (``families.processors``: on PIL where it does not import, on torchvision where it does).
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from PIL import Image  # noqa: E402
 from panicflow.models import REGISTRY, Role, cache, get_spec  # noqa: E402
 
 # the libraries an architecture needs beyond the models extra
-NEEDS = {"flux2": "torchvision", "pixtral": "torchvision", "qwen2.5-vl": "torchvision"}
+NEEDS: dict[str, str] = {}
 
 
 def importable(module: str) -> bool:
@@ -32,6 +32,12 @@ def importable(module: str) -> bool:
     except Exception:  # torchvision from PyPI raises RuntimeError beside a CPU torch built elsewhere
         return False
     return True
+
+
+def torchvision_available() -> bool:
+    from panicflow.models.families.processors import torchvision_available
+
+    return torchvision_available()
 
 
 def available(arch: str):
@@ -79,8 +85,11 @@ def test_flux2_batched_and_single_calls_agree_and_reproduce(panel_t2i):
 
 
 def test_flux2_records_its_generation_settings(panel_t2i):
-    params = cache.get_model(panel_t2i).parameters()
+    model = cache.get_model(panel_t2i)
+    params = model.parameters()
     pipeline = "Flux2KleinPipeline" if "klein" in panel_t2i else "Flux2Pipeline"
+    if "klein" not in panel_t2i:  # a PixtralProcessor, with or without torchvision
+        assert type(model.pipeline.tokenizer).__name__ == "PixtralProcessor"
     assert params["pipeline"] == pipeline and params["scheduler"] == "FlowMatchEulerDiscreteScheduler"
     assert (params["width"], params["height"], params["steps"]) == (32, 32, 2)
     assert params["guidance"] == (1.0 if "klein" in panel_t2i else 3.5)
@@ -137,6 +146,33 @@ def test_panel_captioners_batched_and_single(panel_captioner, arch):
     params = model.parameters()
     assert params["prompt"] == "Describe this image." and params["chat"] and params["max_new_tokens"] == 6
     assert params["decoding"] == "generation_config" and params["do_sample"] is False
+    # the image backend is recorded: PIL where torchvision does not import, torchvision where it does
+    assert params["image_processor"].endswith("Pil") is not torchvision_available()
+
+
+@pytest.mark.skipif(importable("torchvision"), reason="the stand-ins apply where torchvision does not import")
+def test_processors_that_need_torchvision_load_without_it(tiny_saved):
+    """AutoProcessor cannot load PixtralProcessor or Qwen2.5-VL's processor without torchvision; the
+    captioner's loader gets the real classes from the same folder, on the PIL image processors."""
+    import transformers
+
+    from panicflow.models.families.processors import load_processor, saved_processor_class
+
+    for arch, name, module in [("pixtral", "PixtralProcessor", "pixtral.processing_pixtral"),
+                               ("qwen2.5-vl", "Qwen2_5_VLProcessor", "qwen2_5_vl.processing_qwen2_5_vl")]:
+        folder = tiny_saved(arch)
+        assert saved_processor_class(folder) == name
+        with pytest.raises((ImportError, OSError), match="[Tt]orchvision|video processor"):
+            transformers.AutoProcessor.from_pretrained(str(folder))
+        processor = load_processor(folder)
+        assert type(processor).__name__ == name and type(processor).__module__ == f"transformers.models.{module}"
+        assert type(processor.image_processor).__name__.endswith("Pil")
+        assert processor.get_attributes() == ["image_processor", "tokenizer"]  # Qwen2.5-VL: no video processor
+    # FLUX.2 [dev]'s tokenizer is a PixtralProcessor too: loaded the same way, registered after the pipeline
+    from panicflow.models.families.diffusion import processor_components
+
+    assert type(processor_components(tiny_saved("flux2"))["tokenizer"]).__name__ == "PixtralProcessor"
+    assert processor_components(tiny_saved("flux2-klein")) == {}
 
 
 def test_generation_config_sampling_is_read_recorded_and_seeded_per_item(panel_captioner, tiny_saved, tmp_path):

@@ -24,6 +24,7 @@ from transformers import LogitsProcessor
 
 from ..base import GenerativeModel, ModelSpec, Role
 from ._common import check_remote_code, dtype_name, pick_device, pick_dtype, record, require, resolve_weights
+from .processors import image_processor_name, load_processor
 
 
 def _check_images(name: str, inputs: list[Any]) -> list[Image.Image]:
@@ -140,7 +141,8 @@ class TransformersCaptioner(GenerativeModel):
         if trust:
             kwargs["trust_remote_code"] = True
         model = model_class.from_pretrained(path, **kwargs).to(device)
-        processor = transformers.AutoProcessor.from_pretrained(path, **({"trust_remote_code": True} if trust else {}))
+        # AutoProcessor, or where torchvision does not import, the same processor on PIL (Pixtral, Qwen2.5-VL)
+        processor = load_processor(path, **({"trust_remote_code": True} if trust else {}))
         return cls(spec, model, processor, device, dtype)
 
     def _text(self, n: int) -> list[str] | None:
@@ -199,6 +201,9 @@ class TransformersCaptioner(GenerativeModel):
             params.update(num_beams=self.num_beams)
         if self.decoding == "generation_config":
             params.update(decoding="generation_config", repetition_penalty=self.repetition_penalty)
+        image_processor = image_processor_name(self.processor)
+        if image_processor:  # the torchvision or the PIL backend (...Pil): resized pixels differ slightly
+            params.update(image_processor=image_processor)
         return record(self.spec, **params)
 
 

@@ -12,6 +12,7 @@ the same batch on any cluster (``batching`` in docs/config.md).
 from __future__ import annotations
 
 import inspect
+import json
 from pathlib import Path
 from typing import Any
 
@@ -62,7 +63,12 @@ class DiffusersTextToImage(GenerativeModel):
             kwargs["variant"] = variant
         if trust:
             kwargs["trust_remote_code"] = True
-        pipeline = DiffusionPipeline.from_pretrained(str(path), **kwargs)
+        processors = processor_components(path)
+        # diffusers checks a passed component against the class model_index.json names, which is a placeholder
+        # here: the pipeline is loaded without them and they are registered after
+        pipeline = DiffusionPipeline.from_pretrained(str(path), **kwargs, **dict.fromkeys(processors))
+        if processors:
+            pipeline.register_modules(**processors)
         offload = spec.extra.get("offload")
         if offload == "model" and str(device).startswith("cuda"):
             # one component on the GPU at a time (FLUX.2-dev: its 32B transformer, then its 24B text encoder)
@@ -121,6 +127,23 @@ class DiffusersTextToImage(GenerativeModel):
         guider = getattr(self.pipeline, "guider", None)
         scale = getattr(guider, "guidance_scale", None)
         return None if scale is None else float(scale)
+
+
+def processor_components(path: Path) -> dict[str, Any]:
+    """The components of a diffusers folder that are transformers processors ``DiffusionPipeline`` cannot
+    load here because torchvision does not import, loaded by ``processors.load_processor`` (FLUX.2 [dev]'s
+    tokenizer, a ``PixtralProcessor``: the pipeline gives it text only, so its image backend never counts)."""
+    from .processors import load_processor, needs_stand_in
+
+    index = Path(path) / "model_index.json"
+    if not index.is_file():
+        return {}
+    out: dict[str, Any] = {}
+    for name, value in json.loads(index.read_text()).items():
+        if (isinstance(value, list) and len(value) == 2 and value[0] == "transformers"
+                and (Path(path) / name).is_dir() and needs_stand_in(value[1])):
+            out[name] = load_processor(Path(path) / name, class_name=value[1])
+    return out
 
 
 def _has_variant(path: Path, variant: str) -> bool:

@@ -205,6 +205,19 @@ def chat_template(image: str = "<image>") -> str:
     )
 
 
+def _pixtral_processor(tokenizer, template: str):
+    """A ``PixtralProcessor`` with 8-px patches and 32-px images, its PIL image processor (the processor
+    loaded back takes torchvision's where it imports: ``processors.load_processor``)."""
+    from transformers import PixtralImageProcessorPil
+
+    from .processors import processor_class
+
+    return processor_class("PixtralProcessor")(
+        image_processor=PixtralImageProcessorPil(size={"longest_edge": 32}, patch_size=8), tokenizer=tokenizer,
+        patch_size=8, chat_template=template,
+    )
+
+
 def _flux2_transformer_and_vae(tiny: bool, text_dim: int, guidance_embeds: bool):
     from diffusers import AutoencoderKLFlux2, Flux2Transformer2DModel
 
@@ -232,15 +245,12 @@ def flux2(scale: str = "tiny"):
     """Flux2Pipeline (FLUX.2-dev): a Mistral-3 text encoder (Pixtral vision + Mistral), a flow-matching
     transformer and the FLUX.2 VAE, as a toy of the same shape (tiny only)."""
     from diffusers import FlowMatchEulerDiscreteScheduler, Flux2Pipeline
-    from transformers import Mistral3Config, Mistral3ForConditionalGeneration, PixtralImageProcessorPil, PixtralProcessor
+    from transformers import Mistral3Config, Mistral3ForConditionalGeneration
 
     tiny = scale == "tiny"
     tokenizer = byte_tokenizer(512, image_token="[IMG]", extra_tokens=("[IMG_BREAK]", "[IMG_END]"),
                                chat_template=chat_template("[IMG]"))
-    processor = PixtralProcessor(
-        image_processor=PixtralImageProcessorPil(size={"longest_edge": 32}, patch_size=8), tokenizer=tokenizer,
-        patch_size=8, chat_template=chat_template("[IMG]"),
-    )
+    processor = _pixtral_processor(tokenizer, chat_template("[IMG]"))
     hidden = 16
     config = Mistral3Config(
         text_config=dict(model_type="mistral", vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=37,
@@ -371,16 +381,15 @@ def llava(scale: str = "tiny"):
 def pixtral(scale: str = "tiny"):
     """(LlavaForConditionalGeneration, PixtralProcessor): Pixtral's architecture as transformers ports it
     (a Pixtral vision encoder with 2-D RoPE, a Mistral decoder, ``[IMG]``/``[IMG_BREAK]``/``[IMG_END]``
-    tokens), tiny only. PixtralProcessor needs torchvision."""
-    from transformers import LlavaConfig, LlavaForConditionalGeneration, PixtralImageProcessorPil, PixtralProcessor
+    tokens), tiny only."""
+    from transformers import LlavaConfig, LlavaForConditionalGeneration
 
     if scale != "tiny":
         raise ValueError("pixtral is built at tiny scale only")
     template = chat_template("[IMG]")
     tokenizer = byte_tokenizer(512, image_token="[IMG]", extra_tokens=("[IMG_BREAK]", "[IMG_END]"),
                                chat_template=template)
-    processor = PixtralProcessor(image_processor=PixtralImageProcessorPil(size={"longest_edge": 32}, patch_size=8),
-                                 tokenizer=tokenizer, patch_size=8, chat_template=template)
+    processor = _pixtral_processor(tokenizer, template)
     config = LlavaConfig(
         vision_config=dict(model_type="pixtral", hidden_size=16, intermediate_size=37, num_hidden_layers=2,
                            num_attention_heads=4, image_size=32, patch_size=8),
@@ -525,16 +534,25 @@ def colqwen(scale: str = "tiny"):
 
 def qwen2_5_vl(scale: str = "tiny"):
     """(Qwen2_5_VLForConditionalGeneration, Qwen2_5_VLProcessor): Qwen2.5-VL's architecture, tiny only.
-    Its processor holds a video processor, which needs torchvision."""
-    from transformers import Qwen2_5_VLForConditionalGeneration, Qwen2_5_VLProcessor, Qwen2VLVideoProcessor
+    Its processor holds a video processor where torchvision imports, and none where it does not
+    (``processors.without_video_processor``)."""
+    from transformers import Qwen2_5_VLForConditionalGeneration, Qwen2_5_VLProcessor
+
+    from .processors import torchvision_available, without_video_processor
 
     if scale != "tiny":
         raise ValueError("qwen2.5-vl is built at tiny scale only")
     template = chat_template("<|vision_start|><|image_pad|><|vision_end|>")
     tokenizer = byte_tokenizer(512, bos="<|im_start|>", eos="<|im_end|>", pad="<|endoftext|>",
                                image_token="<|image_pad|>", extra_tokens=QWEN_VL_TOKENS, chat_template=template)
-    processor = Qwen2_5_VLProcessor(image_processor=_qwen_vl_image_processor(), tokenizer=tokenizer,
-                                    video_processor=Qwen2VLVideoProcessor(), chat_template=template)
+    if torchvision_available():
+        from transformers import Qwen2VLVideoProcessor
+
+        processor = Qwen2_5_VLProcessor(image_processor=_qwen_vl_image_processor(), tokenizer=tokenizer,
+                                        video_processor=Qwen2VLVideoProcessor(), chat_template=template)
+    else:
+        processor = without_video_processor(Qwen2_5_VLProcessor)(
+            image_processor=_qwen_vl_image_processor(), tokenizer=tokenizer, chat_template=template)
     return _make(Qwen2_5_VLForConditionalGeneration, _qwen2_5_vl_config(tokenizer)).eval(), processor
 
 
