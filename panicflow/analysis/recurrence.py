@@ -206,7 +206,10 @@ def recurrence_figure(runs, returns, threshold: float | None = None):
     bins = np.arange(0.5, top + 1.5)
     for i, src in enumerate(("distance", "symbol")):
         t = returns.loc[returns["source"] == src, "time"]
-        a.hist(t, bins=bins, histtype="step", color=f"C{i}", label=f"{src} ({len(t)})", density=True)
+        if len(t):  # none: nothing to draw (a density of nothing divides by zero)
+            a.hist(t, bins=bins, histtype="step", color=f"C{i}", label=f"{src} ({len(t)})", density=True)
+        else:
+            a.plot([], [], color=f"C{i}", label=f"{src} (no returns)")
     a.set_xlabel("return time (points)")
     a.set_ylabel("density")
     a.legend()
