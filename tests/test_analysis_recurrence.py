@@ -220,3 +220,19 @@ def test_commands_write_tables_and_charts(prepared, tmp_path):
     res = runner.invoke(analyse_app, ["results", eid, "--store", store, "--json"])
     found = json.loads(res.stdout)
     assert "cli" in found["recurrence"] and name in found["run_table"]
+
+
+def test_entropy_explained_by_counts_against_sklearn(prepared):
+    from sklearn.linear_model import LinearRegression
+
+    store, eid, name = prepared
+    R.run_table(eid, name, store, name="table-r2")
+    g = open_result(experiment(store, eid), "run_table", "table-r2")
+    t = R.run_table_frame(eid, store, "table-r2")
+    cols = [c for c in t.columns if c.startswith("entropy")]
+    assert set(g.attrs["explained_by_counts"]) == set(cols)
+    for c in cols:
+        d = t[[c, *R.PREDICTORS]].dropna()
+        want = LinearRegression().fit(d[list(R.PREDICTORS)], d[c]).score(d[list(R.PREDICTORS)], d[c])
+        got = g.attrs["explained_by_counts"][c]
+        assert got["n"] == len(d) and got["r2"] == pytest.approx(want, abs=1e-9)

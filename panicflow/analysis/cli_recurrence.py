@@ -167,7 +167,13 @@ def run_table_cmd(
     _note_running(store, [experiment_id])
     with _writing(store):
         path = R.run_table(experiment_id, sequences, _store(store), recurrence_result=recurrence, name=name)
+    from .results import open_result, open_store
+
     t = R.run_table_frame(experiment_id, _store(store), path.rsplit("/", 1)[1])
+    if not as_json:
+        g = open_result(open_store(_store(store)).experiment(experiment_id), R.RUN_TABLE, path.rsplit("/", 1)[1])
+        r2 = ", ".join(f"{c} {v['r2']:.2f}" for c, v in g.attrs["explained_by_counts"].items())
+        typer.echo(f"R^2 by duplicates and dwell statistics: {r2}", err=True)
     _finish(path, out, {"": t}, lambda: R.run_table_figure(t), as_json)
 
 

@@ -371,6 +371,7 @@ def run_table(experiment_id: str, sequences: str | None = None, store: str | Non
         row["rr_symbol"] = float(rec["rr_symbol"][run]) if rec is not None else np.nan
         rows.append(row)
     cols = list(rows[0]) if rows else ["run"]
+    explained = {c: explained_by_counts(rows, c) for c in cols if c.startswith("entropy")}
     desc = {"duplicates": "the model's steps whose output hash repeats an earlier step of the run",
             "mean_dwell": "mean stay length in a cluster (noise stays left out), vectors",
             "max_dwell": "longest stay in a cluster, vectors", "n_clusters": "distinct clusters visited",
@@ -390,7 +391,27 @@ def run_table(experiment_id: str, sequences: str | None = None, store: str | Non
                        "entropy": "stored diagrams (diagrams/<model>); normalised: entropy / ln(finite bars)",
                        "dwell": "stays with a cluster label (noise stays left out)"},
         "columns": cols, "versions": versions("numpy"),
+        "explained_by_counts": explained,
+        "explained_note": "R^2 of each entropy column by least squares on 1, " + ", ".join(PREDICTORS) + " over the runs with finite "
+                          "values (NaN: fewer runs than predictors + 2); near 1: entropy adds little beyond those counts",
     })
+
+
+PREDICTORS = ("duplicates", "mean_dwell", "max_dwell", "n_clusters", "noise_fraction")
+
+
+def explained_by_counts(rows: Sequence[dict[str, Any]], column: str) -> dict[str, Any]:
+    """R^2 of ``column`` by ordinary least squares on an intercept and ``PREDICTORS`` over the rows with finite values."""
+    y = np.array([r[column] for r in rows], np.float64)
+    x = np.array([[r[p] for p in PREDICTORS] for r in rows], np.float64).reshape(len(rows), len(PREDICTORS))
+    ok = np.isfinite(y) & np.isfinite(x).all(axis=1)
+    y, x = y[ok], np.column_stack([np.ones(ok.sum()), x[ok]])
+    r2 = float("nan")
+    if len(y) >= x.shape[1] + 2 and np.ptp(y) > 0:
+        beta, *_ = np.linalg.lstsq(x, y, rcond=None)
+        resid = y - x @ beta
+        r2 = float(1 - resid @ resid / ((y - y.mean()) @ (y - y.mean())))
+    return {"r2": r2, "n": int(len(y)), "predictors": list(PREDICTORS)}
 
 
 def run_table_frame(experiment_id: str, store: str | None = None, name: str | None = None):
