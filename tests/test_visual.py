@@ -257,7 +257,7 @@ def test_timeline_tiles_are_the_evenly_spaced_images(analysis_experiment, tmp_pa
         timeline.export_timeline(eid, tmp_path, None, store=store)
 
 
-def test_timeline_figure_rows_are_runs_by_prompt_and_columns_networks(analysis_experiment, tmp_path):
+def test_timeline_figure_rows_are_runs_by_prompt_and_columns_networks(analysis_experiment, tmp_path, monkeypatch, capsys):
     """`export timeline` wrote one strip per run only: the figure puts every run in one image, runs in rows grouped by
     prompt, networks in columns (the earlier tool's first figure; issue 22 item 10). Each tile is checked by its pixel."""
     store, eid = analysis_experiment
@@ -303,9 +303,25 @@ def test_timeline_figure_rows_are_runs_by_prompt_and_columns_networks(analysis_e
     assert y8 == y0 < y2 < y1 and x0 == x1 == x2 < x8
     assert np.abs(image[y2 - lay.label_h:y2 + 40 + lay.label_h, x8:x8 + 2 * lay.pitch] - white).max() <= 8  # no run 10 chosen
 
+    # the CLI: --figure, the path as JSON; the size capped, saying so
+    monkeypatch.setattr(timeline, "MAX_PIXELS", 600_000)
+    assert main(["export", "timeline", eid, "--figure", "--out", str(tmp_path / "c.png"), "--steps", "3", "--json", "--store", store]) == 0
+    captured = capsys.readouterr()
+    assert captured.out.strip() == f'["{tmp_path / "c.png"}"]'
+    assert "note: the figure at --tile 256 would be" in captured.err
+    w, h = Image.open(tmp_path / "c.png").size
+    assert w * h <= 600_000 and w * h > 0.5 * 600_000  # the largest tile that fits, not the smallest
+    for argv, msg in ((["--figure", "--out", str(tmp_path / "x.gif")], "--out: the figure is written as"),
+                      (["--figure", "--steps", "0"], "--steps"), (["--figure", "--runs", "99"], "no run 99"),
+                      (["--figure", "--format", "tiff"], "--format"), (["--out", str(tmp_path / "t")], "--runs: name the runs")):
+        assert main(["export", "timeline", eid, *argv, "--store", store]) == 2, argv
+        err = capsys.readouterr().err
+        assert msg in err and err.count("\n") == 1, err  # one error line
+    assert not list(tmp_path.glob("x*")) and not list(tmp_path.glob(".*"))
+
 
 def test_timeline_figure_size_is_capped():
-    """200 runs of 8 pictures at 256 px made an 8,800 x 58,000 px canvas; the tile shrinks to the largest that fits,
+    """200 runs of 8 pictures at 256 px would make a 9,040 x 16,086 px canvas; the tile shrinks to the largest that fits,
     and a figure that does not fit even at 32 px is refused with what to choose."""
     from panicflow.visual.source import RunInfo
 

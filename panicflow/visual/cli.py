@@ -78,16 +78,28 @@ def video_cmd(
 
 def timeline_cmd(
     experiment_id: str = typer.Argument(..., help="Experiment id (or a unique prefix)."),
-    runs: str = typer.Option(..., "--runs", help="Runs to draw, e.g. 0,3,7-9."),
-    out: Optional[str] = typer.Option(None, "--out", help="Folder for the images, one per run (default: timelines-ID)."),
+    runs: Optional[str] = typer.Option(None, "--runs", help="Runs to draw, e.g. 0,3,7-9 (required without --figure; with it, default every finished run)."),
+    figure: bool = typer.Option(False, "--figure", help="One image of all the runs instead: rows are runs grouped by prompt, columns networks."),
+    out: Optional[str] = typer.Option(None, "--out", help="Folder for the images, one per run (default: timelines-ID); with --figure the image file (default: timeline-ID.FORMAT)."),
     steps: int = typer.Option(8, "--steps", help="Images per timeline, evenly spaced, first and last included."),
-    tile: int = typer.Option(256, "--tile", help="Image size in pixels."),
-    fmt: str = typer.Option("png", "--format", help="png, jpg or webp."),
+    tile: int = typer.Option(256, "--tile", help="Image size in pixels (with --figure, smaller when the figure would pass 16,383 px or 50 Mpx)."),
+    fmt: str = typer.Option("png", "--format", help="png, jpg or webp (with --figure and --out, the suffix of --out decides)."),
     store: Optional[str] = StoreOpt, as_json: bool = JsonOpt,
 ) -> None:
-    """One image per run: a row of evenly spaced steps with the captions between them."""
-    from .timeline import export_timeline
+    """One image per run: a row of evenly spaced steps with the captions between them; or, with --figure, every run in one image."""
+    from ..errors import UserError
+    from .timeline import export_timeline, export_timeline_figure
 
+    if figure:
+        # a flag of this command, not a command of its own: the figure picks each run's pictures as the per-run
+        # timelines do, with the same --runs, --steps and --tile
+        if out is None and fmt not in ("png", "jpg", "webp"):
+            raise UserError(f"--format: choose png, jpg or webp, not {fmt!r}")
+        with DelayedBar("runs drawn") as bar:
+            path = export_timeline_figure(experiment_id, out or f"timeline-{experiment_id}.{fmt}", runs, store=_store(store),
+                                          steps=steps, tile=tile, progress=bar, note=lambda text: typer.echo(f"note: {text}", err=True))
+        _print([path], as_json)
+        return
     with DelayedBar("timelines") as bar:
         paths = export_timeline(experiment_id, out or f"timelines-{experiment_id}", runs, store=_store(store), steps=steps,
                                 tile=tile, fmt=fmt, progress=bar)
@@ -137,8 +149,9 @@ def report_cmd(
     charts: Optional[str] = typer.Option(None, "--charts", help="Folder of PNG/JPEG/SVG charts to include (e.g. from `panicflow plot`)."),
     plots: bool = typer.Option(True, "--plots/--no-plots", help="Without --charts: draw the `panicflow plot` charts that only read the store."),
     max_runs: int = typer.Option(200, "--max-runs", help="Rows of the runs table."),
-    viewer_runs: int = typer.Option(12, "--viewer-runs", help="Runs the written page's viewer holds."),
-    viewer_frames: int = typer.Option(120, "--viewer-frames", help="Images per run the written page's viewer holds, evenly spaced."),
+    viewer_runs: Optional[int] = typer.Option(None, "--viewer-runs", help="Only the first N finished runs in the written page's viewer (default: every run of the table)."),
+    viewer_frames: int = typer.Option(120, "--viewer-frames", help="At most N pictures per run in the written page's viewer, evenly spaced (fewer when --viewer-mib demands)."),
+    viewer_mib: float = typer.Option(32.0, "--viewer-mib", help="MiB the written page's viewer images may take, as embedded: runs get fewer and smaller pictures to fit."),
     store: Optional[str] = StoreOpt, as_json: bool = JsonOpt,
 ) -> None:
     """One self-contained HTML page: config, provenance, progress, charts, runs with thumbnails, a run viewer."""
@@ -157,7 +170,7 @@ def report_cmd(
         return
     with DelayedBar("runs") as bar:
         path = write_report(experiment_id, out or f"report-{experiment_id}.html", _store(store), charts=charts, plots=plots, max_runs=max_runs,
-                            viewer_runs=viewer_runs, viewer_frames=viewer_frames, progress=bar)
+                            viewer_runs=viewer_runs, viewer_frames=viewer_frames, viewer_mib=viewer_mib, progress=bar)
     _print([path], as_json)
 
 
