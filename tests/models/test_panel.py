@@ -34,6 +34,17 @@ def importable(module: str) -> bool:
     return True
 
 
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """One intra-op thread: the suite runs one process per core (scripts/test), and these toys' many
+    small kernels ran up to 10x slower with two threads per process on a loaded 2-core machine
+    (GLM-Image's prior writes 258 tokens a call: 0.5 s with one thread, 5.7 s with two)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def torchvision_available() -> bool:
     from panicflow.models.families.processors import torchvision_available
 
@@ -254,6 +265,8 @@ def test_mean_pool_ignores_masked_tokens():
     vectors = torch.tensor([[[1.0, 0.0], [0.0, 1.0], [100.0, 100.0]]])
     assert torch.allclose(mean_pool(vectors, torch.tensor([[1, 1, 0]])), torch.tensor([[0.5, 0.5]]))
     assert torch.equal(mean_pool(vectors, torch.tensor([[0, 0, 0]])), torch.zeros(1, 2))
+    vectors[0, 2] = float("nan")  # a padding token's vector can be NaN (an attention row with nothing to attend)
+    assert torch.allclose(mean_pool(vectors, torch.tensor([[1, 1, 0]])), torch.tensor([[0.5, 0.5]]))
 
 
 def test_colnomic_adapter_is_merged_into_its_base_model(tiny_saved, tmp_path, colqwen):

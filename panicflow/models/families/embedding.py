@@ -266,10 +266,14 @@ class NomicVisionEmbedder(_Embedder):
 
 def mean_pool(vectors: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """The mean of each row's token vectors where ``mask`` is set: ``(batch, tokens, dim)`` and
-    ``(batch, tokens)`` -> ``(batch, dim)``, in float32. A row with no token set gives zeros."""
-    mask = mask.to(torch.float32).unsqueeze(-1)
-    total = (vectors.to(torch.float32) * mask).sum(dim=1)
-    return total / mask.sum(dim=1).clamp(min=1.0)
+    ``(batch, tokens)`` -> ``(batch, dim)``, in float32. A row with no token set gives zeros.
+
+    Masked tokens are left out, not multiplied by zero: a padding token's vector can be NaN (its
+    attention row has nothing to attend to; CPU SDPA with one thread gives NaN there) and NaN * 0
+    is NaN."""
+    keep = mask.to(torch.bool).unsqueeze(-1)
+    total = torch.where(keep, vectors.to(torch.float32), 0.0).sum(dim=1)
+    return total / keep.sum(dim=1).to(torch.float32).clamp(min=1.0)
 
 
 class ColQwenEmbedder(_Embedder):
