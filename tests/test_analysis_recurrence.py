@@ -121,7 +121,8 @@ def test_stored_recurrence_against_scipy(prepared):
         rs = [[a == b and a >= 0 for b in lab] for a in lab]
         row = runs[runs.run == run].iloc[0]
         assert row.n_points == len(x)
-        assert row.rr_distance == pytest.approx(_naive_rate(rd, 2)) and row.rr_symbol == pytest.approx(_naive_rate(rs, 2))
+        assert row.rr_distance == pytest.approx(_naive_rate(rd, 2))
+        assert row.rr_symbol == pytest.approx(_naive_rate(rs, 2))
         for src, rec in (("distance", rd), ("symbol", rs)):
             want, censored = _naive_returns(rec)
             got = returns[(returns.run == run) & (returns.source == src)]
@@ -236,3 +237,14 @@ def test_entropy_explained_by_counts_against_sklearn(prepared):
         want = LinearRegression().fit(d[list(R.PREDICTORS)], d[c]).score(d[list(R.PREDICTORS)], d[c])
         got = g.attrs["explained_by_counts"][c]
         assert got["n"] == len(d) and got["r2"] == pytest.approx(want, abs=1e-9)
+
+
+def test_pooled_threshold_exact_then_sampled():
+    rng = np.random.default_rng(5)
+    runs = [rng.normal(size=(n, 4)) for n in (30, 1, 45, 20)]
+    pooled = np.concatenate([cdist(x, x, "cosine")[np.triu_indices(len(x), 1)] for x in runs])
+    eps, used, total = R.pooled_threshold(iter(runs), 0.1)
+    assert eps == pytest.approx(np.quantile(pooled, 0.1)) and used == total == len(pooled)
+    eps, used, total = R.pooled_threshold(iter(runs), 0.5, max_pairs=400)
+    assert used == 400 and total == len(pooled)
+    assert abs(np.mean(pooled <= eps) - 0.5) < 0.08  # a uniform sample's median is near the median of all pairs

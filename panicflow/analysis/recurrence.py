@@ -36,12 +36,12 @@ and a chart (a matplotlib ``Figure``).
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 
 from ..errors import UserError
-from .results import check_model, embedded_runs, open_result, open_store, read_diagram, unit, versions, write_result
+from .results import check_model, embedded_runs, open_result, open_store, read_diagram, versions, write_result
 
 RECURRENCE, WINDOWS, RUN_TABLE = "recurrence", "windows", "run_table"
 DEFAULT_QUANTILE = 0.05
@@ -63,11 +63,16 @@ def _vectors(exp, model: str, run: int) -> tuple[np.ndarray, np.ndarray]:
 
 # ---------------------------------------------------------------------------------- recurrence
 def cosine_distances(x: np.ndarray) -> np.ndarray:
-    """(n, n) cosine distances 1 - u_i . u_j of the unit-normalised rows, clipped to [0, 2], zero diagonal."""
-    u = unit(np.asarray(x, np.float64))
-    d = np.clip(1.0 - u @ u.T, 0.0, 2.0)
-    np.fill_diagonal(d, 0.0)
-    return d
+    """(n, n) cosine distances 1 - x_i . x_j / (|x_i| |x_j|), pair by pair (scipy ``pdist``), clipped to [0, 2].
+
+    Pair by pair, not as one matrix product: a product's rounding depends on the BLAS and its thread count, and
+    a pair at the threshold would recur on one machine and not on another (as for the diagrams, topology.py)."""
+    from scipy.spatial.distance import pdist, squareform
+
+    x = np.asarray(x, np.float64)
+    if len(x) < 2:
+        return np.zeros((len(x), len(x)))
+    return np.clip(squareform(pdist(x, metric="cosine")), 0.0, 2.0)
 
 
 def distance_recurrences(x: np.ndarray, threshold: float) -> np.ndarray:
@@ -115,12 +120,30 @@ def return_times(r: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
     return np.array(idx, np.int64), np.array(times, np.int64), censored
 
 
-def pooled_threshold(trajectories: Sequence[np.ndarray], quantile: float) -> float:
-    """The ``quantile`` of all within-trajectory pairwise cosine distances (i < j), pooled."""
-    parts = [cosine_distances(x)[np.triu_indices(len(x), k=1)] for x in trajectories if len(x) > 1]
-    if not parts:
+MAX_THRESHOLD_PAIRS = 5_000_000  # pairs kept for the pooled quantile (40 MB of float64); more are sampled
+
+
+def pooled_threshold(trajectories: Iterable[np.ndarray], quantile: float, max_pairs: int = MAX_THRESHOLD_PAIRS,
+                     seed: int = 0) -> tuple[float, int, int]:
+    """(the ``quantile`` of the within-trajectory pairwise cosine distances (i < j), pooled; the pairs it used; all pairs).
+
+    ``trajectories`` is read once, one at a time. Up to ``max_pairs`` pairs in all, every pair is used (exact);
+    past that, a uniform random sample of ``max_pairs`` of all pairs (bottom-k: each pair gets a random key from a
+    generator seeded with ``seed`` and the smallest keys are kept)."""
+    rng = np.random.default_rng(seed)
+    values, keys, total = np.zeros(0), np.zeros(0), 0
+    for x in trajectories:
+        if len(x) < 2:
+            continue
+        total += len(x) * (len(x) - 1) // 2
+        values = np.concatenate([values, cosine_distances(x)[np.triu_indices(len(x), k=1)]])
+        keys = np.concatenate([keys, rng.random(len(values) - len(keys))])
+        if len(values) > max_pairs:
+            keep = np.argpartition(keys, max_pairs)[:max_pairs]
+            values, keys = values[keep], keys[keep]
+    if not len(values):
         raise UserError("recurrence: no run has two vectors")
-    return float(np.quantile(np.concatenate(parts), quantile))
+    return float(np.quantile(values, quantile)), int(len(values)), total
 
 
 def recurrence(experiment_id: str, clustering: str | None = None, store: str | None = None, *,
@@ -138,15 +161,19 @@ def recurrence(experiment_id: str, clustering: str | None = None, store: str | N
     model = src.attrs["parameters"]["model"]
     label = src["label"]
     runs = embedded_runs(exp, model)
-    traj = {int(r): _vectors(exp, model, int(r)) for r in runs}
-    eps = float(threshold) if threshold is not None else pooled_threshold([v for _, v in traj.values()], quantile)
+    pairs = total = None
+    if threshold is not None:
+        eps = float(threshold)
+    else:  # a first pass over the runs, one at a time
+        eps, pairs, total = pooled_threshold((_vectors(exp, model, int(r))[1] for r in runs), quantile)
     n_runs = exp.group(read_only=True)["output_hash"].shape[0]
     per: dict[str, np.ndarray] = {k: np.full(n_runs, np.nan) for k in (
         "rr_distance", "rr_symbol", "jaccard", "mean_return_distance", "mean_return_symbol")}
     counts = {k: np.full(n_runs, -1, np.int64) for k in (
         "n_points", "n_returns_distance", "n_returns_symbol", "censored_distance", "censored_symbol")}
     ev: dict[str, list] = {"run": [], "source": [], "step": [], "time": []}
-    for run, (steps, x) in traj.items():
+    for run in (int(r) for r in runs):
+        steps, x = _vectors(exp, model, run)
         rd = distance_recurrences(x, eps)
         rs = symbol_recurrences(label[run][steps])
         counts["n_points"][run] = len(x)
@@ -175,9 +202,10 @@ def recurrence(experiment_id: str, clustering: str | None = None, store: str | N
         "return_step": (["return"], np.array(ev["step"], np.int64), {"description": "step of the point that returns"}),
         "return_time": (["return"], np.array(ev["time"], np.int64), {"description": "points until it returned"}),
     }
-    rule = "given" if threshold is not None else f"quantile {quantile:g} of the within-run pairwise cosine distances, pooled"
+    rule = "given" if threshold is not None else f"quantile {quantile:g} of the within-run pairwise cosine distances, pooled" + (
+        f" (a uniform sample of {pairs} of the {total} pairs, seed 0)" if pairs is not None and pairs < total else "")
     params = {"model": model, "clustering": src.basename, "threshold": eps, "threshold_rule": rule,
-              "quantile": None if threshold is not None else quantile, "min_lag": min_lag,
+              "quantile": None if threshold is not None else quantile, "threshold_pairs": pairs, "min_lag": min_lag,
               "distance": "cosine distance of the embedding vectors", "symbols": "cluster labels; noise (-1) recurs with nothing"}
     return write_result(exp, RECURRENCE, name or f"{src.basename}-{'t' if threshold is not None else 'q'}{threshold if threshold is not None else quantile:g}-lag{min_lag}",
                         arrays, {"kind": RECURRENCE, "model": model, "clustering": src.basename, "inputs": [exp.id],
