@@ -39,10 +39,10 @@ def test_dry_run_direct_and_experiment(tmp_path):
 def test_panel_dry_run(tmp_path):
     """``--panel`` on a CPU: each named entry's architecture loaded, batched and one at a time."""
     gpu_check = load_script()
-    results = gpu_check.main(["--device", "cpu", "--panel", "Flux2Klein", "ColNomicVision", "GLMImage",
+    results = gpu_check.main(["--device", "cpu", "--panel", "Flux2Klein", "ColNomicVision", "Gemma3n",
                               "--json", str(tmp_path / "panel.json")])
     panel = results["panel"]
-    assert panel["GLMImage"]["status"].startswith("no tiny build")
+    assert panel["Gemma3n"]["status"].startswith("no tiny build")
     for name in ("Flux2Klein", "ColNomicVision"):
         assert panel[name]["status"] == "ok" and panel[name]["s_per_item_batched"] > 0
     assert panel["Flux2Klein"]["batch"] == 2 and panel["Flux2Klein"]["max_difference"] <= 2

@@ -2,8 +2,10 @@
 
 Each architecture is built from config objects (``random_init``), saved with ``save_pretrained``
 and loaded back through the registry and the family's real loading code, then called batched and
-one input at a time. PixtralProcessor (Pixtral, FLUX.2 [dev]) and Qwen2.5-VL's processor run without
-torchvision (``families.processors``: on PIL where it does not import, on torchvision where it does).
+one input at a time (GLM-Image through the scheduler's one-input-per-call path). PixtralProcessor
+(Pixtral, FLUX.2 [dev]) and Qwen2.5-VL's processor run without torchvision (``families.processors``:
+on PIL where it does not import, on torchvision where it does). Gemma 3n is not built: its vision
+tower needs timm, which imports torchvision (docs/models.md).
 """
 
 from __future__ import annotations
@@ -68,20 +70,31 @@ def pixels(image) -> np.ndarray:
 
 # ------------------------------------------------------------------------------------ text-to-image
 
-PROMPTS = ["a red fox in the snow", "a lighthouse on a cliff in a storm at night"]
-TINY_T2I = {"max_sequence_length": 16, "text_encoder_out_layers": [1, 2, 3]}
+PROMPTS = ["a red fox in the snow", 'a shop sign that says "open"']  # quoted text: the glyph encoders
+TINY_FLUX2 = {"max_sequence_length": 16, "text_encoder_out_layers": [1, 2, 3]}
+# architecture: (catalog entry, the tiny build's call arguments)
+PANEL_T2I = {"flux2-klein": ("Flux2Klein", TINY_FLUX2), "flux2": ("Flux2Dev", TINY_FLUX2),
+             "hunyuan-image": ("HunyuanImage", {}), "glm-image": ("GLMImage", {})}
+PIPELINES = {"flux2-klein": "Flux2KleinPipeline", "flux2": "Flux2Pipeline", "hunyuan-image": "HunyuanImagePipeline",
+             "glm-image": "GlmImagePipeline"}
 
 
-@pytest.fixture(params=[available("flux2-klein"), available("flux2")])
-def panel_t2i(request, tiny_saved, local_model):
-    arch = request.param
-    entry = get_spec("Flux2Klein" if arch == "flux2-klein" else "Flux2Dev").extra
+def register_t2i(arch: str, tiny_saved, local_model) -> str:
+    """The tiny build of ``arch``, saved, as a local entry with its catalog entry's settings (32 px, 2 steps)."""
+    name, call_kwargs = PANEL_T2I[arch]
+    entry = get_spec(name).extra
+    settings = {k: entry[k] for k in ("guidance", "dtype", "offload", "batch_reproducible") if k in entry}
     local_model(f"tiny-{arch}", Role.TEXT_TO_IMAGE, "diffusers", tiny_saved(arch), width=32, height=32, steps=2,
-                guidance=entry["guidance"], dtype=entry["dtype"], offload=entry.get("offload"), call_kwargs=TINY_T2I)
+                call_kwargs=call_kwargs, **settings)
     return f"tiny-{arch}"
 
 
-def test_flux2_batched_and_single_calls_agree_and_reproduce(panel_t2i):
+@pytest.fixture(params=[available("flux2-klein"), available("flux2"), available("hunyuan-image")])
+def panel_t2i(request, tiny_saved, local_model):
+    return register_t2i(request.param, tiny_saved, local_model)
+
+
+def test_panel_t2i_batched_and_single_calls_agree_and_reproduce(panel_t2i):
     model = cache.get_model(panel_t2i)
     batch = model.generate(PROMPTS, [7, 8])
     assert [im.size for im in batch] == [(32, 32)] * 2 and all(im.mode == "RGB" for im in batch)
@@ -95,16 +108,43 @@ def test_flux2_batched_and_single_calls_agree_and_reproduce(panel_t2i):
     assert np.abs(pixels(other[0]) - pixels(batch[0])).max() > 10
 
 
-def test_flux2_records_its_generation_settings(panel_t2i):
+def test_panel_t2i_records_its_generation_settings(panel_t2i):
     model = cache.get_model(panel_t2i)
     params = model.parameters()
-    pipeline = "Flux2KleinPipeline" if "klein" in panel_t2i else "Flux2Pipeline"
-    if "klein" not in panel_t2i:  # a PixtralProcessor, with or without torchvision
+    arch = panel_t2i.removeprefix("tiny-")
+    if arch == "flux2":  # a PixtralProcessor, with or without torchvision
         assert type(model.pipeline.tokenizer).__name__ == "PixtralProcessor"
-    assert params["pipeline"] == pipeline and params["scheduler"] == "FlowMatchEulerDiscreteScheduler"
-    assert (params["width"], params["height"], params["steps"]) == (32, 32, 2)
-    assert params["guidance"] == (1.0 if "klein" in panel_t2i else 3.5)
-    assert params["text_encoder_out_layers"] == [1, 2, 3] and params["dtype"] == "float32"
+    assert params["pipeline"] == PIPELINES[arch] and params["scheduler"] == "FlowMatchEulerDiscreteScheduler"
+    assert (params["width"], params["height"], params["steps"]) == (32, 32, 2) and params["dtype"] == "float32"
+    if arch == "hunyuan-image":  # no guidance_scale argument: its guider's scale is recorded
+        assert not model.takes_guidance and params["guidance"] == model.pipeline.guider.guidance_scale == 3.5
+    else:
+        assert params["guidance"] == (1.0 if arch == "flux2-klein" else 3.5)
+        assert params["text_encoder_out_layers"] == [1, 2, 3]
+
+
+def test_glm_image_is_called_one_input_at_a_time_and_reproduces(tiny_saved, local_model, tmp_path):
+    """GLM-Image's pipeline seeds its autoregressive prior from the first item for the whole batch; its
+    entry (``batch_reproducible: False``) makes the scheduler call it once per input: every stored image
+    is what its prompt and seed give alone, again on every call."""
+    from panicflow.scheduler import tasks
+    from panicflow.store import Store
+
+    name = register_t2i("glm-image", tiny_saved, local_model)
+    store = Store(str(tmp_path / "store"), create=True)
+    out = tasks.invoke_batch(store.location, name, PROMPTS, [7, 8])
+    params = json.loads(store.objects.get_bytes(out["parameters_hash"]))
+    assert params["batch_invariant"] == "per_item" and params["pipeline"] == "GlmImagePipeline"
+    assert params["guidance"] == 7.5 and (params["width"], params["steps"]) == (32, 2)
+    stored = [store.objects.get_image(digest) for digest, _ in out["outputs"]]
+    assert [im.size for im in stored] == [(32, 32)] * 2
+    model = cache.get_model(name)
+    alone = [model.generate([prompt], [seed])[0] for prompt, seed in zip(PROMPTS, [7, 8])]
+    assert all(np.array_equal(pixels(a), pixels(b)) for a, b in zip(stored, alone))
+    # why: called on the batch at once, the second image comes from the first item's prior seed
+    batched = model.generate(PROMPTS, [7, 8])
+    assert np.abs(pixels(batched[1]) - pixels(alone[1])).max() > 10
+    assert np.abs(pixels(model.generate(PROMPTS[1:], [9])[0]) - pixels(alone[1])).max() > 10  # seeds matter
 
 
 def test_a_model_whose_batch_is_not_reproducible_is_called_one_input_at_a_time(tmp_path, monkeypatch):

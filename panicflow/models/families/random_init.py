@@ -21,6 +21,8 @@ ARCHITECTURES: dict[str, tuple[str, str]] = {
     "flux": ("diffusers", "text-to-image"),
     "flux2": ("diffusers", "text-to-image"),
     "flux2-klein": ("diffusers", "text-to-image"),
+    "glm-image": ("diffusers", "text-to-image"),
+    "hunyuan-image": ("diffusers", "text-to-image"),
     "blip2": ("transformers-captioner", "image-to-text"),
     "florence2": ("transformers-captioner", "image-to-text"),
     "llava": ("transformers-captioner", "image-to-text"),
@@ -40,29 +42,32 @@ SCALES = ("tiny", "full")
 
 def byte_tokenizer(max_length: int = 77, *, bos: str = "<s>", eos: str = "</s>", pad: str = "<pad>",
                    image_token: str | None = None, extra_tokens: tuple[str, ...] = (), chat_template: str | None = None,
-                   **named: str):
+                   first_tokens: tuple[str, ...] = (), wrap: bool = True, padding_side: str = "right", **named: str):
     """A fast tokenizer with one token per byte plus specials (ids: pad 0, bos 1, eos 2, unk 3; image 260,
     then ``extra_tokens`` in order). ``named`` sets special-token attributes a processor reads
-    (``tokenizer.<name>``), each added to the vocabulary too."""
+    (``tokenizer.<name>``), each added to the vocabulary too. ``first_tokens`` take the first ids (the
+    specials follow, or keep their id there); ``wrap=False`` adds no bos/eos around a text."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast
 
-    specials = [pad, bos, eos, "<unk>"]
-    vocab = {s: i for i, s in enumerate(specials)}
+    vocab: dict[str, int] = {}
+    for special in (*first_tokens, pad, bos, eos, "<unk>"):
+        vocab.setdefault(special, len(vocab))
     for ch in sorted(pre_tokenizers.ByteLevel.alphabet()):
         vocab[ch] = len(vocab)
     tok = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    tok.post_processor = processors.TemplateProcessing(
-        single=f"{bos} $A {eos}", special_tokens=[(bos, vocab[bos]), (eos, vocab[eos])]
-    )
+    if wrap:
+        tok.post_processor = processors.TemplateProcessing(
+            single=f"{bos} $A {eos}", special_tokens=[(bos, vocab[bos]), (eos, vocab[eos])]
+        )
     extra_special = {"image_token": image_token} if image_token else {}
     extra_special.update(named)
     extra = {"extra_special_tokens": extra_special} if extra_special else {}
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=tok, bos_token=bos, eos_token=eos, pad_token=pad, unk_token="<unk>",
-        model_max_length=max_length, **extra,
+        model_max_length=max_length, padding_side=padding_side, **extra,
     )
     missing = [t for t in extra_tokens if t not in tokenizer.get_vocab()]
     if missing:
@@ -284,6 +289,131 @@ def flux2_klein(scale: str = "tiny"):
     return Flux2KleinPipeline(
         scheduler=FlowMatchEulerDiscreteScheduler(), vae=vae, text_encoder=_make(Qwen3ForCausalLM, config),
         tokenizer=tokenizer, transformer=transformer, is_distilled=True,
+    )
+
+
+# GLM-Image's vocabulary starts with its prior's image codes (<|dit_token_0|>...), then its image start
+# and end tokens (16384 and 16385 for 16384 codes); a toy has 32 codes
+GLM_IMAGE_CODES = 32
+
+
+def glm_image(scale: str = "tiny"):
+    """GlmImagePipeline (GLM-Image): an autoregressive prior (``GlmImageForConditionalGeneration``: a
+    GLM decoder with a vision encoder and a VQ codebook) that writes image tokens after the prompt's
+    grid tokens, a ByT5-tokenised T5 glyph encoder, a DiT (``GlmImageTransformer2DModel``) conditioned
+    on the prior's tokens, a VAE, as a toy of the same shape (tiny only; the sizes follow diffusers'
+    own GLM-Image test: patch size x VAE scale = 16, the prior's tokens upsampled 2x from 32 px).
+
+    Its tokenizer has GLM-Image's layout: the image codes first, then the image start token (the
+    tokenizer's bos, which the processor puts after the grid tokens ``<sop>H W<eop>``) and end token,
+    then text. The prior's head covers the codes only, so random weights never end an image early
+    (the real head also covers the start/end tokens; trained weights end an image after its grid)."""
+    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, GlmImagePipeline, GlmImageTransformer2DModel
+    from transformers import (
+        ByT5Tokenizer,
+        GlmImageConfig,
+        GlmImageForConditionalGeneration,
+        GlmImageImageProcessorPil,
+        GlmImageProcessor,
+        T5Config,
+        T5EncoderModel,
+    )
+
+    if scale != "tiny":
+        raise ValueError("glm-image is built at tiny scale only")
+    codes = GLM_IMAGE_CODES
+    dit = [f"<|dit_token_{i}|>" for i in range(codes + 2)]
+    tokenizer = byte_tokenizer(2048, first_tokens=tuple(dit), bos=dit[codes], eos=dit[codes + 1], pad="<|endoftext|>",
+                               wrap=False, padding_side="left", image_token="<|image|>", grid_bos_token="<sop>",
+                               grid_eos_token="<eop>")  # the pipeline pads a batch on the left
+    template = chat_template()
+    processor = GlmImageProcessor(image_processor=GlmImageImageProcessorPil(patch_size=8, merge_size=1),
+                                  tokenizer=tokenizer, chat_template=template)
+    ids = tokenizer.convert_tokens_to_ids
+    config = GlmImageConfig(
+        text_config=dict(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=37, num_hidden_layers=2,
+                         num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=512,
+                         vision_vocab_size=codes, rope_parameters={"rope_type": "default", "mrope_section": [4, 2, 2]},
+                         pad_token_id=ids("<|endoftext|>"), eos_token_id=ids(dit[codes + 1])),
+        vision_config=dict(depth=2, hidden_size=32, num_heads=2, image_size=32, patch_size=8, intermediate_size=37),
+        vq_config=dict(embed_dim=32, num_embeddings=codes, latent_channels=32),
+        image_token_id=ids("<|image|>"), image_start_token_id=ids(dit[codes]), image_end_token_id=ids(dit[codes + 1]),
+    )
+    glyph_tokenizer = ByT5Tokenizer()
+    t5 = T5Config(vocab_size=len(glyph_tokenizer), d_model=32, d_ff=37, d_kv=8, num_heads=4, num_layers=2,
+                  pad_token_id=0, eos_token_id=1)
+    transformer = _make(GlmImageTransformer2DModel,
+        patch_size=2, in_channels=4, out_channels=4, num_layers=2, attention_head_dim=8, num_attention_heads=2,
+        text_embed_dim=32, time_embed_dim=16, condition_dim=8, prior_vq_quantizer_codebook_size=codes,
+    )
+    vae = _make(AutoencoderKL,
+        block_out_channels=(4, 8, 16, 16), in_channels=3, out_channels=3, down_block_types=["DownEncoderBlock2D"] * 4,
+        up_block_types=["UpDecoderBlock2D"] * 4, latent_channels=4, norm_num_groups=4, sample_size=64,
+        latents_mean=[0.0] * 4, latents_std=[1.0] * 4,
+    )
+    return GlmImagePipeline(
+        tokenizer=glyph_tokenizer, processor=processor, text_encoder=_make(T5EncoderModel, t5),
+        vision_language_encoder=_make(GlmImageForConditionalGeneration, config), vae=vae, transformer=transformer,
+        scheduler=FlowMatchEulerDiscreteScheduler(),
+    )
+
+
+def _qwen2_tokenizer(extra_specials: tuple[str, ...]):
+    """A ``Qwen2Tokenizer`` (Qwen's class: its pre-tokenizer and byte-level BPE) with one token per byte
+    (no merges) plus ``<|endoftext|>`` (id 0) and ``extra_specials``."""
+    from tokenizers import pre_tokenizers
+    from transformers import Qwen2Tokenizer
+
+    vocab = {"<|endoftext|>": 0}
+    for ch in sorted(pre_tokenizers.ByteLevel.alphabet()):
+        vocab[ch] = len(vocab)
+    tokenizer = Qwen2Tokenizer(vocab=vocab, merges=[], model_max_length=2048)
+    tokenizer.add_special_tokens({"additional_special_tokens": list(extra_specials)})
+    return tokenizer
+
+
+def hunyuan_image(scale: str = "tiny"):
+    """HunyuanImagePipeline (HunyuanImage 2.1, the diffusers port): a Qwen2.5-VL text encoder (its hidden
+    states, third from last, after a fixed system prompt), a ByT5 glyph encoder (T5) for quoted text, a
+    dual/single-stream DiT, its own VAE and two adaptive projected guiders (plain and OCR prompts), as a
+    toy of the same shape (tiny only; sizes after diffusers' own HunyuanImage test: an 8x VAE, 16-px
+    latent patches of 1).
+
+    The pipeline pads every prompt to 1000 tokens after dropping the first 34 (the length of its system
+    prompt in Qwen's real vocabulary; here, where every byte is a token, the first 34 bytes)."""
+    from diffusers import (
+        AdaptiveProjectedMixGuidance,
+        AutoencoderKLHunyuanImage,
+        FlowMatchEulerDiscreteScheduler,
+        HunyuanImagePipeline,
+        HunyuanImageTransformer2DModel,
+    )
+    from transformers import ByT5Tokenizer, Qwen2_5_VLForConditionalGeneration, T5Config, T5EncoderModel
+
+    if scale != "tiny":
+        raise ValueError("hunyuan-image is built at tiny scale only")
+    tokenizer = _qwen2_tokenizer(("<|im_start|>", "<|im_end|>", "<|image_pad|>", "<|vision_start|>",
+                                  "<|vision_end|>", "<|video_pad|>"))
+    glyph_tokenizer = ByT5Tokenizer()
+    t5 = T5Config(vocab_size=len(glyph_tokenizer), d_model=32, d_kv=4, d_ff=16, num_layers=2, num_heads=2,
+                  relative_attention_num_buckets=8, relative_attention_max_distance=32,
+                  feed_forward_proj="gated-gelu", is_encoder_decoder=False, use_cache=False,
+                  tie_word_embeddings=False)
+    transformer = _make(HunyuanImageTransformer2DModel,
+        in_channels=4, out_channels=4, num_attention_heads=4, attention_head_dim=8, num_layers=1,
+        num_single_layers=1, num_refiner_layers=1, patch_size=(1, 1), guidance_embeds=False, text_embed_dim=32,
+        text_embed_2_dim=32, rope_axes_dim=(4, 4),
+    )
+    vae = _make(AutoencoderKLHunyuanImage,
+        in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(32, 64, 64, 64), layers_per_block=1,
+        scaling_factor=0.476986, spatial_compression_ratio=8, sample_size=128,
+    )
+    return HunyuanImagePipeline(
+        scheduler=FlowMatchEulerDiscreteScheduler(shift=5.0), vae=vae,
+        text_encoder=_make(Qwen2_5_VLForConditionalGeneration, _qwen2_5_vl_config(tokenizer)), tokenizer=tokenizer,
+        text_encoder_2=_make(T5EncoderModel, t5), tokenizer_2=glyph_tokenizer, transformer=transformer,
+        guider=AdaptiveProjectedMixGuidance(adaptive_projected_guidance_start_step=2),
+        ocr_guider=AdaptiveProjectedMixGuidance(adaptive_projected_guidance_start_step=3),
     )
 
 
@@ -561,6 +691,8 @@ BUILDERS: dict[str, Callable[[str], Any]] = {
     "flux": flux,
     "flux2": flux2,
     "flux2-klein": flux2_klein,
+    "glm-image": glm_image,
+    "hunyuan-image": hunyuan_image,
     "blip2": blip2,
     "florence2": florence2,
     "llava": llava,
