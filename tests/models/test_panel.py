@@ -5,7 +5,7 @@ and loaded back through the registry and the family's real loading code, then ca
 one input at a time (GLM-Image through the scheduler's one-input-per-call path). PixtralProcessor
 (Pixtral, FLUX.2 [dev]) and Qwen2.5-VL's processor run without torchvision (``families.processors``:
 on PIL where it does not import, on torchvision where it does). Gemma 3n is not built: its vision
-tower needs timm, which imports torchvision (docs/models.md).
+tower needs timm, which imports torchvision (docs/models.md; ``test_gemma3n_is_not_built_without_timm``).
 """
 
 from __future__ import annotations
@@ -224,6 +224,26 @@ def test_processors_that_need_torchvision_load_without_it(tiny_saved):
 
     assert type(processor_components(tiny_saved("flux2"))["tokenizer"]).__name__ == "PixtralProcessor"
     assert processor_components(tiny_saved("flux2-klein")) == {}
+
+
+@pytest.mark.skipif(importable("timm"), reason="timm imports here: Gemma 3n could be built (no tiny build yet)")
+def test_gemma3n_is_not_built_without_timm():
+    """Gemma 3n has no tiny build: transformers makes its vision tower (MobileNet-V5) a TimmWrapperModel,
+    which needs timm, whatever the vision config's size; timm (1.0.31) imports torchvision, which does
+    not import beside this machine's torch. This pins the first half, so the table in docs/models.md
+    learns when it stops being true."""
+    from transformers import Gemma3nConfig, Gemma3nForConditionalGeneration
+
+    config = Gemma3nConfig(
+        text_config=dict(vocab_size=300, vocab_size_per_layer_input=300, hidden_size=32, intermediate_size=37,
+                         num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1, head_dim=16,
+                         hidden_size_per_layer_input=8, num_kv_shared_layers=0, laurel_rank=4,
+                         layer_types=["sliding_attention", "full_attention"], activation_sparsity_pattern=[0.0, 0.0]),
+        vision_config=dict(hidden_size=32, vocab_offset=300, model_args={"channel_multiplier": 0.1}),
+        audio_config=dict(hidden_size=32, vocab_offset=428, conf_num_hidden_layers=1, conf_num_attention_heads=2),
+    )
+    with pytest.raises(ImportError, match="TimmWrapperModel requires the timm library"):
+        Gemma3nForConditionalGeneration(config)
 
 
 def test_generation_config_sampling_is_read_recorded_and_seeded_per_item(panel_captioner, tiny_saved, tmp_path):
