@@ -165,6 +165,10 @@ def test_sliding_windows_against_giotto(prepared):
 
 def test_run_table_against_the_exported_tables(prepared):
     store, eid, name = prepared
+    g = experiment(store, eid).group()
+    hashes = g["output_hash"][0, :]
+    hashes[4] = hashes[8] = hashes[0]  # run 0 repeats its first picture twice: 2 duplicates
+    g["output_hash"][0, :] = hashes
     R.recurrence(eid, name, store, threshold=0.5, name="r05")
     R.run_table(eid, name, store, recurrence_result="r05", name="table")
     got = R.run_table_frame(eid, store, "table").set_index("run")
@@ -179,6 +183,7 @@ def test_run_table_against_the_exported_tables(prepared):
         assert row.network == runs.loc[run, "network"] and row.prompt == runs.loc[run, "prompt"]
         hashes = inv[(inv.run == run) & inv.step.isin(steps)].output_hash
         assert row.n_points == len(steps) and row.duplicates == len(hashes) - hashes.nunique()
+        assert row.duplicates == (2 if run == 0 else 0)
         for k in range(3):
             e = ent[(ent.run == run) & (ent.embedding_model == MODEL) & (ent.homology_dim == k)].entropy.iloc[0]
             assert row[f"entropy_h{k}"] == pytest.approx(e, nan_ok=True)
@@ -248,3 +253,10 @@ def test_pooled_threshold_exact_then_sampled():
     eps, used, total = R.pooled_threshold(iter(runs), 0.5, max_pairs=400)
     assert used == 400 and total == len(pooled)
     assert abs(np.mean(pooled <= eps) - 0.5) < 0.08  # a uniform sample's median is near the median of all pairs
+
+
+def test_duplicate_outputs_against_counter():
+    from collections import Counter
+
+    hashes = ["a", "b", "a", "", "c", "a", "b"]
+    assert R.duplicate_outputs(hashes) == sum(c - 1 for h, c in Counter(hashes).items() if h) == 3
