@@ -77,6 +77,16 @@ def test_noise_sweep_equals_direct_hdbscan(copied):
         assert row.n_noise == (labels == -1).sum() and row.noise_fraction == pytest.approx((labels == -1).mean())
         assert row.n_clusters == len(set(labels) - {-1})
     assert density.sweep_figure(t).axes
+    # with a PCA: fitted once on all vectors (fewer than pca_fit_size), as analyse cluster fits it
+    from sklearn.decomposition import PCA
+
+    density.noise_sweep(eid, "DummyVision", store, sizes=[3, 6], reduce="pca:4", name="sweep-pca")
+    t = density.sweep_table(eid, store, "sweep-pca")
+    x32 = x.astype(np.float32)
+    z = PCA(n_components=4, svd_solver="full", random_state=0).fit(x32).transform(x32).astype(np.float32)
+    for m, row in zip([3, 6], t.itertuples()):
+        labels = hdbscan.HDBSCAN(min_cluster_size=m, min_samples=m, metric="euclidean").fit(z).labels_
+        assert row.n_noise == (labels == -1).sum() and row.n_clusters == len(set(labels) - {-1})
 
 
 def test_noise_against_caption_length(copied, client):
