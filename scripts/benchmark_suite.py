@@ -5,8 +5,9 @@ checkout's, one after the other in one run, on the same machine and virtualenv.
     .venv/bin/python scripts/benchmark_suite.py --before /tmp/suitebase --out /tmp/suite-bench
 
 Each checkout's own test command runs as its `scripts/test` gives it (its `exec ... pytest ...`
-line, with ``--durations=0`` added so that every test's time is reported) in this interpreter's
-virtualenv, without the bootstrap step: PYTHONPATH puts the checkout's own panicflow first, for the
+line, with ``--durations=0`` added so that every test's time is reported) in the checkout's own
+.venv (a fresh clone after its `scripts/bootstrap`), else this interpreter's, without the
+bootstrap step: PYTHONPATH puts the checkout's own panicflow first, for the
 processes the tests start too, and the virtualenv's editable install is left alone. ``--after DIR``
 times another checkout than this one (a fresh clone, say). The table gives the wall time, the tests that
 passed, failed and were deselected, and the 20 slowest tests of each (call + setup + teardown),
@@ -31,12 +32,13 @@ SUMMARY = re.compile(r"(\d+) (passed|failed|deselected|skipped|errors?)")
 
 
 def pytest_command(checkout: Path) -> list[str]:
-    """The pytest command line of the checkout's scripts/test, with this interpreter."""
+    """The pytest command line of the checkout's scripts/test, with its own .venv's python or this one."""
     line = next(l for l in (checkout / "scripts" / "test").read_text().splitlines() if l.startswith("exec ") and "pytest" in l)
     words = shlex.split(line.removeprefix("exec ").replace('"$@"', ""))
     words = [os.path.expandvars(w.replace("${PANICFLOW_TEST_PROCESSES:-auto}", os.environ.get("PANICFLOW_TEST_PROCESSES", "auto")))
              for w in words]
-    return [sys.executable, *words[words.index("-m"):]]
+    own = checkout / ".venv" / "bin" / "python"  # a fresh clone's own virtualenv, made by its bootstrap
+    return [str(own) if own.exists() else sys.executable, *words[words.index("-m"):]]
 
 
 def run_suite(checkout: Path, log: Path, extra: list[str]) -> dict:
