@@ -96,7 +96,8 @@ def cluster_cmd(
     reduce: Optional[str] = typer.Option(None, "--reduce", help="auto (default: none up to 20,000 vectors, else pca:0.9), none, "
                                                                 "pca:K (K dimensions) or pca:F (the fewest keeping the fraction F of the variance)."),
     sample: Optional[int] = typer.Option(None, "--sample", help="Fit on N random vectors and label the rest with approximate_predict."),
-    algorithm: Optional[str] = typer.Option(None, "--algorithm", help="hdbscan (default), fast_hdbscan or sklearn (scikit-learn's HDBSCAN)."),
+    algorithm: Optional[str] = typer.Option(None, "--algorithm", help="hdbscan (default), fast_hdbscan, sklearn "
+                                                                      "(scikit-learn's HDBSCAN) or evoc (EVoC; panicflow[fast])."),
     cluster_selection_epsilon: Optional[float] = typer.Option(None, "--cluster-selection-epsilon", help="Default 0 (panic-tda: 0.5)."),
     allow_single_cluster: Optional[bool] = typer.Option(None, "--allow-single-cluster/--no-allow-single-cluster",
                                                         help="Default: no (panic-tda: yes)."),
@@ -334,3 +335,5 @@ def plot_cmd(
 from . import cli_dynamics  # noqa: E402,F401  (registers `analyse dynamics`)
 
 from . import cli_recurrence  # noqa: E402,F401  (registers knn, noise-sweep, noise-captions, recurrence, windows, run-table)
+
+from . import cli_clustering  # noqa: E402,F401  (registers assign and stability, issue 24 item 1)

@@ -14,7 +14,9 @@ variance kept (``explained_variance``) and a PCA that keeps less than ``LOW_VARI
 once puts them in one space, so their labels can be compared.
 
 Libraries (``algorithm``): ``hdbscan`` (default), ``fast_hdbscan``, ``sklearn``
-(``sklearn.cluster.HDBSCAN``, the earlier tool's). Their ``min_samples`` count differently: the
+(``sklearn.cluster.HDBSCAN``, the earlier tool's) and ``evoc`` (``evoc.EVoC``: ``base_min_cluster_size`` =
+min_cluster_size, ``min_samples``, ``random_state`` = seed; no epsilon or single-cluster setting;
+fast_hdbscan and evoc come with ``pip install 'panicflow[fast]'``). Their ``min_samples`` count differently: the
 hdbscan package's k is scikit-learn's k + 1 (scikit-learn counts the point itself), so the same
 number is a different density; the stored parameters hold the value in effect and
 ``min_samples_note`` says which convention. ``preset="panic-tda"`` is the earlier tool's clustering:
@@ -44,7 +46,12 @@ Result, in each input experiment's store, ``analysis/clusters/<name>``:
 variance target's components resolved), ``requested`` (what the call gave), the input
 experiments, the library and the versions, ``min_samples_note``, and with a PCA
 ``explained_variance`` (the fraction of the variance of the unit vectors the PCA fit kept) and
-``explained_variance_ratio`` (per component). The default name is derived from the parameters and inputs, so a second
+``explained_variance_ratio`` (per component). The frozen model (``fitted: true``; panicflow/analysis/assign.py
+applies it to other experiments without refitting), in the first input experiment only (``frozen_in``):
+``frozen_feature`` (reference, feature; the fitted cluster members in the clustering's space), ``frozen_label``,
+``frozen_core_distance`` (distance to the ``frozen_k``-th nearest fitted vector besides itself, k = min_samples in
+the hdbscan package's count), per cluster ``threshold`` (the largest core distance of its members), and with a
+PCA ``pca_mean`` and ``pca_components``; the rule is ``ASSIGNMENT_RULE`` (``nearest_assign``). The default name is derived from the parameters and inputs, so a second
 clustering with other parameters is stored beside the first.
 """
 
@@ -54,6 +61,7 @@ import hashlib
 import json
 import warnings
 from dataclasses import asdict, dataclass
+from types import SimpleNamespace
 from typing import Any, Sequence
 
 import numpy as np
@@ -63,8 +71,9 @@ from ..errors import UserError
 from .results import check_model, embedded_runs, open_store, read_vectors, unit, versions, write_result
 
 KIND = "clusters"
-ALGORITHMS = ("hdbscan", "fast_hdbscan", "sklearn")
-LIBRARIES = {"hdbscan": "hdbscan", "fast_hdbscan": "fast-hdbscan", "sklearn": "scikit-learn"}
+ALGORITHMS = ("hdbscan", "fast_hdbscan", "sklearn", "evoc")
+LIBRARIES = {"hdbscan": "hdbscan", "fast_hdbscan": "fast-hdbscan", "sklearn": "scikit-learn", "evoc": "evoc"}
+EXTRA = {"fast_hdbscan": "fast_hdbscan", "evoc": "evoc"}  # algorithm -> module installed by panicflow[fast]
 DEFAULT_MIN_CLUSTER_SIZE = 10
 # --reduce auto (the default): the full space up to this many vectors (hdbscan took 141 s for 10k x 768,
 # reference/measured-facts.md), else the fewest PCA components that keep AUTO_VARIANCE of the variance. Chosen on
@@ -123,6 +132,14 @@ class ClusterParams:
             raise UserError(f"--algorithm: choose {', '.join(ALGORITHMS)}, not {algorithm!r}")
         if algorithm != "hdbscan" and self.sample is not None:
             raise UserError(f"--sample: only with --algorithm hdbscan ({algorithm} cannot label unseen vectors)")
+        if algorithm == "evoc" and (self.cluster_selection_epsilon is not None or self.allow_single_cluster is not None):
+            raise UserError("--algorithm evoc: has no --cluster-selection-epsilon or --allow-single-cluster")
+        if algorithm in EXTRA:
+            import importlib.util
+
+            if importlib.util.find_spec(EXTRA[algorithm]) is None:
+                raise UserError(f"--algorithm {algorithm}: the {LIBRARIES[algorithm]} package is not installed; "
+                                f"pip install 'panicflow[fast]'")
 
     def effective(self, n_vectors: int) -> dict[str, Any]:
         """The settings used for ``n_vectors`` vectors, every default resolved (``reduce`` still ``auto``'s choice
@@ -168,6 +185,9 @@ def parse_reduce(text: str) -> int | float | None:
 
 def min_samples_note(algorithm: str, min_samples: int) -> str:
     """How ``min_samples`` counts, per library (the same k means a different density in each)."""
+    if algorithm == "evoc":
+        return (f"evoc: min_samples {min_samples} and base_min_cluster_size (= min_cluster_size) of its own graph-based "
+                f"clustering (n_neighbors 15, noise_level 0.5, random_state = seed)")
     if algorithm == "sklearn":
         return (f"scikit-learn: min_samples {min_samples} counts the point itself; the hdbscan package's "
                 f"min_samples {min_samples - 1} is the same setting")
@@ -211,6 +231,12 @@ def _take(x: np.ndarray, rows: np.ndarray) -> np.ndarray:
 def _fit(params: dict, *parts: np.ndarray):
     """The clustering itself: returns (clusterer or None, labels, probabilities)."""
     x = np.concatenate(parts)
+    if params["algorithm"] == "evoc":  # EVoC's own graph-based clustering (labels_, membership_strengths_)
+        import evoc
+
+        c = evoc.EVoC(base_min_cluster_size=params["min_cluster_size"], min_samples=params["min_samples"],
+                      random_state=params.get("seed", 0)).fit(x)
+        return None, np.asarray(c.labels_, np.int32), np.asarray(c.membership_strengths_, np.float32)
     kw = {"min_cluster_size": params["min_cluster_size"], "min_samples": params["min_samples"],
           "cluster_selection_epsilon": params["cluster_selection_epsilon"], "allow_single_cluster": params["allow_single_cluster"]}
     if params["algorithm"] == "sklearn":  # the earlier tool's library
@@ -240,6 +266,70 @@ def _predict(fit, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         return np.zeros(0, np.int32), np.zeros(0, np.float32)
     labels, strengths = hdbscan.approximate_predict(fit[0], x)
     return labels.astype(np.int32), strengths.astype(np.float32)
+
+
+ASSIGNMENT_RULE = ("a vector (unit, projected by the stored PCA) takes the cluster of its nearest fitted member "
+                   "(euclidean) when within that cluster's threshold, the largest core distance of its fitted members; "
+                   "else noise (-1)")
+
+
+def frozen_k(algorithm: str, min_samples: int) -> int:
+    """Neighbours besides the point in the frozen model's core distance: min_samples in the hdbscan package's count."""
+    return max(1, min_samples - 1 if algorithm == "sklearn" else min_samples)
+
+
+def core_distances(x: np.ndarray, rows: np.ndarray, k: int) -> np.ndarray:
+    """Distance of each ``x[rows]`` to its k-th nearest row of ``x`` besides itself (euclidean)."""
+    from sklearn.neighbors import NearestNeighbors
+
+    k = min(k, len(x) - 1)
+    if k < 1 or len(rows) == 0:
+        return np.zeros(len(rows), np.float32)
+    d, _ = NearestNeighbors(n_neighbors=k + 1).fit(x).kneighbors(x[rows])
+    return d[:, k].astype(np.float32)
+
+
+def _frozen(params: dict, fit, *parts: np.ndarray) -> dict:
+    """The frozen model of a fit: its members' clustering-space vectors, labels and core distances, and per cluster the
+    threshold (the largest core distance of its members)."""
+    x = np.concatenate(parts)
+    labels = fit[1]
+    members = np.flatnonzero(labels >= 0)
+    k = frozen_k(params["algorithm"], params["min_samples"])
+    core = core_distances(x, members, k)
+    ref_label = labels[members].astype(np.int32)
+    ids = np.unique(ref_label).astype(np.int32)
+    thr = np.array([core[ref_label == c].max() for c in ids], np.float32)
+    return {"feature": x[members].astype(np.float32), "label": ref_label, "core_distance": core, "cluster_id": ids,
+            "threshold": thr, "k": k}
+
+
+def _pca_arrays(pca) -> dict:
+    return {"pca_mean": np.asarray(pca.mean_, np.float64), "pca_components": np.asarray(pca.components_, np.float64)}
+
+
+def nearest_assign(x: np.ndarray, ref: np.ndarray, ref_label: np.ndarray, cluster_id: np.ndarray,
+                   threshold: np.ndarray, block_bytes: int = 1 << 26) -> tuple[np.ndarray, np.ndarray]:
+    """The frozen assignment (``ASSIGNMENT_RULE``): (label, distance to the nearest reference vector) of each row of x,
+    in float64, a block of rows at a time."""
+    n = len(x)
+    labels, dist = np.full(n, -1, np.int32), np.full(n, np.nan, np.float64)
+    if n == 0 or len(ref) == 0:
+        return labels, dist
+    r = np.asarray(ref, np.float64)
+    r2 = (r * r).sum(axis=1)
+    step = max(1, block_bytes // (8 * len(r)))
+    thr = dict(zip(np.asarray(cluster_id).tolist(), np.asarray(threshold, np.float64).tolist()))
+    for a in range(0, n, step):
+        xb = np.asarray(x[a:a + step], np.float64)
+        d2 = (xb * xb).sum(axis=1)[:, None] - 2 * xb @ r.T + r2[None, :]
+        j = np.argmin(d2, axis=1)
+        d = np.linalg.norm(xb - r[j], axis=1)  # the exact distance to the nearest
+        lab = ref_label[j]
+        ok = d <= np.array([thr[int(c)] for c in lab])
+        labels[a:a + step] = np.where(ok, lab, -1)
+        dist[a:a + step] = d
+    return labels, dist
 
 
 def _cluster_sums(loc: str, eid: str, model: str, run: int, labels: np.ndarray) -> dict[int, np.ndarray]:
@@ -318,7 +408,9 @@ def cluster(
     return _cluster(st, exps, params, client, name)
 
 
-def _cluster(st, exps, params: ClusterParams, client: Client, name: str | None) -> str:
+def _prepare(st, exps, params: ClusterParams, client: Client) -> SimpleNamespace:
+    """Count the vectors, resolve the settings, fit the PCA if any (warning below LOW_VARIANCE) and project every run
+    on the workers: the inputs of a clustering (``feats``: one future per (experiment, run) unit, in order)."""
     loc = st.location
     units = [(e.id, int(r)) for e in exps for r in embedded_runs(e, params.model)]
     args = [(loc, eid, params.model, run) for eid, run in units]
@@ -353,18 +445,34 @@ def _cluster(st, exps, params: ClusterParams, client: Client, name: str | None) 
             warnings.warn(LowVarianceWarning(
                 f"--reduce {eff['reduce']}: the PCA keeps {kept:.0%} of the variance of the {params.model} vectors "
                 f"(below {LOW_VARIANCE:.0%}); the clustering may differ from the full space's (--reduce none, or "
-                f"pca:{AUTO_VARIANCE:g} for the fewest components that keep {AUTO_VARIANCE:.0%})"), stacklevel=3)
+                f"pca:{AUTO_VARIANCE:g} for the fewest components that keep {AUTO_VARIANCE:.0%})"), stacklevel=4)
     feats = [client.submit(_features, *a, pca, pure=False) for a in args]
+    return SimpleNamespace(loc=loc, units=units, args=args, total=total, eff=eff, offsets=offsets, sampled=sampled,
+                           pca=pca, explained=explained, feats=feats)
+
+
+def _fit_settings(params: ClusterParams, eff: dict, sampled) -> dict:
     p = {k_: eff[k_] for k_ in ("min_cluster_size", "min_samples", "algorithm", "cluster_selection_epsilon", "allow_single_cluster")}
     p["sample"] = params.sample if sampled is not None else None
+    p["seed"] = params.seed
+    return p
+
+
+def _cluster(st, exps, params: ClusterParams, client: Client, name: str | None) -> str:
+    prep = _prepare(st, exps, params, client)
+    loc, units, args, total, eff = prep.loc, prep.units, prep.args, prep.total, prep.eff
+    offsets, sampled, pca, explained, feats = prep.offsets, prep.sampled, prep.pca, prep.explained, prep.feats
+    p = _fit_settings(params, eff, sampled)
     if sampled is None:
         fit = client.submit(_fit, p, *feats, pure=False)
+        frozen = client.submit(_frozen, p, fit, *feats, pure=False)
         labels, probs = client.gather(client.submit(_labels_of, fit, pure=False))
         unit_labels = [labels[offsets[i]:offsets[i + 1]] for i in range(len(units))]
         unit_probs = [probs[offsets[i]:offsets[i + 1]] for i in range(len(units))]
     else:
         parts = [client.submit(_take, f, s, pure=False) for f, s in zip(feats, sampled) if len(s)]
         fit = client.submit(_fit, p, *parts, pure=False)
+        frozen = client.submit(_frozen, p, fit, *parts, pure=False)
         fit_labels, fit_probs = client.gather(client.submit(_labels_of, fit, pure=False))
         predicted = client.gather([client.submit(_predict, fit, f, pure=False) for f in feats])
         unit_labels, unit_probs, pos = [], [], 0
@@ -374,6 +482,9 @@ def _cluster(st, exps, params: ClusterParams, client: Client, name: str | None) 
             pos += len(s)
             unit_labels.append(lab)
             unit_probs.append(pr)
+    frozen = client.gather(frozen)  # the frozen model: the fitted members' features, core distances, thresholds
+    if pca is not None:
+        frozen.update(client.gather(client.submit(_pca_arrays, pca, pure=False)))
     del feats, fit, pca
     medoids = _medoids(client, args, unit_labels)
     all_labels = np.concatenate(unit_labels) if unit_labels else np.zeros(0, np.int32)
@@ -391,11 +502,12 @@ def _cluster(st, exps, params: ClusterParams, client: Client, name: str | None) 
              "n_noise": int((all_labels == -1).sum()),
              "min_samples_note": min_samples_note(eff["algorithm"], eff["min_samples"]),
              "space": "unit-normalised vectors" + (f", PCA to {explained[0]} dimensions" if explained else "") + ", euclidean",
-             "medoid": "member with the smallest summed cosine distance to the cluster's members, in the original space"}
+             "medoid": "member with the smallest summed cosine distance to the cluster's members, in the original space",
+             "fitted": True, "frozen_in": exps[0].id, "frozen_k": frozen["k"], "assignment_rule": ASSIGNMENT_RULE}
     if explained is not None:
         attrs["explained_variance"] = float(sum(explained[1]))
         attrs["explained_variance_ratio"] = explained[1]
-    for exp in exps:
+    for i, exp in enumerate(exps):
         g = exp.group(read_only=True)
         n_runs, n_steps = g["output_hash"].shape
         lab = np.full((n_runs, n_steps), -2, np.int32)
@@ -412,8 +524,26 @@ def _cluster(st, exps, params: ClusterParams, client: Client, name: str | None) 
             "medoid_experiment": (["cluster"], np.array([medoids[c][0] for c in ids], dtype=str), {"description": "experiment of the medoid"}),
             "medoid_run": (["cluster"], np.array([medoids[c][1] for c in ids], dtype=np.int64), {"description": "run of the medoid"}),
             "medoid_step": (["cluster"], np.array([medoids[c][2] for c in ids], dtype=np.int64), {"description": "step of the medoid"}),
-        }, attrs)
+        } | (_frozen_arrays(frozen, ids) if i == 0 else {}), attrs)
     return name
+
+
+def _frozen_arrays(frozen: dict, ids: np.ndarray) -> dict:
+    """The frozen model's arrays, stored with the clustering in its first input experiment (``frozen_in``)."""
+    thr = np.full(len(ids), np.nan, np.float32)
+    thr[np.searchsorted(ids, frozen["cluster_id"])] = frozen["threshold"]
+    out = {
+        "threshold": (["cluster"], thr, {"description": "largest core distance of the cluster's fitted members (frozen assignment)"}),
+        "frozen_feature": (["reference", "feature"], frozen["feature"],
+                           {"description": "clustering-space vectors (unit, PCA-projected if reduced) of the fitted cluster members"}),
+        "frozen_label": (["reference"], frozen["label"], {"description": "cluster of each fitted member"}),
+        "frozen_core_distance": (["reference"], frozen["core_distance"],
+                                 {"description": "distance to the k-th nearest fitted vector besides itself (k: frozen_k)"}),
+    }
+    if "pca_mean" in frozen:
+        out["pca_mean"] = (["dimension"], frozen["pca_mean"], {"description": "PCA mean of the unit vectors"})
+        out["pca_components"] = (["component", "dimension"], frozen["pca_components"], {"description": "PCA components (rows)"})
+    return out
 
 
 def _medoids(client: Client, args: list[tuple], unit_labels: list[np.ndarray]) -> dict[int, tuple[str, int, int]]:

@@ -33,6 +33,7 @@ from ..store.experiment import Experiment
 ANALYSIS = "analysis"
 KINDS = ("clusters", "drift", "distances", "divergence", "sequences", "entropy", "dynamics")  # analysis/<kind>/<name>
 KINDS += ("knn", "noise_sweep", "noise_caption", "recurrence", "windows", "run_table")  # issue 24 items 3, 5 (density.py, recurrence.py)
+KINDS += ("stability",)  # issue 24 item 1 (stability.py)
 
 
 @lru_cache(maxsize=16)
