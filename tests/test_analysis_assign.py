@@ -112,6 +112,10 @@ def test_frozen_model_and_assign_against_brute_force(two_experiments, client):
     from panicflow.analysis.sequences import sequences
 
     assert sequences(b, name_b, store=store).endswith(name_b)
+    from panicflow.analysis.plots import describe_clustering, figure
+
+    assert f"fitted on {a}, assigned without refitting" in describe_clustering(rb["attrs"])
+    assert figure(b, "clusters", store, clustering=name_b, store_results=False) is not None
     with pytest.raises(UserError, match="not fitted"):
         assign([a], name_b, b, store=store, client=client)
 

@@ -196,7 +196,7 @@ def describe_clustering(attrs: dict) -> str:
     """A clustering in words, from its parameters: e.g. ``HDBSCAN of DummyText (min cluster size 5, PCA to 4
     dimensions): 3 clusters``, for titles (its stored name is a digest)."""
     p = attrs.get("parameters", {})
-    algorithm = {"hdbscan": "HDBSCAN", "fast_hdbscan": "fast-hdbscan", "sklearn": "scikit-learn HDBSCAN"}.get(
+    algorithm = {"hdbscan": "HDBSCAN", "fast_hdbscan": "fast-hdbscan", "sklearn": "scikit-learn HDBSCAN", "evoc": "EVoC"}.get(
         p.get("algorithm"), str(p.get("algorithm", "")))
     parts = [f"min cluster size {p.get('min_cluster_size')}"]
     if p.get("min_samples") not in (None, p.get("min_cluster_size")):
@@ -207,6 +207,8 @@ def describe_clustering(attrs: dict) -> str:
         parts.append(f"fitted on {int(p['sample']):,} vectors")
     if len(attrs.get("inputs", [])) > 1:
         parts.append(f"{len(attrs['inputs'])} experiments in one space")
+    if attrs.get("fitted") is False:  # analyse assign: the frozen model of a clustering fitted elsewhere
+        parts.append(f"fitted on {attrs.get('source_experiment')}, assigned without refitting")
     n = attrs.get("n_clusters")
     return f"{algorithm} of {p.get('model')} ({', '.join(parts)})" + (f": {n} clusters" if n is not None else "")
 
