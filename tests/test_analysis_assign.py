@@ -216,3 +216,28 @@ def test_evoc_equals_direct_call(two_experiments, client):
     assert res["attrs"]["library"] == "evoc" and res["attrs"]["versions"]["evoc"] != "unknown"
     with pytest.raises(UserError, match="evoc: has no"):
         clustering.cluster([a], MODEL, store=store, client=client, algorithm="evoc", cluster_selection_epsilon=0.1)
+
+
+def test_assign_from_a_clustering_of_two_experiments(two_experiments, client):
+    """A corpus of two experiments: the frozen model lives in the first input; --from the second finds it there."""
+    store, a, b = two_experiments
+    name = clustering.cluster([a, b], MODEL, store=store, client=client, min_cluster_size=5, reduce="none", name="both")
+    ga, gb = (open_result(Store(store).experiment(e), "clusters", name) for e in (a, b))
+    assert "frozen_feature" in ga and "frozen_feature" not in gb and gb.attrs["frozen_in"] == a
+    out = assign([a], name, b, store=store, client=client, name="again")
+    r = clustering.assignments(a, out, store=store)
+    v, run, step = _stored_vectors(store, a)
+    fitted = ga["label"][...][run, step]
+    members = fitted >= 0
+    np.testing.assert_array_equal(r["label"][run, step][members], fitted[members])
+    np.testing.assert_array_equal(r["label"][run, step], _brute_force(v.astype(np.float64), ga))
+    assert r["attrs"]["source_inputs"] == [a, b] and r["attrs"]["source_experiment"] == b
+
+
+def test_missing_library_is_one_line(monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda n, *a: None if n == "evoc" else real(n, *a))
+    with pytest.raises(UserError, match=r"the evoc package is not installed; pip install 'panicflow\[fast\]'"):
+        clustering.ClusterParams(MODEL, algorithm="evoc").check()
