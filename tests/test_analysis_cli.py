@@ -35,3 +35,13 @@ def test_cli(analysis_experiment, client, tmp_path):
     assert r.exit_code == 0 and (tmp_path / "assignments.csv").exists()
     r = run(app, ["analyse", "cluster", eid, "--model", "DummyText", "--reduce", "tsne", "--store", store, "--scheduler", sched])
     assert r.exit_code != 0 and "--reduce: expected" in str(r.exception)
+
+
+def test_every_result_kind_names_the_command_that_stores_it():
+    """A missing result says which `panicflow analyse` command computes it: that command must exist
+    (the later kinds said `noise_sweep`, not `noise-sweep`)."""
+    from panicflow.analysis.cli import analyse_app
+    from panicflow.analysis.results import KINDS, kind_command
+
+    commands = {c.name or c.callback.__name__ for c in analyse_app.registered_commands}
+    assert {kind: kind_command(kind) for kind in KINDS if kind_command(kind) not in commands} == {}

@@ -31,9 +31,14 @@ from ..store import Store, consolidated
 from ..store.experiment import Experiment
 
 ANALYSIS = "analysis"
-KINDS = ("clusters", "drift", "distances", "divergence", "sequences", "entropy", "dynamics")  # analysis/<kind>/<name>
-KINDS += ("knn", "noise_sweep", "noise_caption", "recurrence", "windows", "run_table")  # issue 24 items 3, 5 (density.py, recurrence.py)
-KINDS += ("stability",)  # issue 24 item 1 (stability.py)
+# analysis/<kind>/<name>, and the `panicflow analyse` command that stores each kind
+COMMANDS = {
+    "clusters": "cluster", "drift": "drift", "distances": "distances", "divergence": "divergence",
+    "sequences": "sequences", "entropy": "entropy", "dynamics": "dynamics", "stability": "stability",
+    "knn": "knn", "noise_sweep": "noise-sweep", "noise_caption": "noise-captions", "recurrence": "recurrence",
+    "windows": "windows", "run_table": "run-table",
+}
+KINDS = tuple(COMMANDS)
 
 
 @lru_cache(maxsize=16)
@@ -193,4 +198,4 @@ def open_result(exp: Experiment, kind: str, name: str | None = None) -> zarr.Gro
 
 
 def kind_command(kind: str) -> str:
-    return {"clusters": "cluster", "drift": "drift", "distances": "distances"}.get(kind, kind)
+    return COMMANDS.get(kind, kind)
