@@ -35,8 +35,9 @@ def pytest_command(checkout: Path) -> list[str]:
     """The pytest command line of the checkout's scripts/test, with its own .venv's python or this one."""
     line = next(l for l in (checkout / "scripts" / "test").read_text().splitlines() if l.startswith("exec ") and "pytest" in l)
     words = shlex.split(line.removeprefix("exec ").replace('"$@"', ""))
-    words = [os.path.expandvars(w.replace("${PANICFLOW_TEST_PROCESSES:-auto}", os.environ.get("PANICFLOW_TEST_PROCESSES", "auto")))
-             for w in words]
+    # the process count as the script computes it: $PANICFLOW_TEST_PROCESSES, else its default
+    default = str(os.cpu_count() + 1) if "nproc" in line else "auto"
+    words = [re.sub(r"\$\{PANICFLOW_TEST_PROCESSES:-.*\}", os.environ.get("PANICFLOW_TEST_PROCESSES", default), w) for w in words]
     own = checkout / ".venv" / "bin" / "python"  # a fresh clone's own virtualenv, made by its bootstrap
     return [str(own) if own.exists() else sys.executable, *words[words.index("-m"):]]
 

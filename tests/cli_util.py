@@ -29,15 +29,23 @@ def write_config(path: Path, config: dict) -> str:
     return str(path)
 
 
+# sets SIGHUP's disposition (argv[1]: SIG_DFL or SIG_IGN), then becomes the command (argv[2:]): exec keeps it
+HUP_LAUNCHER = "import os, signal, sys; signal.signal(signal.SIGHUP, getattr(signal, sys.argv[1])); os.execv(sys.argv[2], sys.argv[2:])"
+
+
 class Running:
     """``panicflow ARGS`` in a session of its own, so that a signal to its group is a terminal's or a batch system's."""
 
     def __init__(self, args: list[str], tmp: Path, env: dict | None = None, cwd: str | None = None,
-                 command: list[str] | None = None) -> None:
+                 command: list[str] | None = None, sighup: str = "SIG_DFL") -> None:
         self.out, self.err = tmp / "stdout", tmp / "stderr"
+        # SIGHUP as a terminal's shell leaves it (SIG_DFL), whatever this process was started with: under
+        # `nohup` (a suite started in the background) it is ignored, inherited, and panicflow, as it should,
+        # leaves an ignored SIGHUP ignored; sighup="SIG_IGN" starts it as nohup does
+        launch = [sys.executable, "-c", HUP_LAUNCHER, sighup]
         with open(self.out, "w") as out, open(self.err, "w") as err:
             self.proc = subprocess.Popen(
-                command or [sys.executable, "-m", "panicflow", *args], stdout=out, stderr=err, start_new_session=True,
+                [*launch, *(command or [sys.executable, "-m", "panicflow", *args])], stdout=out, stderr=err, start_new_session=True,
                 env={**os.environ, "COLUMNS": "200", **(env or {})}, cwd=cwd,
             )
 

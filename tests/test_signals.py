@@ -175,6 +175,26 @@ def test_a_second_sighup_stops_at_once_whatever_the_grace(tmp_path):
 
 
 @needs_proc
+def test_under_nohup_sighup_is_ignored_and_sigterm_still_stops_it(tmp_path):
+    """`nohup panicflow experiment run ...`: SIGHUP is ignored as nohup asked (a closed terminal does not stop
+    it), SIGTERM still does. (A suite started under nohup made the SIGHUP test above wait for ever.)"""
+    store = tmp_path / "store"
+    run = Running(["experiment", "run", write_config(tmp_path / "c.json", SLOW), "--store", str(store), "--json",
+                   "--grace", "1", *LOCAL], tmp_path, env={"PANICFLOW_TEST_SLEEP_S": "2"}, sighup="SIG_IGN")
+    run.wait_for("the first model call", lambda: (store / "experiments").is_dir() and any(
+        p.read_text().find('"running"') >= 0 for p in store.glob("experiments/*/state.json")))
+    run.signal(signal.SIGHUP)
+    time.sleep(3)
+    assert run.proc.poll() is None, "SIGHUP stopped a run started under nohup"
+    run.signal(signal.SIGTERM)
+    code, out, err = run.finish()
+    assert code == 143, err
+    assert json.loads(out)["state"] == "interrupted" and "SIGHUP" not in err
+    [eid] = os.listdir(store / "experiments")
+    assert state(store, eid)["reason"] == "SIGTERM"
+
+
+@needs_proc
 def test_sigterm_while_the_cluster_starts_exits_143_and_writes_nothing(tmp_path):
     store = tmp_path / "store"
     run = Running(["experiment", "run", write_config(tmp_path / "c.json", SLOW), "--store", str(store), *LOCAL], tmp_path)
