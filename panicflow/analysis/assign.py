@@ -30,7 +30,7 @@ from distributed import Client
 
 from ..errors import UserError
 from . import clustering as C
-from .results import check_model, embedded_runs, open_result, open_store, read_vectors, versions, write_result
+from .results import embedded_runs, open_result, open_store, read_vectors, versions, write_result
 
 
 def load_frozen(st, source: str, clustering: str | None) -> tuple[dict, dict, str]:
@@ -76,11 +76,7 @@ def assign(experiment_ids: Sequence[str], clustering: str | None, source: str, s
     st = open_store(str(store) if store is not None else default_location())
     frozen, src_attrs, cname = load_frozen(st, source, clustering)
     model = src_attrs["parameters"]["model"]
-    exps = [st.experiment(e) for e in experiment_ids]
-    if len({e.id for e in exps}) != len(exps):
-        raise UserError("assign: an experiment is named twice")
-    for exp in exps:
-        check_model(exp, model)
+    exps = C.open_experiments(st, experiment_ids, model, "assign")
     if client is None:
         from distributed import LocalCluster
 

@@ -361,6 +361,16 @@ def _best_members(loc: str, eid: str, model: str, run: int, labels: np.ndarray, 
 
 
 # ---------------------------------------------------------------------- driver
+def open_experiments(st, experiment_ids, model: str, command: str) -> list:
+    """The named experiments, each once and each with ``model`` embeddings (else a UserError naming ``command``)."""
+    exps = [st.experiment(e) for e in experiment_ids]
+    if len({e.id for e in exps}) != len(exps):
+        raise UserError(f"{command}: an experiment is named twice")
+    for exp in exps:
+        check_model(exp, model)
+    return exps
+
+
 def cluster(
     experiment_ids: Sequence[str],
     model: str,
@@ -395,11 +405,7 @@ def cluster(
     if not experiment_ids:
         raise UserError("cluster: give at least one experiment id")
     st = open_store(str(store) if store is not None else default_location())
-    exps = [st.experiment(e) for e in experiment_ids]
-    if len({e.id for e in exps}) != len(exps):
-        raise UserError("cluster: an experiment is named twice")
-    for exp in exps:
-        check_model(exp, model)
+    exps = open_experiments(st, experiment_ids, model, "cluster")
     if client is None:
         from distributed import LocalCluster
 

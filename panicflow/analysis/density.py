@@ -32,7 +32,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from ..errors import UserError
-from .results import check_model, embedded_runs, open_result, open_store, unit, versions, write_result
+from .results import check_model, embedded_runs, open_result, open_store, run_vectors, unit, versions, write_result
 
 KNN, SWEEP, CAPTION = "knn", "noise_sweep", "noise_caption"
 DEFAULT_K = 10
@@ -53,7 +53,7 @@ def all_vectors(exp, model: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(run, step, unit vector) of every stored ``model`` vector of the experiment, runs in order."""
     runs, steps, parts = [], [], []
     for r in embedded_runs(exp, model):
-        s, v = _read(exp, model, int(r))
+        s, v = run_vectors(exp, model, int(r))
         runs.append(np.full(len(s), r, np.int64))
         steps.append(s)
         parts.append(unit(v))
@@ -61,13 +61,6 @@ def all_vectors(exp, model: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros((0, 0))
     return np.concatenate(runs), np.concatenate(steps), np.concatenate(parts)
 
-
-def _read(exp, model: str, run: int) -> tuple[np.ndarray, np.ndarray]:
-    g = exp.group(read_only=True)
-    n = int(g["length"][run])
-    v = np.asarray(g[f"embeddings/{model}/vector"][run, :max(n, 0)], dtype=np.float64)
-    ok = ~np.isnan(v).any(axis=1)
-    return np.flatnonzero(ok), v[ok]
 
 
 # ---------------------------------------------------------------------------------- k nearest neighbours

@@ -41,7 +41,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from ..errors import UserError
-from .results import check_model, embedded_runs, open_result, open_store, read_diagram, versions, write_result
+from .results import check_model, embedded_runs, open_result, open_store, read_diagram, run_vectors, versions, write_result
 
 RECURRENCE, WINDOWS, RUN_TABLE = "recurrence", "windows", "run_table"
 DEFAULT_QUANTILE = 0.05
@@ -52,13 +52,6 @@ def _exp(experiment_id: str, store: str | None):
 
     return open_store(str(store) if store is not None else default_location()).experiment(experiment_id)
 
-
-def _vectors(exp, model: str, run: int) -> tuple[np.ndarray, np.ndarray]:
-    g = exp.group(read_only=True)
-    n = int(g["length"][run])
-    v = np.asarray(g[f"embeddings/{model}/vector"][run, :max(n, 0)], dtype=np.float64)
-    ok = ~np.isnan(v).any(axis=1)
-    return np.flatnonzero(ok), v[ok]
 
 
 # ---------------------------------------------------------------------------------- recurrence
@@ -165,7 +158,7 @@ def recurrence(experiment_id: str, clustering: str | None = None, store: str | N
     if threshold is not None:
         eps = float(threshold)
     else:  # a first pass over the runs, one at a time
-        eps, pairs, total = pooled_threshold((_vectors(exp, model, int(r))[1] for r in runs), quantile)
+        eps, pairs, total = pooled_threshold((run_vectors(exp, model, int(r))[1] for r in runs), quantile)
     n_runs = exp.group(read_only=True)["output_hash"].shape[0]
     per: dict[str, np.ndarray] = {k: np.full(n_runs, np.nan) for k in (
         "rr_distance", "rr_symbol", "jaccard", "mean_return_distance", "mean_return_symbol")}
@@ -173,7 +166,7 @@ def recurrence(experiment_id: str, clustering: str | None = None, store: str | N
         "n_points", "n_returns_distance", "n_returns_symbol", "censored_distance", "censored_symbol")}
     ev: dict[str, list] = {"run": [], "source": [], "step": [], "time": []}
     for run in (int(r) for r in runs):
-        steps, x = _vectors(exp, model, run)
+        steps, x = run_vectors(exp, model, run)
         rd = distance_recurrences(x, eps)
         rs = symbol_recurrences(label[run][steps])
         counts["n_points"][run] = len(x)
@@ -296,7 +289,7 @@ def window_persistence(experiment_id: str, model: str, store: str | None = None,
     check_model(exp, model)
     rows: dict[str, list] = {"run": [], "start": [], "end": [], "bars": [], "entropy": [], "norm": []}
     for run in embedded_runs(exp, model):
-        steps, x = _vectors(exp, model, int(run))
+        steps, x = run_vectors(exp, model, int(run))
         for w in sliding_windows(x, window, stride, maxdim):
             rows["run"].append(int(run))
             rows["start"].append(int(steps[w["first"]]))
@@ -379,7 +372,7 @@ def run_table(experiment_id: str, sequences: str | None = None, store: str | Non
     rows: list[dict[str, Any]] = []
     for run in embedded_runs(exp, model):
         run = int(run)
-        steps, _ = _vectors(exp, model, run)
+        steps, _ = run_vectors(exp, model, run)
         row: dict[str, Any] = {"run": run, "network": str(g["network"][run]), "prompt": str(g["prompt"][run]),
                                "n_points": len(steps), "n_points_used": int(d["n_points_used"][run]),
                                "duplicates": duplicate_outputs(g["output_hash"][run][steps].tolist())}

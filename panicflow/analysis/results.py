@@ -71,8 +71,12 @@ def embedded_runs(exp: Experiment, model: str) -> np.ndarray:
 
 
 def read_vectors(location: str, experiment_id: str, model: str, run: int) -> tuple[np.ndarray, np.ndarray]:
-    """(steps, vectors) of one run: the steps that have a ``model`` embedding, as float64."""
-    exp = experiment(location, experiment_id)
+    """(steps, vectors) of one run: the steps that have a ``model`` embedding, as float64 (for a worker task)."""
+    return run_vectors(experiment(location, experiment_id), model, run)
+
+
+def run_vectors(exp: Experiment, model: str, run: int) -> tuple[np.ndarray, np.ndarray]:
+    """(steps, vectors) of one run of an open experiment: the steps that have a ``model`` embedding, as float64."""
     g = exp.group(read_only=True)
     n = int(g["length"][run])
     if n <= 0:

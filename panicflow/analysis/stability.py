@@ -29,7 +29,7 @@ from distributed import Client
 
 from ..errors import UserError
 from . import clustering as C
-from .results import check_model, open_result, open_store, versions, write_result
+from .results import open_result, open_store, versions, write_result
 
 KIND = "stability"
 QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
@@ -70,11 +70,7 @@ def stability(experiment_ids: Sequence[str], model: str, store: str | None = Non
     if not experiment_ids:
         raise UserError("stability: give at least one experiment id")
     st = open_store(str(store) if store is not None else default_location())
-    exps = [st.experiment(e) for e in experiment_ids]
-    if len({e.id for e in exps}) != len(exps):
-        raise UserError("stability: an experiment is named twice")
-    for exp in exps:
-        check_model(exp, model)
+    exps = C.open_experiments(st, experiment_ids, model, "stability")
     if client is None:
         from distributed import LocalCluster
 
