@@ -75,7 +75,8 @@ def test_submit_returns_the_id_at_once_and_result_waits_for_the_end(client, stor
     late: list = []
     h.add_done_callback(late.append)  # already done: at once
     assert late == [h]
-    assert len(seen) >= 3 and max(seen) == 80, sorted(seen)  # it advanced while we watched
+    # it advanced while we watched (the last snapshot may land between a read and done(): checked below)
+    assert len(seen) >= 3 and max(seen) <= 80, sorted(seen)
     assert h.progress.runs_ended == 2 and h.progress.invocations == 80
     status = h.status()
     assert status.state == "complete" and status.invocations == 80
