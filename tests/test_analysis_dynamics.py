@@ -209,3 +209,115 @@ def test_absorption_is_the_loop_detection(semantics_experiment, client, tmp_path
     nets = dynamics.dynamics_table(eid, "networks", mine)
     runs = dynamics.dynamics_table(eid, "runs", mine)
     assert (nets.set_index("name").absorbed == runs.groupby("network").absorbed.sum()).all()
+
+
+# --- pooling the runs of several experiments clustered together ------------------------------------
+
+def _counts_by_hand(labels, networks, lag=1):
+    """{network: {(a, b): count}} of the milestoned symbols of every run, a plain loop per run (no pair
+    crosses from one run into the next)."""
+    out = {}
+    for row, net in zip(labels, networks):
+        last, seq = None, []
+        for x in row:
+            if x >= 0:
+                last = int(x)
+            if x >= -1 and last is not None:
+                seq.append(last)
+        c = out.setdefault(str(net), {})
+        for a, b in zip(seq[:-lag], seq[lag:]):
+            c[(a, b)] = c.get((a, b), 0) + 1
+    return out
+
+
+@pytest.fixture(scope="module")
+def pooled(copied, client):
+    """The copied store with a second, smaller experiment, and one clustering of both."""
+    import panicflow
+
+    store, eid, _ = copied
+    cfg = {"name": "second", "networks": [["DummyT2I", "DummyI2T"], ["DummyT2I2", "DummyI2T2"]], "seeds": [7, -1],
+           "prompts": ["a blue square"], "embedding_models": ["DummyText", "DummyVision"], "max_length": 24}
+    eid2 = panicflow.run_experiment(cfg, store=store, client=client)
+    name = clustering.cluster([eid, eid2], "DummyVision", store=store, client=client, min_cluster_size=5, reduce="pca:4",
+                              name="pool")
+    return store, eid, eid2, name
+
+
+def test_pooled_counts_are_the_sum_over_experiments(pooled):
+    import panicflow
+    from deeptime.markov import TransitionCountModel
+    from deeptime.markov.msm import MaximumLikelihoodMSM
+
+    store, eid, eid2, name = pooled
+    expect: dict = {}
+    n_runs = 0
+    for e in (eid, eid2):  # independently, from each experiment's stored labels
+        tree = panicflow.open_experiment(e, store=store)
+        labels = tree[f"analysis/clusters/{name}"].ds.label.values
+        n_runs += labels.shape[0]
+        for net, c in _counts_by_hand(labels, tree["/"].ds.network.values).items():
+            for k, v in c.items():
+                expect.setdefault(net, {})[k] = expect.setdefault(net, {}).get(k, 0) + v
+    for reversible in (False, True):
+        path = dynamics.dynamics([eid, eid2], name, store=store, max_lag=2, reversible=reversible,
+                                 name=f"pooled-{reversible}")
+        tree = panicflow.open_experiment(eid, store=store)  # stored in the first experiment, and readable as a tree
+        ds, attrs = tree[path].ds, tree[path].attrs
+        assert attrs["inputs"] == [eid, eid2] and attrs["parameters"]["experiments"] == [eid, eid2]
+        assert len(ds.run_network) == n_runs
+        assert sorted(set(ds.run_experiment.values.tolist())) == sorted([eid, eid2])
+        for net, counts in expect.items():
+            sel = ds.transition_network.values == net
+            frm, to = ds.transition_from.values[sel], ds.transition_to.values[sel]
+            states = sorted(set(frm.tolist()))
+            got = dict(zip(zip(frm.tolist(), to.tolist()), ds.transition_count.values[sel].tolist()))
+            C = np.array([[counts.get((a, b), 0) for b in states] for a in states], float)
+            assert got == {(a, b): C[i, j] for i, a in enumerate(states) for j, b in enumerate(states)}
+            # the largest connected set of the pooled counts is the one stored (deeptime, from the hand counts)
+            all_states = sorted({s for k in counts for s in k})
+            full = np.array([[counts.get((a, b), 0) for b in all_states] for a in all_states], float)
+            sub = TransitionCountModel(full).submodel_largest()
+            assert [all_states[i] for i in sub.state_symbols] == states
+            P = np.array([[dict(zip(got, ds.transition_probability.values[sel].tolist()))[(a, b)] for b in states]
+                          for a in states])
+            if reversible:  # deeptime's MSM of the hand-built count matrix
+                msm = MaximumLikelihoodMSM(reversible=True).fit_fetch(TransitionCountModel(C))
+                np.testing.assert_allclose(P, msm.transition_matrix, atol=1e-6)
+            else:  # row-normalised by hand
+                np.testing.assert_allclose(P, C / C.sum(axis=1, keepdims=True), atol=1e-6)
+    # the pooled counts are the sum of the single-experiment results' counts (each of the same clustering)
+    single = [dynamics.dynamics_table(e, "transitions", store, result=dynamics.dynamics(e, name, store=store, max_lag=1).rsplit("/", 1)[1])
+              for e in (eid, eid2)]
+    runs = dynamics.dynamics_table(eid, "runs", store, result="pooled-False")
+    assert sorted(set(runs.experiment_id)) == sorted([eid, eid2]) and len(runs) == n_runs
+    for e in (eid, eid2):
+        assert runs[runs.experiment_id == e].run.tolist() == list(range(len(runs[runs.experiment_id == e])))
+    total = {}
+    for t in single:
+        for k in zip(t["network"], t["from"], t["to"], t["count"]):
+            total[k[:3]] = total.get(k[:3], 0) + k[3]
+    flat = {(n, a, b): v for n, c in expect.items() for (a, b), v in c.items()}
+    assert total and all(flat.get(k, 0) >= v for k, v in total.items())  # each experiment's connected set is a part
+    pooled_t = dynamics.dynamics_table(eid, "transitions", store, result="pooled-False")
+    for k in zip(pooled_t["network"], pooled_t["from"], pooled_t["to"], pooled_t["count"]):
+        if all(k[:3] in {x[:3] for x in zip(t["network"], t["from"], t["to"])} for t in single):
+            assert k[3] == total[k[:3]]  # a pair connected in both: the pooled count is the sum of the two
+
+
+def test_pooling_needs_one_clustering_of_all(pooled, capsys):
+    from panicflow.cli import main
+
+    store, eid, eid2, name = pooled
+    # the copied fixture's clustering "dyn" is eid's alone
+    with pytest.raises(UserError, match="not shared by"):
+        dynamics.dynamics([eid, eid2], "dyn", store=store)
+    with pytest.raises(UserError, match="named twice"):
+        dynamics.dynamics([eid, eid], name, store=store)
+    assert main(["analyse", "dynamics", eid, eid2, "--clustering", "dyn", "--store", store]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "not shared by" in err[0]
+    assert main(["analyse", "dynamics", eid, eid2, "--clustering", name, "--store", store, "--json"]) == 0
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert out["path"] == f"analysis/dynamics/{name}-lag1-pooled2"
+    assert sum(n["runs"] for n in out["networks"]) == 20

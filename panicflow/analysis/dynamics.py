@@ -38,6 +38,10 @@ the earlier copy and ``loop_period`` the steps between. From there on the run re
 exactly: it is absorbed. Time to absorption: ``loop_start`` in steps and the vectors of the model
 before it; runs that ended otherwise are not absorbed (right-censored at their length).
 
+Pooling: several experiments that one clustering covers (``analyse cluster ID1 ID2 ...``) give one
+result, their runs pooled per network (counts summed over the runs of all of them, each run its own
+trajectory), stored in the first experiment (``<clustering>-lag<lag>-pooled<N>``; ``shared_clustering``).
+
 Result ``analysis/dynamics/<name>`` (default: ``<clustering>-lag<lag>``), with the parameters
 (clustering, model, lag, max_lag, n_sets asked and in effect per network, reversible, count mode,
 alpha), inputs and versions (numpy, scipy, deeptime). Tables: ``dynamics_table(ID, "runs" |
@@ -49,7 +53,7 @@ from __future__ import annotations
 import math
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -189,11 +193,37 @@ def _plain(a) -> np.ndarray:
 
 # --- the analysis ----------------------------------------------------------------------------------
 
-def dynamics(experiment_id: str, clustering: str | None = None, store: str | None = None, *, lag: int = 1,
+def shared_clustering(exps: list, clustering: str | None) -> list:
+    """The clusters result ``clustering`` (default: the first experiment's most recent) in each of ``exps``,
+    one clustering of them all: present in each, and each copy's ``inputs`` naming every one of them
+    (``analyse cluster ID1 ID2 ...`` or ``analyse assign ID1 ID2 ...``); else a one-line UserError."""
+    first = open_result(exps[0], "clusters", clustering)
+    name = first.basename
+    ids = [e.id for e in exps]
+    out = []
+    for exp in exps:
+        try:
+            g = first if exp is exps[0] else open_result(exp, "clusters", name)
+        except UserError:
+            g = None
+        if g is None or not set(ids) <= set(g.attrs.get("inputs", [exp.id])):
+            raise UserError(f"dynamics: clustering {name!r} of {exps[0].id} is not shared by {exp.id}; pool experiments "
+                            f"clustered together (`panicflow analyse cluster {' '.join(ids)} --model ...`, or `analyse assign`)")
+        out.append(g)
+    return out
+
+
+def dynamics(experiment_id: str | Sequence[str], clustering: str | None = None, store: str | None = None, *, lag: int = 1,
              max_lag: int = 5, n_sets: int | None = None, reversible: bool = True, alpha: float = 0.1,
              name: str | None = None) -> str:
     """Milestoning, MSM per network, dwell times, transit and absorption under a stored clustering
-    (default: the most recent); returns the result's path."""
+    (default: the most recent); returns the result's path.
+
+    Several experiment ids pool their runs (one clustering of them all, ``shared_clustering``): each
+    network's counts are summed over the runs of every experiment (each run its own trajectory: no
+    transition from one run's end into another run), and the result goes into the first experiment with
+    ``inputs`` naming them all; its per-run arrays cover every run, ``run_experiment`` and ``run_index``
+    saying whose (dimensions ``pooled_run`` and ``pooled_step``, steps padded with -2)."""
     from ..store import default_location
 
     if lag < 1 or max_lag < 1:
@@ -202,15 +232,33 @@ def dynamics(experiment_id: str, clustering: str | None = None, store: str | Non
         raise UserError(f"--n-sets: at least 1 (got {n_sets})")
     if not 0 < alpha < 1:
         raise UserError(f"--alpha: between 0 and 1 (got {alpha})")
-    exp = open_store(str(store) if store is not None else default_location()).experiment(experiment_id)
-    src = open_result(exp, "clusters", clustering)
+    ids = [experiment_id] if isinstance(experiment_id, str) else list(experiment_id)
+    if not ids:
+        raise UserError("dynamics: give at least one experiment id")
+    st = open_store(str(store) if store is not None else default_location())
+    exps = [st.experiment(e) for e in ids]
+    if len({e.id for e in exps}) != len(exps):
+        raise UserError("dynamics: an experiment is named twice")
+    exp = exps[0]
+    srcs = shared_clustering(exps, clustering)
+    src = srcs[0]
     model = src.attrs["parameters"]["model"]
-    labels = src["label"][:]
-    g = exp.group(read_only=True)
-    networks = _strs(g["network"][:])
-    stop = _strs(g["stop_reason"][:])
-    loop_start = g["loop_start"][:].astype(np.int64)
-    loop_period = g["loop_period"][:].astype(np.int64)
+    width = max(s["label"].shape[1] for s in srcs)
+    parts: dict[str, list[np.ndarray]] = {k: [] for k in ("labels", "networks", "stop", "loop_start", "loop_period", "eid", "index")}
+    for e, s in zip(exps, srcs):
+        lab = s["label"][:]
+        parts["labels"].append(np.pad(lab, ((0, 0), (0, width - lab.shape[1])), constant_values=NO_VECTOR))
+        g = e.group(read_only=True)
+        parts["networks"].append(_strs(g["network"][:]))
+        parts["stop"].append(_strs(g["stop_reason"][:]))
+        parts["loop_start"].append(g["loop_start"][:].astype(np.int64))
+        parts["loop_period"].append(g["loop_period"][:].astype(np.int64))
+        parts["eid"].append(np.full(lab.shape[0], e.id))
+        parts["index"].append(np.arange(lab.shape[0], dtype=np.int64))
+    labels, networks, stop, loop_start, loop_period, run_eid, run_index = (
+        np.concatenate(parts[k]) for k in ("labels", "networks", "stop", "loop_start", "loop_period", "eid", "index"))
+    pooled = len(exps) > 1
+    RUN, STEP = ("pooled_run", "pooled_step") if pooled else ("run", "step")
     n_runs = labels.shape[0]
     n_states = int(max(labels.max(initial=-1), -1)) + 1
 
@@ -289,20 +337,22 @@ def dynamics(experiment_id: str, clustering: str | None = None, store: str | Non
     def fitcol(key, dtype):
         return np.array([r[6][key] for r in state_rows], dtype=dtype)
 
-    name = name or f"{src.basename}-lag{lag}"
+    name = name or f"{src.basename}-lag{lag}" + (f"-pooled{len(exps)}" if pooled else "")
     arrays = {
-        "milestone": (["run", "step"], ms, {"description": "last core visited (-1 unassigned: before the first core; -2 no vector)"}),
-        "run_network": (["run"], networks, {"description": "network"}),
-        "run_core": (["run"], run_cols["core"], {"description": "vectors in a core (cluster)"}),
-        "run_transit": (["run"], run_cols["transit"], {"description": "vectors outside every core after the first core"}),
-        "run_unassigned": (["run"], run_cols["unassigned"], {"description": "vectors outside every core before the first core"}),
-        "run_milestones": (["run"], run_cols["milestones"], {"description": "stays in the milestoned sequence"}),
-        "run_final_state": (["run"], final_state, {"description": "core of the run's last vector (-1: none)"}),
-        "run_absorbed": (["run"], absorbed, {"description": "the run reached an exact repeat of an output (stop_reason loop)"}),
-        "run_stop_reason": (["run"], stop, {"description": "why the run ended"}),
-        "run_absorption_step": (["run"], np.where(absorbed, loop_start, -1), {"description": "loop_start: step of the first output that recurs (-1: not absorbed)"}),
-        "run_loop_period": (["run"], np.where(absorbed, loop_period, -1), {"description": "steps between the recurring outputs"}),
-        "run_absorption_vectors": (["run"], absorption_vectors, {"description": "vectors of the model before loop_start (-1: not absorbed)"}),
+        "milestone": ([RUN, STEP], ms, {"description": "last core visited (-1 unassigned: before the first core; -2 no vector)"}),
+        "run_experiment": ([RUN], run_eid, {"description": "experiment of the run"}),
+        "run_index": ([RUN], run_index, {"description": "the run's index in its experiment"}),
+        "run_network": ([RUN], networks, {"description": "network"}),
+        "run_core": ([RUN], run_cols["core"], {"description": "vectors in a core (cluster)"}),
+        "run_transit": ([RUN], run_cols["transit"], {"description": "vectors outside every core after the first core"}),
+        "run_unassigned": ([RUN], run_cols["unassigned"], {"description": "vectors outside every core before the first core"}),
+        "run_milestones": ([RUN], run_cols["milestones"], {"description": "stays in the milestoned sequence"}),
+        "run_final_state": ([RUN], final_state, {"description": "core of the run's last vector (-1: none)"}),
+        "run_absorbed": ([RUN], absorbed, {"description": "the run reached an exact repeat of an output (stop_reason loop)"}),
+        "run_stop_reason": ([RUN], stop, {"description": "why the run ended"}),
+        "run_absorption_step": ([RUN], np.where(absorbed, loop_start, -1), {"description": "loop_start: step of the first output that recurs (-1: not absorbed)"}),
+        "run_loop_period": ([RUN], np.where(absorbed, loop_period, -1), {"description": "steps between the recurring outputs"}),
+        "run_absorption_vectors": ([RUN], absorption_vectors, {"description": "vectors of the model before loop_start (-1: not absorbed)"}),
         "state_network": (["state"], col(state_rows, 0, str), {"description": "network"}),
         "state_label": (["state"], col(state_rows, 1, np.int32), {"description": "core (cluster label)"}),
         "state_stationary": (["state"], col(state_rows, 2, np.float64), {"description": "stationary probability (NaN: outside the connected set)"}),
@@ -333,11 +383,11 @@ def dynamics(experiment_id: str, clustering: str | None = None, store: str | Non
         "network_runs": (["network"], col(net_rows, 6, np.int64), {"description": "runs"}),
         "network_absorbed": (["network"], col(net_rows, 7, np.int64), {"description": "runs absorbed (loop)"}),
     }
-    params = {"clustering": src.basename, "model": model, "lag": lag, "max_lag": max_lag, "n_sets": n_sets,
+    params = {"clustering": src.basename, "model": model, "experiments": [e.id for e in exps], "lag": lag, "max_lag": max_lag, "n_sets": n_sets,
               "n_sets_used": n_sets_used, "reversible": reversible, "count_mode": COUNT_MODE, "alpha": alpha,
               "min_dwells": MIN_DWELLS, "time_unit": f"one {model} vector"}
     return write_result(exp, KIND, name, arrays, {
-        "kind": KIND, "model": model, "clustering": src.basename, "inputs": [exp.id], "parameters": params,
+        "kind": KIND, "model": model, "clustering": src.basename, "inputs": [e.id for e in exps], "parameters": params,
         "versions": versions("numpy", "scipy", "deeptime"),
     })
 
@@ -358,12 +408,17 @@ def dynamics_table(experiment_id: str, which: str = "runs", store: str | None = 
     prefix = {"runs": "run_", "states": "state_", "transitions": "transition_", "timescales": "timescale_",
               "networks": "network_"}[which]
     cols = {k[len(prefix):]: _plain(g[k][:]) for k in sorted(g.array_keys()) if k.startswith(prefix)}
+    run_exp = run_idx = None
+    if which == "runs":  # the run's own experiment and index (a pooled result covers several experiments)
+        n = len(next(iter(cols.values())))
+        run_exp = cols.pop("experiment", np.full(n, exp.id))
+        run_idx = cols.pop("index", np.arange(n, dtype=np.int64))
     first = [c for c in ("network", "name", "label", "from", "to", "lag", "index") if c in cols]
     df = pd.DataFrame({c: cols[c] for c in first + [c for c in cols if c not in first]})
     if which == "runs":
-        df.insert(0, "run", np.arange(len(df), dtype=np.int64))
-    lead = {"experiment_id": exp.id, "result": g.basename, "clustering": g.attrs["clustering"],
-            "embedding_model": g.attrs["model"]}
+        df.insert(0, "run", run_idx)
+    lead = {"experiment_id": exp.id if run_exp is None else run_exp, "result": g.basename,
+            "clustering": g.attrs["clustering"], "embedding_model": g.attrs["model"]}
     for i, (k, v) in enumerate(lead.items()):
         df.insert(i, k, v)
     return df
