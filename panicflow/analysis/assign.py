@@ -43,6 +43,9 @@ def load_frozen(st, source: str, clustering: str | None) -> tuple[dict, dict, st
     holder = g
     if "frozen_feature" not in g and attrs.get("frozen_in"):
         holder = open_result(st.experiment(attrs["frozen_in"]), C.KIND, name)
+    if "frozen_feature" not in holder and attrs.get("imported_from"):
+        raise UserError(f"--clustering {name}: imported from the earlier tool (its labels only, no frozen model); cluster "
+                        f"with `panicflow analyse cluster {source} --model {attrs['parameters']['model']}` and assign from that")
     if "frozen_feature" not in holder:
         raise UserError(f"--clustering {name}: stored without its frozen model (computed before `analyse assign` existed); "
                         f"cluster again")
