@@ -304,7 +304,8 @@ def export_tables_cmd(
     no_vectors: bool = typer.Option(False, "--no-vectors", help="Leave the vector column out of embeddings."),
     store: Optional[str] = StoreOpt, as_json: bool = JsonOpt,
 ) -> None:
-    """Tidy tables (runs, invocations, embeddings, bars, entropies, drift, clusters, assignments), streamed to files."""
+    """Tidy tables (runs, invocations, embeddings, bars, entropies, drift, clusters, assignments, and one or more per
+    kind of stored analysis result; docs/tables.md), streamed to files."""
     from .tables import export_tables
 
     _note_running(store, [experiment_id])
@@ -315,10 +316,12 @@ def export_tables_cmd(
 def plot_cmd(
     experiment_id: str = typer.Argument(...),
     kind: str = typer.Argument(..., help="diagrams, entropy, drift, divergence, distances, durations, clusters, transitions, "
-                                         "stays or map."),
+                                         "stays, map; of a stored analysis result: stability, dynamics, knn, noise_sweep, "
+                                         "noise_caption, recurrence, windows or run_table."),
     out: str = typer.Option(".", "--out", help="Folder for the PNG and SVG files (created if missing)."),
     clustering: Optional[str] = typer.Option(None, "--clustering", help="clusters, transitions, stays, map: the clustering (default: the most recent)."),
-    result: Optional[str] = typer.Option(None, "--result", help="divergence, distances: the result's name (default: the most recent)."),
+    result: Optional[str] = typer.Option(None, "--result", help="divergence, distances and the stored analysis results (stability ... "
+                                                                 "run_table): the result's name (default: the most recent)."),
     by: Optional[str] = typer.Option(None, "--by", help="drift, entropy: network (prompts pooled) or prompt (a panel per "
                                                         "prompt); default: per prompt when there are 2 to 6 prompts."),
     title: bool = typer.Option(True, "--title/--no-title", help="--no-title: no figure title, for a figure with a caption."),

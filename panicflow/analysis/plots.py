@@ -98,8 +98,8 @@ def _input(experiment_id: str, kind: str, store: str | None, clustering: str | N
         raise UserError(f"--by: choose network or prompt, not {by!r}")
     if by is not None and kind not in ("drift", "entropy"):
         raise UserError(f"--by: only drift and entropy group by network (divergence has a panel per prompt), not {kind}")
-    if result is not None and kind not in ("divergence", "distances"):
-        raise UserError(f"--result: names a divergence or distances result; {kind} reads "
+    if result is not None and kind not in ("divergence", "distances", *RESULT_KINDS):
+        raise UserError(f"--result: names the result a chart reads (divergence, distances, {', '.join(RESULT_KINDS)}); {kind} reads "
                         + ("a clustering (--clustering)" if kind in ("clusters", "transitions", "stays", "map") else "no named result"))
     loc = str(store) if store is not None else default_location()
     return _Input(loc, open_store(loc).experiment(experiment_id), clustering, store_results, result, by, title)
@@ -845,3 +845,68 @@ _DRAW: dict[str, Callable[[_Input], tuple]] = {
     "diagrams": _diagrams, "entropy": _entropy, "drift": _drift, "divergence": _divergence, "distances": _distances,
     "durations": _durations, "clusters": _clusters, "transitions": _transitions, "stays": _stays, "map": _map,
 }
+
+
+# ---------------------------------------------------------------------- charts of the issue 24 analyses
+# Each is the chart its `analyse` command draws (--out, --plot), by the same table and figure functions, of one
+# stored result (``result``: --result NAME, default the most recent); ``plot`` writes ``<kind>-<result>.png|svg``.
+RESULT_KINDS = ("stability", "dynamics", "knn", "noise_sweep", "noise_caption", "recurrence", "windows", "run_table")
+_RESULT_TITLES = {
+    "stability": "Stability of the clustering under subsampling",
+    "knn": "Distance of each vector to its k-th nearest neighbour",
+    "noise_sweep": "Noise and clusters against min_cluster_size",
+    "noise_caption": "Noise against caption length, per captioning model",
+    "recurrence": "Return times and recurrence rates: embedding distances against cluster symbols",
+    "windows": "Normalised persistent entropy of sliding windows along the runs",
+    "run_table": "Normalised entropy of each run against its duplicate outputs and mean dwell",
+}
+_MODEL_COMMANDS = ("stability", "knn", "noise_sweep", "windows")  # their command needs --model
+
+
+def _result_figure(kind: str, eid: str, location: str, g):
+    """The figure of the stored result ``g``, as its command draws it."""
+    from . import density, dynamics, recurrence, stability
+
+    name = g.basename
+    if kind == "stability":
+        return stability.stability_figure(stability.stability_table(eid, location, name))
+    if kind == "dynamics":
+        return dynamics.dynamics_figure(eid, location, result=name)
+    if kind in ("knn", "noise_sweep", "noise_caption"):
+        table, draw = {"knn": (density.knn_table, density.knn_figure), "noise_sweep": (density.sweep_table, density.sweep_figure),
+                       "noise_caption": (density.caption_table, density.caption_figure)}[kind]
+        return draw(table(eid, location, name))
+    if kind == "recurrence":
+        runs, returns = recurrence.recurrence_tables(eid, location, name)
+        return recurrence.recurrence_figure(runs, returns, g.attrs["parameters"]["threshold"])
+    if kind == "windows":
+        return recurrence.windows_figure(recurrence.windows_table(eid, location, name))
+    return recurrence.run_table_figure(recurrence.run_table_frame(eid, location, name))
+
+
+def _result_chart(kind: str) -> Callable[[_Input], tuple]:
+    def draw(inp: _Input):
+        from .results import kind_command
+
+        if not list_results(inp.exp, kind):
+            models = inp.exp.config.embedding_models
+            each = "" if kind not in _MODEL_COMMANDS else f" --model {models[0]}" if len(models) == 1 else \
+                f" --model M (one of {', '.join(models)})"
+            raise UserError(f"plot {kind}: experiment {inp.exp.id} has no {kind} result; run "
+                            f"`panicflow analyse {kind_command(kind)} {inp.exp.id}{each}` first")
+        g = open_result(inp.exp, kind, inp.result)
+        fig = _result_figure(kind, inp.exp.id, inp.location, g)
+        if fig.get_layout_engine() is None:
+            fig.set_layout_engine("constrained")
+        if not inp.title:
+            if fig.get_suptitle():
+                fig.suptitle("")
+        elif not fig.get_suptitle():
+            fig.suptitle(f"{_RESULT_TITLES[kind]}\n({kind} result {g.basename})")
+        return fig, f"{kind}-{g.basename}"
+
+    return draw
+
+
+KINDS += RESULT_KINDS
+_DRAW.update({kind: _result_chart(kind) for kind in RESULT_KINDS})

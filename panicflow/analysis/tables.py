@@ -46,7 +46,8 @@ SCHEMAS = {
                            ("cluster_id", pa.int32()), ("size", pa.int64()), ("medoid_experiment", pa.string()),
                            ("medoid_run", pa.int64()), ("medoid_step", pa.int64())]),
     "assignments": pa.schema([("experiment_id", pa.string()), ("clustering", pa.string()), ("embedding_model", pa.string()),
-                              ("run", pa.int64()), ("step", pa.int64()), ("label", pa.int32()), ("probability", pa.float32())]),
+                              ("run", pa.int64()), ("step", pa.int64()), ("label", pa.int32()), ("probability", pa.float32()),
+                              ("distance", pa.float32())]),
     "divergence": pa.schema([("experiment_id", pa.string()), ("result", pa.string()), ("embedding_model", pa.string()),
                              ("network", pa.string()), ("prompt", pa.string()), ("n_runs", pa.int64()), ("n_pairs", pa.int64()),
                              ("n_steps", pa.int64()), ("n_fit_steps", pa.int64()), ("exponent", pa.float64()),
@@ -88,6 +89,9 @@ def iter_table(name: str, experiment_id: str, store: str | None = None, *, vecto
     g = exp.group(read_only=True)
     n_runs = g["run"].shape[0]
     schema = SCHEMAS[name] if vectors or name != "embeddings" else SCHEMAS[name].remove(SCHEMAS[name].get_field_index("vector"))
+    if name in RESULT_TABLES:
+        yield from _result_batches(name, exp, store, schema)
+        return
     models = list(exp.config.embedding_models)
     lengths = np.where(g["stop_reason"][:] != "", g["length"][:], 0).astype(np.int64)
     for a in range(0, n_runs, runs_per_block):
@@ -174,8 +178,10 @@ def _block(name, exp, g, models, lengths, a, b, vectors) -> list[dict]:
         else:
             lab, prob = grp["label"][a:b], grp["probability"][a:b]
             rr, ss = np.nonzero(lab >= -1)
+            # an assigned clustering (analyse assign) stores each vector's distance to its nearest fitted member
+            dist = grp["distance"][a:b][rr, ss] if "distance" in grp else np.full(len(rr), np.nan, np.float32)
             out.append({"run": runs[rr], "step": ss, "clustering": np.full(len(rr), cname), "embedding_model": np.full(len(rr), model),
-                        "label": lab[rr, ss], "probability": prob[rr, ss]})
+                        "label": lab[rr, ss], "probability": prob[rr, ss], "distance": dist})
     return out
 
 
@@ -221,6 +227,86 @@ def _later(name, grp, rname, attrs, g, a, b) -> list[dict]:
     gg, ss = np.nonzero(~np.isnan(d))
     return [{"run": gg, **{k: np.full(len(gg), v) for k, v in common.items()}, "network": net[gg], "prompt": prompt[gg],
              "step": ss, "mean_distance": d[gg, ss]}]
+
+
+def _module(name: str):
+    import importlib
+
+    return importlib.import_module(f"{__package__}.{name}")
+
+
+# The tables of the issue 24 analyses: each is the tidy table its `analyse` command writes (--out, --tables),
+# made by the same function, led by experiment_id and result; a row set per stored result of the kind.
+# table -> (result kind, the command's table function of (experiment id, store, result name))
+RESULT_TABLES = {
+    "stability": ("stability", lambda e, s, r: _module("stability").stability_table(e, s, r)),
+    **{f"dynamics_{w}": ("dynamics", lambda e, s, r, w=w: _module("dynamics").dynamics_table(e, w, s, result=r))
+       for w in ("runs", "states", "transitions", "timescales", "networks")},
+    "knn": ("knn", lambda e, s, r: _module("density").knn_table(e, s, r)),
+    "noise_sweep": ("noise_sweep", lambda e, s, r: _module("density").sweep_table(e, s, r)),
+    "noise_caption": ("noise_caption", lambda e, s, r: _module("density").caption_table(e, s, r)),
+    "recurrence": ("recurrence", lambda e, s, r: _module("recurrence").recurrence_tables(e, s, r)[0]),
+    "recurrence_returns": ("recurrence", lambda e, s, r: _module("recurrence").recurrence_tables(e, s, r)[1]),
+    "windows": ("windows", lambda e, s, r: _module("recurrence").windows_table(e, s, r)),
+    "run_table": ("run_table", lambda e, s, r: _module("recurrence").run_table_frame(e, s, r)),
+}
+RUN_TABLE_MAXDIM = 3  # run_table: entropy_hk, entropy_normalised_hk, bars_hk for k = 0..3 (the config's highest maxdim)
+
+
+def _result_schema(*cols: tuple[str, pa.DataType]) -> pa.Schema:
+    return pa.schema([("experiment_id", pa.string()), ("result", pa.string()), *cols])
+
+
+_S, _I, _F, _I32 = pa.string(), pa.int64(), pa.float64(), pa.int32()
+_DYN = (("clustering", _S), ("embedding_model", _S))
+SCHEMAS.update({
+    "stability": _result_schema(("embedding_model", _S), ("algorithm", _S), ("resample", _I), ("fraction", _F), ("n_points", _I),
+                                ("ari", _F), ("n_clusters", _I), ("n_noise", _I), ("full_n_clusters", _I)),
+    "dynamics_runs": _result_schema(*_DYN, ("run", _I), ("network", _S), ("absorbed", pa.bool_()), ("absorption_step", _I),
+                                    ("absorption_vectors", _I), ("core", _I), ("final_state", _I), ("loop_period", _I),
+                                    ("milestones", _I), ("stop_reason", _S), ("transit", _I), ("unassigned", _I)),
+    "dynamics_states": _result_schema(*_DYN, ("network", _S), ("label", _I32), ("censored", _I), ("dwell_fit", _S),
+                                      ("dwell_mean", _F), ("geometric_p", _F), ("loglik_ratio", _F), ("p_value", _F),
+                                      ("set", _I32), ("stationary", _F), ("stays", _I), ("zeta_exponent", _F)),
+    "dynamics_transitions": _result_schema(*_DYN, ("network", _S), ("from", _I32), ("to", _I32), ("count", _F), ("probability", _F)),
+    "dynamics_timescales": _result_schema(*_DYN, ("network", _S), ("lag", _I), ("index", _I), ("value", _F)),
+    "dynamics_networks": _result_schema(*_DYN, ("name", _S), ("absorbed", _I), ("connected", _I), ("core", _I), ("runs", _I),
+                                        ("sets", _I), ("transit", _I), ("unassigned", _I)),
+    "knn": _result_schema(("run", _I), ("step", _I), ("k", _I), ("distance", _F)),
+    "noise_sweep": _result_schema(("min_cluster_size", _I), ("min_samples", _I), ("n_clusters", _I), ("n_noise", _I),
+                                  ("noise_fraction", _F)),
+    "noise_caption": _result_schema(("run", _I), ("step", _I), ("captioner", _S), ("caption_chars", _I), ("caption_words", _I),
+                                    ("noise", pa.bool_())),
+    "recurrence": _result_schema(("run", _I), ("n_points", _I), ("rr_distance", _F), ("rr_symbol", _F), ("jaccard", _F),
+                                 ("mean_return_distance", _F), ("mean_return_symbol", _F), ("n_returns_distance", _I),
+                                 ("n_returns_symbol", _I), ("censored_distance", _I), ("censored_symbol", _I)),
+    "recurrence_returns": _result_schema(("run", _I), ("source", _S), ("step", _I), ("time", _I)),
+    "windows": _result_schema(("run", _I), ("start", _I), ("end", _I), ("homology_dim", _I), ("bars", _I), ("entropy", _F),
+                              ("entropy_normalised", _F)),
+    "run_table": _result_schema(("run", _I), ("network", _S), ("prompt", _S), ("n_points", _I), ("n_points_used", _I),
+                                ("duplicates", _I),
+                                *[c for k in range(RUN_TABLE_MAXDIM + 1)
+                                  for c in ((f"entropy_h{k}", _F), (f"entropy_normalised_h{k}", _F), (f"bars_h{k}", _I))],
+                                ("mean_dwell", _F), ("max_dwell", _I), ("n_clusters", _I), ("noise_fraction", _F),
+                                ("rr_distance", _F), ("rr_symbol", _F)),
+})
+TABLES += tuple(RESULT_TABLES)
+
+
+def _result_batches(name: str, exp, store: str | None, schema: pa.Schema) -> Iterator[pa.RecordBatch]:
+    """One batch per stored result of the table's kind: the command's own table with experiment_id and result
+    (a column the result lacks, e.g. run_table's entropy_h3 when the diagrams stop at H2, is null). A table
+    that has its own experiment_id keeps it (dynamics_runs of a pooled result: each run's experiment)."""
+    from ..store import default_location
+
+    kind, frame = RESULT_TABLES[name]
+    location = str(store) if store is not None else default_location()
+    for rname in list_results(exp, kind):
+        df = frame(exp.id, location, rname)
+        if len(df):
+            df = df.assign(**{k: v for k, v in (("experiment_id", exp.id), ("result", rname)) if k not in df.columns})
+            yield pa.RecordBatch.from_arrays([pa.array(df[f.name], f.type, from_pandas=True) if f.name in df.columns
+                                              else pa.nulls(len(df), f.type) for f in schema], schema=schema)
 
 
 def table(name: str, experiment_id: str, store: str | None = None, *, vectors: bool = True):
