@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from analysis_util import analysis_experiment  # noqa: F401
-from panicflow.analysis import clustering, distances, divergence, drift, plots
+from panicflow.analysis import bounded, clustering, distances, divergence, drift, plots
 from panicflow.analysis.plots import KINDS, figure, plot
 from panicflow.analysis.results import list_results, open_result, write_result
 from panicflow.cli import main
@@ -34,6 +34,9 @@ def with_inputs(analysis_experiment, client, tmp_path_factory):
     distances.pairwise_distances([eid], "DummyText", store=full, client=client, name="plots")
     divergence.divergence(eid, "DummyText", store=full, client=client, fit_steps=(0, 20), name="window")
     divergence.divergence(eid, "DummyVision", store=full, client=client, name="plots")  # the most recent: the default
+    bounded.bounded(eid, "DummyVision", store=full, client=client, max_lag=16, name="plots")
+    (root / "pairs.csv").write_text("a cat,a red circle\n")
+    bounded.divergence_pairs(eid, "DummyVision", str(root / "pairs.csv"), store=full, client=client, name="plots")
     return full, bare, eid
 
 
@@ -81,7 +84,8 @@ def test_each_chart_renders(with_inputs, tmp_path, kind):
 @pytest.mark.parametrize("kind, command", [("drift", "panicflow analyse drift"), ("clusters", "panicflow analyse cluster"),
                                            ("map", "panicflow analyse cluster"), ("stays", "panicflow analyse cluster"),
                                            ("divergence", "panicflow analyse divergence"),
-                                           ("distances", "panicflow analyse distances")])
+                                           ("distances", "panicflow analyse distances"),
+                                           ("bounded", "--measures bounded"), ("divergence_pairs", "--pairs FILE")])
 def test_missing_input_names_the_command(with_inputs, tmp_path, capsys, kind, command):
     _, bare, eid = with_inputs
     with pytest.raises(UserError, match=command):

@@ -181,39 +181,79 @@ def distances_cmd(
 def divergence_cmd(
     experiment_id: str = typer.Argument(...),
     model: str = typer.Option(..., "--model", help="Embedding model."),
+    measures: str = typer.Option("ftle", "--measures", help="Comma-separated: ftle (replicate runs' FTLE), bounded (MSAD, "
+                                                             "autocorrelation decay, time to saturation), pairs (given by --pairs), or all."),
     fit_steps: Optional[str] = typer.Option(None, "--fit-steps", help="Fit only steps START:END (END exclusive), e.g. 0:200."),
     min_r_squared: float = typer.Option(0.8, "--min-r-squared", help="A fit with a lower R^2 has the status poor-fit, not ok."),
-    name: Optional[str] = typer.Option(None, "--name", help="Name of the result (default: the model, with the window)."),
+    max_lag: int = typer.Option(50, "--max-lag", help="bounded: lags 1..N steps (each run's only up to half its span)."),
+    saturation: float = typer.Option(0.95, "--saturation", help="bounded: the fraction of the MSAD plateau that counts as saturated."),
+    pairs: Optional[str] = typer.Option(None, "--pairs", help="YAML or CSV file of prompt pairs (prompt_a, prompt_b): the "
+                                                              "divergence of their runs per network (adds the measure pairs)."),
+    pairing: str = typer.Option("matched", "--pairing", help="pairs: matched (equal seeds, or both unseeded) or all (every cross pair)."),
+    name: Optional[str] = typer.Option(None, "--name", help="Name of the result(s) (default: the model, with the window)."),
     store: Optional[str] = StoreOpt, scheduler: Optional[str] = SchedulerOpt, workers: int = WorkersOpt, as_json: bool = JsonOpt,
 ) -> None:
-    """Divergence of runs sharing network and prompt: FTLE (slope of ln mean pairwise distance over steps), R^2, pairs."""
+    """Divergence of runs sharing network and prompt: FTLE (slope of ln mean pairwise distance over steps), R^2, pairs;
+    bounded-space measures per run (--measures bounded); runs of paraphrase prompts (--pairs FILE)."""
+    from . import bounded
     from .divergence import OK, POOR_FIT, divergence, parse_window
     from .results import open_result, open_store
 
+    chosen = bounded.parse_measures(measures, pairs)
     window = parse_window(fit_steps)
     if not 0 <= min_r_squared <= 1:
         raise UserError(f"--min-r-squared: a value between 0 and 1, got {min_r_squared}")
+    bounded._check(max_lag, saturation)
+    if pairing not in bounded.PAIRINGS:
+        raise UserError(f"--pairing: choose matched or all, not {pairing!r}")
+    exp = open_store(_store(store)).experiment(experiment_id)
+    if pairs:  # a bad file is said before a cluster starts
+        bounded.read_pairs(pairs, sorted({str(p) for p in exp.group(read_only=True)["prompt"][:]}), exp.id)
     _note_running(store, [experiment_id])
+    paths: dict[str, str] = {}
     with _writing(store), _client(scheduler, workers) as c:
-        path = divergence(experiment_id, model, store=_store(store), client=c, fit_steps=window, name=name,
-                          min_r_squared=min_r_squared)
-    g = open_result(open_store(_store(store)).experiment(experiment_id), "divergence", path.rsplit("/", 1)[1])
-    groups = [{"network": n, "prompt": p, "exponent": float(e), "r_squared": float(r), "n_pairs": int(k), "status": st}
-              for n, p, e, r, k, st in zip(g["group_network"][:], g["group_prompt"][:], g["exponent"][:], g["r_squared"][:],
-                                           g["n_pairs"][:], g["status"][:])]
-    print(json.dumps({"path": path, "groups": groups}) if as_json else path)
-    if not as_json:
-        for row in groups[:_SHOWN]:
-            if row["status"] == OK:
-                fit = f"exponent {row['exponent']:.4g}/step, R^2 {row['r_squared']:.2f}, {row['n_pairs']} pairs"
-            elif row["status"] == POOR_FIT:
-                fit = (f"poor-fit: R^2 {row['r_squared']:.2f} < {min_r_squared:g}, no exponent "
-                       f"(slope {row['exponent']:.3g}/step, {row['n_pairs']} pairs)")
-            else:
-                fit = row["status"]
-            typer.echo(f"{row['network']} | {row['prompt'][:40]}: {fit}", err=True)
-        if len(groups) > _SHOWN:
-            typer.echo(f"... {len(groups) - _SHOWN} more groups (`panicflow export tables`: divergence)", err=True)
+        if "ftle" in chosen:
+            paths["ftle"] = divergence(experiment_id, model, store=_store(store), client=c, fit_steps=window, name=name,
+                                       min_r_squared=min_r_squared)
+        if "bounded" in chosen:
+            paths["bounded"] = bounded.bounded(experiment_id, model, store=_store(store), client=c, max_lag=max_lag,
+                                               fraction=saturation, name=name)
+        if "pairs" in chosen:
+            paths["pairs"] = bounded.divergence_pairs(experiment_id, model, pairs, store=_store(store), client=c, pairing=pairing,
+                                                      fit_steps=window, name=name, min_r_squared=min_r_squared)
+    out: dict = {"paths": list(paths.values())}
+    if "ftle" in paths:
+        path = paths["ftle"]
+        g = open_result(exp, "divergence", path.rsplit("/", 1)[1])
+        groups = [{"network": n, "prompt": p, "exponent": float(e), "r_squared": float(r), "n_pairs": int(k), "status": st}
+                  for n, p, e, r, k, st in zip(g["group_network"][:], g["group_prompt"][:], g["exponent"][:], g["r_squared"][:],
+                                               g["n_pairs"][:], g["status"][:])]
+        out |= {"path": path, "groups": groups}
+    if "bounded" in paths:
+        out["bounded"] = {"path": paths["bounded"], "groups": bounded.bounded_rows(open_result(exp, bounded.KIND, paths["bounded"].rsplit("/", 1)[1]))}
+    if "pairs" in paths:
+        out["pairs"] = {"path": paths["pairs"], "groups": bounded.pairs_rows(open_result(exp, bounded.PAIRS_KIND, paths["pairs"].rsplit("/", 1)[1]))}
+    print(json.dumps(out) if as_json else "\n".join(paths.values()))
+    if as_json:
+        return
+
+    def fitted(row: dict) -> str:
+        if row["status"] == OK:
+            return f"exponent {row['exponent']:.4g}/step, R^2 {row['r_squared']:.2f}, {row['n_pairs']} pairs"
+        if row["status"] == POOR_FIT:
+            return (f"poor-fit: R^2 {row['r_squared']:.2f} < {min_r_squared:g}, no exponent "
+                    f"(slope {row['exponent']:.3g}/step, {row['n_pairs']} pairs)")
+        return row["status"]
+
+    lines = [f"{row['network']} | {row['prompt'][:40]}: {fitted(row)}" for row in out.get("groups", [])]
+    lines += [f"bounded: {row['network']} | {row['prompt'][:40]}: {bounded.describe_bounded(row)}"
+              for row in out.get("bounded", {}).get("groups", [])]
+    lines += [f"pairs: {row['network']} | {row['prompt_a'][:30]} / {row['prompt_b'][:30]}: {fitted(row)}"
+              for row in out.get("pairs", {}).get("groups", [])]
+    for line in lines[:_SHOWN]:
+        typer.echo(line, err=True)
+    if len(lines) > _SHOWN:
+        typer.echo(f"... {len(lines) - _SHOWN} more groups (`panicflow export tables`: divergence, bounded_groups, divergence_pairs)", err=True)
 
 
 @analyse_app.command("sequences")
@@ -316,11 +356,11 @@ def export_tables_cmd(
 def plot_cmd(
     experiment_id: str = typer.Argument(...),
     kind: str = typer.Argument(..., help="diagrams, entropy, drift, divergence, distances, durations, clusters, transitions, "
-                                         "stays, map; of a stored analysis result: stability, dynamics, knn, noise_sweep, "
+                                         "stays, map, bounded, divergence_pairs; of a stored analysis result: stability, dynamics, knn, noise_sweep, "
                                          "noise_caption, recurrence, windows or run_table."),
     out: str = typer.Option(".", "--out", help="Folder for the PNG and SVG files (created if missing)."),
     clustering: Optional[str] = typer.Option(None, "--clustering", help="clusters, transitions, stays, map: the clustering (default: the most recent)."),
-    result: Optional[str] = typer.Option(None, "--result", help="divergence, distances and the stored analysis results (stability ... "
+    result: Optional[str] = typer.Option(None, "--result", help="divergence, distances, bounded, divergence_pairs and the stored analysis results (stability ... "
                                                                  "run_table): the result's name (default: the most recent)."),
     by: Optional[str] = typer.Option(None, "--by", help="drift, entropy: network (prompts pooled) or prompt (a panel per "
                                                         "prompt); default: per prompt when there are 2 to 6 prompts."),

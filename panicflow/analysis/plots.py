@@ -15,6 +15,11 @@ without writing anything. Kinds:
 * ``divergence``: ln D(t) per (network, prompt) group of one divergence result, one panel per
   prompt, with its least-squares line: dashed in the network's colour with the exponent when
   R^2 >= ``GOOD_R2``, dotted grey and "poor fit" otherwise; the fit window shaded;
+* ``bounded``: the motion on the sphere of one bounded result (bounded.py), a row per prompt: MSAD
+  against the lag (runs thin, the group pooled thick, its plateau dashed and the time to saturation
+  circled) and the autocorrelation C(lag) (the 1/e line, the decay time circled);
+* ``divergence_pairs``: ln D(t) of the runs of two prompts (a paraphrase pair), a panel per pair,
+  a line per network, with its fit drawn as the divergence chart draws it;
 * ``distances``: the pairwise diagram distances of one distances result, a heat map per metric
   and homology dimension, runs ordered and separated by (network, prompt) group;
 * ``durations``: seconds per model call (batched calls counted once) and per input, per model
@@ -56,7 +61,8 @@ from ..store.experiment import Experiment
 from .divergence import MIN_R_SQUARED, OK, POOR_FIT
 from .results import list_results, open_result, open_store
 
-KINDS = ("diagrams", "entropy", "drift", "divergence", "distances", "durations", "clusters", "transitions", "stays", "map")
+KINDS = ("diagrams", "entropy", "drift", "divergence", "distances", "durations", "clusters", "transitions", "stays", "map",
+         "bounded", "divergence_pairs")
 BY = ("network", "prompt")  # drift and entropy: pool the prompts, or one panel (row) per prompt
 OKABE_ITO = ["#E69F00", "#56B4E9", "#009E73", "#F0E442", "#0072B2", "#D55E00", "#CC79A7", "#000000"]
 NOISE, OTHER, BLANK = "#D9D9D9", "#7F7F7F", "#FFFFFF"
@@ -98,8 +104,8 @@ def _input(experiment_id: str, kind: str, store: str | None, clustering: str | N
         raise UserError(f"--by: choose network or prompt, not {by!r}")
     if by is not None and kind not in ("drift", "entropy"):
         raise UserError(f"--by: only drift and entropy group by network (divergence has a panel per prompt), not {kind}")
-    if result is not None and kind not in ("divergence", "distances", *RESULT_KINDS):
-        raise UserError(f"--result: names the result a chart reads (divergence, distances, {', '.join(RESULT_KINDS)}); {kind} reads "
+    if result is not None and kind not in ("divergence", "distances", "bounded", "divergence_pairs", *RESULT_KINDS):
+        raise UserError(f"--result: names the result a chart reads (divergence, distances, bounded, divergence_pairs, {', '.join(RESULT_KINDS)}); {kind} reads "
                         + ("a clustering (--clustering)" if kind in ("clusters", "transitions", "stays", "map") else "no named result"))
     loc = str(store) if store is not None else default_location()
     return _Input(loc, open_store(loc).experiment(experiment_id), clustering, store_results, result, by, title)
@@ -476,6 +482,130 @@ def _divergence(inp: _Input):
     return fig, f"divergence-{g.basename}"
 
 
+def _bounded(inp: _Input):
+    from matplotlib.lines import Line2D
+
+    from .bounded import E_FOLD, KIND, OK as BOUNDED_OK, RANDOM_MSAD
+
+    if not list_results(inp.exp, KIND):
+        raise _missing_measure(inp, "bounded", "--measures bounded")
+    g = open_result(inp.exp, KIND, inp.result)
+    lags = np.concatenate([[0], g["lag"][:]])  # MSAD(0) = 0 and C(0) = 1 by definition: drawn from there
+    nets, prompts, rg = g["group_network"][:], g["group_prompt"][:], g["run_group"][:]
+
+    def from_zero(a, at0):
+        return np.concatenate([np.full((len(a), 1), at0), a], axis=1)
+
+    msad, acf = from_zero(g["msad"][:], 0.0), from_zero(g["autocorrelation"][:], 1.0)
+    gmsad, gacf = from_zero(g["group_msad"][:], 0.0), from_zero(g["group_autocorrelation"][:], 1.0)
+    plateau, sat, sat_status = g["group_plateau"][:], g["group_saturation_time"][:], g["group_saturation_status"][:]
+    ratio, decay, decay_status = g["group_plateau_ratio"][:], g["group_decay_time"][:], g["group_decay_status"][:]
+    fraction = g.attrs.get("parameters", {}).get("saturation_fraction", 0.95)
+    names = sorted(set(nets))
+    palette = dict(zip(names, colours(len(names))))
+    all_prompts = sorted(set(prompts))
+    shown = all_prompts[:AUTO_PROMPT_PANELS]
+    fig, axes = _figure(len(shown), 2, 2.6)
+    top = 0.0
+    for row, prompt in enumerate(shown):
+        left, right = axes[row, 0], axes[row, 1]
+        for i in np.flatnonzero(prompts == prompt):
+            colour = palette[nets[i]]
+            for r in np.flatnonzero(rg == i):  # the runs, thin; the pooled curve over them
+                ok = np.isfinite(msad[r])
+                left.plot(lags[ok], msad[r, ok], color=colour, lw=0.5, alpha=0.3)
+                ok = np.isfinite(acf[r])
+                right.plot(lags[ok], acf[r, ok], color=colour, lw=0.5, alpha=0.3)
+            ok = np.isfinite(gmsad[i])
+            top = max(top, float(gmsad[i, ok].max()))
+            if sat_status[i] == BOUNDED_OK:
+                label = f"saturated at lag {sat[i]:g}; plateau {plateau[i]:.3g} ({ratio[i]:.0%} of (π/2)²)"
+            else:
+                label = f"no saturation time: {short(sat_status[i], 34)}"
+            left.plot(lags[ok], gmsad[i, ok], color=colour, lw=1.6, marker=".", ms=3, label=label)
+            if sat_status[i] == BOUNDED_OK:
+                left.axhline(plateau[i], color=colour, lw=0.8, ls="--")
+                left.plot([sat[i]], [gmsad[i, int(sat[i])]], marker="o", mfc="none", mec=colour, ms=7, ls="none")
+            ok = np.isfinite(gacf[i])
+            label = f"C < 1/e at lag {decay[i]:g}" if decay_status[i] == BOUNDED_OK else f"no decay time: {short(decay_status[i], 34)}"
+            right.plot(lags[ok], gacf[i, ok], color=colour, lw=1.6, marker=".", ms=3, label=label)
+            if decay_status[i] == BOUNDED_OK:
+                right.plot([decay[i]], [gacf[i, int(decay[i])]], marker="o", mfc="none", mec=colour, ms=7, ls="none")
+        right.axhline(E_FOLD, color=OTHER, lw=0.8, ls=":")
+        right.axhline(0, color="#555555", lw=0.5)
+        left.set(title=f"{_quoted(prompt)}: MSAD", xlabel="lag (steps)", ylabel="mean squared angle (rad²)")
+        right.set(title=f"{_quoted(prompt)}: autocorrelation", xlabel="lag (steps)", ylabel="C(lag)", ylim=(min(-0.1, right.get_ylim()[0]), 1.05))
+        left.legend(frameon=False, fontsize=7, loc="lower right")
+        right.legend(frameon=False, fontsize=7, loc="upper right")
+        for ax in (left, right):
+            _plain_ticks(ax.xaxis, log=False)
+    for ax in axes[:, 0]:
+        ax.set_ylim(0, max(top, 1e-9) * 1.12)
+        if top >= 0.5 * RANDOM_MSAD:  # the isotropic reference, where it is on the chart's scale
+            ax.axhline(RANDOM_MSAD, color=OTHER, lw=0.8, ls=":")
+    handles = [Line2D([], [], color=palette[n], lw=1.6, label=_network(n)) for n in names]
+    fig.legend(handles=handles, loc="outside lower center", ncol=min(4, len(names)), frameon=False)
+    more = f"; the first {len(shown)} of {len(all_prompts)} prompts" if len(all_prompts) > len(shown) else ""
+    _title(fig, inp, f"Motion on the sphere: {g.attrs.get('model')}{more}\n(thin: runs; thick: the group pooled; dashed: the MSAD "
+           f"plateau; circles: MSAD at {fraction:g} of it,\nand C below 1/e (dotted); (π/2)² = 2.47 rad²: independent "
+           "directions of an isotropic cloud)")
+    return fig, f"bounded-{g.basename}"
+
+
+def _divergence_pairs(inp: _Input):
+    from .bounded import PAIRS_KIND
+
+    if not list_results(inp.exp, PAIRS_KIND):
+        raise _missing_measure(inp, "divergence_pairs", "--pairs FILE")
+    g = open_result(inp.exp, PAIRS_KIND, inp.result)
+    nets, pa_, pb_ = g["group_network"][:], g["prompt_a"][:], g["prompt_b"][:]
+    exponent, intercept, r2, status = g["exponent"][:], g["intercept"][:], g["r_squared"][:], g["status"][:]
+    n_pairs, curve = g["n_pairs"][:], g["mean_distance"][:]
+    p = g.attrs.get("parameters", {})
+    window, good_r2 = p.get("fit_steps"), p.get("min_r_squared", GOOD_R2)
+    lo, hi = (window[0], curve.shape[1] if window[1] is None else window[1]) if window else (0, curve.shape[1])
+    palette = dict(zip(sorted(set(nets)), colours(len(set(nets)))))
+    pairs = list(dict.fromkeys(zip(pa_.tolist(), pb_.tolist())))  # the file's order
+    shown = pairs[:MAX_PROMPT_PANELS]
+    cols = min(2, len(shown))
+    fig, axes = _figure(-(-len(shown) // cols), cols, 3.2, sharey=True)
+    for ax, (a, b) in zip(axes.flat, shown):
+        for i in np.flatnonzero((pa_ == a) & (pb_ == b)):
+            d = curve[i]
+            ok = np.isfinite(d) & (d > 0)
+            steps = np.flatnonzero(ok)
+            colour = palette[nets[i]]
+            label = f"{_network(nets[i])} ({n_pairs[i]} pairs of runs)"
+            if status[i] not in (OK, POOR_FIT):
+                ax.plot([], [], color=colour, label=f"{label}: no fit, {status[i]}")
+                continue
+            ax.plot(steps, np.log(d[ok]), color=colour, lw=0.9, marker=".", ms=2.5, label=label)
+            fit = steps[(steps >= lo) & (steps < hi)]
+            x = np.array([fit.min(), fit.max()], np.float64)
+            if r2[i] >= good_r2:
+                ax.plot(x, intercept[i] + exponent[i] * x, color=colour, lw=1.8, ls="--", zorder=4,
+                        label=f"fit: λ = {exponent[i]:.3g} per step, R² {r2[i]:.2f}")
+            else:
+                ax.plot(x, intercept[i] + exponent[i] * x, color=OTHER, lw=0.8, ls=":", zorder=4,
+                        label=f"poor fit (R² {r2[i]:.2f} < {good_r2:g}): no exponent")
+        ax.set(title=f"{_quoted(a)} vs {_quoted(b)}", xlabel="step", ylabel="ln D(t)")
+        ax.legend(frameon=False, fontsize=7, loc="best")
+    _hide_unused(axes, len(shown))
+    more = f"; the first {len(shown)} of {len(pairs)} pairs" if len(pairs) > len(shown) else ""
+    how = "equal seeds, or both unseeded" if p.get("pairing") == "matched" else "every cross pair"
+    _title(fig, inp, f"Divergence of runs whose prompts differ: {g.attrs.get('model')}{more}\n"
+           f"(D: mean distance between the unit embeddings of the runs of prompt A and of prompt B,\npaired by {how}; "
+           f"dashed: least-squares line, R² ≥ {good_r2:g}; dotted grey: a poor fit, no exponent)")
+    return fig, f"divergence_pairs-{g.basename}"
+
+
+def _missing_measure(inp: _Input, kind: str, option: str) -> UserError:
+    models = inp.exp.config.embedding_models
+    each = f"--model {models[0]}" if len(models) == 1 else f"--model M (one of {', '.join(models)})"
+    return UserError(f"plot {kind}: experiment {inp.exp.id} has no {kind} result; run "
+                     f"`panicflow analyse divergence {inp.exp.id} {each} {option}` first")
+
+
 METRIC_NAMES = {"wasserstein_1": "W1 (Wasserstein, p = 1)", "wasserstein_2": "W2 (Wasserstein, p = 2)", "bottleneck": "bottleneck"}
 
 
@@ -844,6 +974,7 @@ def _map(inp: _Input):
 _DRAW: dict[str, Callable[[_Input], tuple]] = {
     "diagrams": _diagrams, "entropy": _entropy, "drift": _drift, "divergence": _divergence, "distances": _distances,
     "durations": _durations, "clusters": _clusters, "transitions": _transitions, "stays": _stays, "map": _map,
+    "bounded": _bounded, "divergence_pairs": _divergence_pairs,
 }
 
 

@@ -37,6 +37,7 @@ COMMANDS = {
     "sequences": "sequences", "entropy": "entropy", "dynamics": "dynamics", "stability": "stability",
     "knn": "knn", "noise_sweep": "noise-sweep", "noise_caption": "noise-captions", "recurrence": "recurrence",
     "windows": "windows", "run_table": "run-table",
+    "bounded": "divergence --measures bounded", "divergence_pairs": "divergence --pairs FILE",
 }
 KINDS = tuple(COMMANDS)
 

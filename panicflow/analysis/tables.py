@@ -2,7 +2,9 @@
 
 Tables (columns in docs/tables.md): ``runs``, ``invocations``, ``embeddings``, ``bars``,
 ``entropies``, ``drift``, ``clusters``, ``assignments``, and from the later analyses
-``divergence``, ``divergence_curves``, ``stays``, ``transitions``, ``entropy_summary``. Each is produced as a stream of
+``divergence``, ``divergence_curves``, ``stays``, ``transitions``, ``entropy_summary``, and of the
+bounded-space measures and paraphrase pairs (bounded.py) ``bounded``, ``bounded_curves``, ``bounded_groups``,
+``bounded_group_curves``, ``divergence_pairs``, ``divergence_pairs_curves``. Each is produced as a stream of
 ``pyarrow.RecordBatch`` (``iter_table``), so exporting a million invocations holds one block
 of runs in memory; ``table`` collects one into a pandas DataFrame; ``export_tables`` writes
 them all as Parquet or CSV files (in CSV the embedding vector is a JSON list in a string).
@@ -22,7 +24,8 @@ from ..errors import UserError
 from .results import ANALYSIS, list_results, open_store
 
 TABLES = ("runs", "invocations", "embeddings", "bars", "entropies", "drift", "clusters", "assignments",
-          "divergence", "divergence_curves", "stays", "transitions", "entropy_summary")
+          "divergence", "divergence_curves", "stays", "transitions", "entropy_summary",
+          "bounded", "bounded_curves", "bounded_groups", "bounded_group_curves", "divergence_pairs", "divergence_pairs_curves")
 RUNS_PER_BLOCK = 64
 
 _TS = pa.timestamp("us", tz="UTC")
@@ -68,6 +71,29 @@ SCHEMAS = {
                                   ("n_resamples", pa.int64()), ("seed", pa.int64()), ("n_points_min", pa.int64()),
                                   ("n_points_median", pa.float64()), ("n_points_max", pa.int64()), ("adjusted_mean", pa.float64()),
                                   ("adjusted_se", pa.float64()), ("points_slope", pa.float64()), ("reference_points", pa.float64())]),
+    "bounded": pa.schema([("experiment_id", pa.string()), ("result", pa.string()), ("embedding_model", pa.string()), ("run", pa.int64()),
+                          ("network", pa.string()), ("prompt", pa.string()), ("n_vectors", pa.int64()),
+                          ("mean_resultant_length", pa.float64()), ("decay_time", pa.float64()), ("decay_status", pa.string()),
+                          ("plateau", pa.float64()), ("plateau_ratio", pa.float64()), ("saturation_time", pa.float64()),
+                          ("saturation_status", pa.string())]),
+    "bounded_curves": pa.schema([("experiment_id", pa.string()), ("result", pa.string()), ("embedding_model", pa.string()),
+                                 ("run", pa.int64()), ("network", pa.string()), ("prompt", pa.string()), ("lag", pa.int64()),
+                                 ("msad", pa.float64()), ("n_pairs", pa.int64()), ("autocorrelation", pa.float64())]),
+    "bounded_groups": pa.schema([("experiment_id", pa.string()), ("result", pa.string()), ("embedding_model", pa.string()),
+                                 ("network", pa.string()), ("prompt", pa.string()), ("n_runs", pa.int64()), ("plateau", pa.float64()),
+                                 ("plateau_ratio", pa.float64()), ("saturation_time", pa.float64()), ("saturation_status", pa.string()),
+                                 ("decay_time", pa.float64()), ("decay_status", pa.string())]),
+    "bounded_group_curves": pa.schema([("experiment_id", pa.string()), ("result", pa.string()), ("embedding_model", pa.string()),
+                                       ("network", pa.string()), ("prompt", pa.string()), ("lag", pa.int64()), ("msad", pa.float64()),
+                                       ("n_pairs", pa.int64()), ("autocorrelation", pa.float64())]),
+    "divergence_pairs": pa.schema([("experiment_id", pa.string()), ("result", pa.string()), ("embedding_model", pa.string()),
+                                   ("network", pa.string()), ("prompt_a", pa.string()), ("prompt_b", pa.string()), ("pairing", pa.string()),
+                                   ("n_runs_a", pa.int64()), ("n_runs_b", pa.int64()), ("n_pairs", pa.int64()), ("n_steps", pa.int64()),
+                                   ("n_fit_steps", pa.int64()), ("exponent", pa.float64()), ("intercept", pa.float64()),
+                                   ("r_squared", pa.float64()), ("stderr", pa.float64()), ("status", pa.string())]),
+    "divergence_pairs_curves": pa.schema([("experiment_id", pa.string()), ("result", pa.string()), ("embedding_model", pa.string()),
+                                          ("network", pa.string()), ("prompt_a", pa.string()), ("prompt_b", pa.string()),
+                                          ("step", pa.int64()), ("mean_distance", pa.float64())]),
 }
 
 
@@ -186,7 +212,9 @@ def _block(name, exp, g, models, lengths, a, b, vectors) -> list[dict]:
 
 
 _LATER = {"divergence": "divergence", "divergence_curves": "divergence", "stays": "sequences",
-          "transitions": "sequences", "entropy_summary": "entropy"}
+          "transitions": "sequences", "entropy_summary": "entropy", "bounded": "bounded", "bounded_curves": "bounded",
+          "bounded_groups": "bounded", "bounded_group_curves": "bounded", "divergence_pairs": "divergence_pairs",
+          "divergence_pairs_curves": "divergence_pairs"}
 
 
 def _later(name, grp, rname, attrs, g, a, b) -> list[dict]:
@@ -199,6 +227,8 @@ def _later(name, grp, rname, attrs, g, a, b) -> list[dict]:
                  "embedding_model": np.full(hi - lo, attrs["model"]), "network": g["network"][a:b][run[sl] - a],
                  "label": grp["stay_label"][sl], "start_step": grp["stay_start"][sl], "end_step": grp["stay_end"][sl],
                  "length": grp["stay_length"][sl], "final": grp["stay_final"][sl]}]
+    if name in ("bounded", "bounded_curves"):
+        return _bounded_runs(name, grp, rname, attrs, a, b)
     if a:
         return []
     if name == "transitions":
@@ -216,6 +246,8 @@ def _later(name, grp, rname, attrs, g, a, b) -> list[dict]:
                      "embedding_model": grp["group_model"][:], "homology_dim": grp["group_homology_dim"][:].astype(np.int8),
                      "statistic": np.full(n, p["statistic"]), "confidence_level": np.full(n, p["confidence_level"]),
                      "method": np.full(n, p["method"]), "n_resamples": np.full(n, p["n_resamples"]), "seed": np.full(n, p["seed"])}]
+    if name in ("bounded_groups", "bounded_group_curves", "divergence_pairs", "divergence_pairs_curves"):
+        return _bounded_groups(name, grp, rname, attrs)
     net, prompt = grp["group_network"][:], grp["group_prompt"][:]
     common = {"result": rname, "embedding_model": attrs["model"]}
     if name == "divergence":
@@ -227,6 +259,53 @@ def _later(name, grp, rname, attrs, g, a, b) -> list[dict]:
     gg, ss = np.nonzero(~np.isnan(d))
     return [{"run": gg, **{k: np.full(len(gg), v) for k, v in common.items()}, "network": net[gg], "prompt": prompt[gg],
              "step": ss, "mean_distance": d[gg, ss]}]
+
+
+def _bounded_runs(name, grp, rname, attrs, a, b) -> list[dict]:
+    """Rows of runs a..b of a bounded result: one per run with a vector, or per (run, lag) with a pair."""
+    rg = grp["run_group"][a:b]
+    net, prompt = grp["group_network"][:], grp["group_prompt"][:]
+    if name == "bounded":
+        rr = np.flatnonzero(rg >= 0)
+        c = {k: grp[k][a:b][rr] for k in ("n_vectors", "mean_resultant_length", "decay_time", "decay_status", "plateau",
+                                           "plateau_ratio", "saturation_time", "saturation_status")}
+    else:
+        pairs = grp["msad_pairs"][a:b]
+        rr, kk = np.nonzero(pairs > 0)
+        c = {"lag": grp["lag"][:][kk], "msad": grp["msad"][a:b][rr, kk], "n_pairs": pairs[rr, kk],
+             "autocorrelation": grp["autocorrelation"][a:b][rr, kk]}
+    n = len(rr)
+    return [c | {"run": a + rr, "result": np.full(n, rname), "embedding_model": np.full(n, attrs["model"]),
+                 "network": net[rg[rr]], "prompt": prompt[rg[rr]]}]
+
+
+def _bounded_groups(name, grp, rname, attrs) -> list[dict]:
+    """Rows of the groups of a bounded or divergence_pairs result (once), or of their curves."""
+    net = grp["group_network"][:]
+    if name.startswith("bounded"):
+        labels = {"prompt": grp["group_prompt"][:]}
+    else:
+        labels = {"prompt_a": grp["prompt_a"][:], "prompt_b": grp["prompt_b"][:]}
+    if name == "bounded_groups":
+        gg = np.arange(len(net))
+        c = {"n_runs": grp["group_n_runs"][:], **{k: grp[f"group_{k}"][:] for k in (
+            "plateau", "plateau_ratio", "saturation_time", "saturation_status", "decay_time", "decay_status")}}
+    elif name == "divergence_pairs":
+        gg = np.arange(len(net))
+        c = {"pairing": np.full(len(gg), attrs["parameters"]["pairing"]), **{k: grp[k][:] for k in (
+            "n_runs_a", "n_runs_b", "n_pairs", "n_steps", "n_fit_steps", "exponent", "intercept", "r_squared", "stderr", "status")}}
+    elif name == "bounded_group_curves":
+        pairs = grp["group_msad_pairs"][:]
+        gg, kk = np.nonzero(pairs > 0)
+        c = {"lag": grp["lag"][:][kk], "msad": grp["group_msad"][:][gg, kk], "n_pairs": pairs[gg, kk],
+             "autocorrelation": grp["group_autocorrelation"][:][gg, kk]}
+    else:
+        d = grp["mean_distance"][:]
+        gg, ss = np.nonzero(~np.isnan(d))
+        c = {"step": ss, "mean_distance": d[gg, ss]}
+    n = len(gg)
+    return [c | {"run": gg, "result": np.full(n, rname), "embedding_model": np.full(n, attrs["model"]), "network": net[gg],
+                 **{k: v[gg] for k, v in labels.items()}}]
 
 
 def _module(name: str):
