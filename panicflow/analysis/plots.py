@@ -937,9 +937,9 @@ def _map(inp: _Input):
     lab = labels[rr, ss]  # rr is sorted, so the rows above are in this order
     pca = PCA(n_components=2, random_state=0).fit(unit(x))
     xy = pca.transform(unit(x))
-    # vectors at one point of the plane (a run that loops repeats its outputs): drawn once, the area growing with them
-    extent = float(np.ptp(xy, axis=0).max()) or 1.0
-    cell = np.round(xy / (extent * 1e-6)).astype(np.int64)
+    # equal vectors (a run that loops repeats its outputs): drawn once, the area growing with them. Grouped by
+    # the vectors, not by rounded plane coordinates: BLAS may project equal rows a few ulps apart, across a cell
+    same = np.unique(x, axis=0, return_inverse=True)[1].reshape(-1)
     fig, axes = _figure(1, 1, 5.2)
     ax = axes[0, 0]
     layers = [(lab == -1, NOISE, "noise"), ((lab >= 0) & ~np.isin(lab, top), OTHER, "other clusters")]
@@ -947,7 +947,7 @@ def _map(inp: _Input):
     drawn, most = 0, 1
     for sel, colour, name in layers:
         if sel.any():
-            _, first, mult = np.unique(cell[sel], axis=0, return_index=True, return_counts=True)
+            _, first, mult = np.unique(same[sel], return_index=True, return_counts=True)
             pts = xy[sel][first]
             drawn += len(pts)
             most = max(most, int(mult.max()))
