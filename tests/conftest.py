@@ -33,6 +33,20 @@ def client():
 
 
 @pytest.fixture
+def model_sleep(client):
+    """``model_sleep(s)``: SleepT2I/SleepI2T calls on the session cluster's workers take ``s`` seconds.
+
+    The workers read PANICFLOW_TEST_SLEEP_S from their own environment, fixed when the session
+    started them: a test's ``monkeypatch.setenv`` never reaches them (they kept the 0.2 s default).
+    """
+    def set_sleep(seconds: float) -> None:
+        client.run(lambda: os.environ.__setitem__("PANICFLOW_TEST_SLEEP_S", str(seconds)))
+
+    yield set_sleep
+    client.run(lambda: os.environ.pop("PANICFLOW_TEST_SLEEP_S", None))
+
+
+@pytest.fixture
 def store_dir(tmp_path):
     return str(tmp_path / "store")
 

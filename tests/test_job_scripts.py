@@ -47,7 +47,7 @@ CONFIG = {
     "batch_size": {"SleepT2I": 1, "DummyI2T": 1},
     "persistence": {"maxdim": 1},
 }
-SLEEP_S = "0.3"  # per SleepT2I call: 45 calls, about 14 s of model time in all
+SLEEP_S = "0.15"  # per SleepT2I call: 45 calls, about 7 s of model time in all
 STEPS_PER_ROUND = 30  # a walltime: this many steps journaled by the round (of 90: a run, two cuts, then the end)
 WALLTIME = [sys.executable, str(Path(__file__).resolve().parent / "walltime.py")]
 # When and where things ran, and which model call computed each output, differ between two runs.

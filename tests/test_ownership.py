@@ -148,7 +148,7 @@ def test_a_coordinator_paused_past_its_lease_stops_when_it_wakes(tmp_path):
     """SIGSTOP a running coordinator past the TTL, resume beside it, SIGCONT it: it must stop without
     writing, the resume finishes, and every step of the result follows from its predecessor."""
     config = {"networks": [["SleepT2I", "DummyI2T"]], "seeds": [-1, -1, 3], "prompts": ["a cat", "a red boat"],
-              "embedding_models": ["DummyText"], "max_length": 120}
+              "embedding_models": ["DummyText"], "max_length": 60}
     store = str(tmp_path / "store")
     env = child_env(PANICFLOW_LEASE_TTL_S="3", PANICFLOW_TEST_SLEEP_S="0.05")
     path = tmp_path / "config.yaml"

@@ -99,8 +99,8 @@ def test_the_same_signal_twice_within_a_second_is_one_stop(tmp_path):
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # given back
 
 
-def test_a_stop_from_another_thread_lets_results_land_then_marks_it_interrupted(client, tmp_path, monkeypatch):
-    monkeypatch.setenv("PANICFLOW_TEST_SLEEP_S", "0.5")
+def test_a_stop_from_another_thread_lets_results_land_then_marks_it_interrupted(client, tmp_path, model_sleep):
+    model_sleep(0.2)  # calls in flight when the stop comes
     store = tmp_path / "store"
     stop = StopRequest(grace_s=30)
     asked = {}
@@ -216,7 +216,8 @@ def test_the_resume_command_printed_after_sigterm_joins_the_same_cluster(tmp_pat
     env = child_env(PANICFLOW_TEST_SLEEP_S="0.5")
     with DaskCluster(workers=1, nthreads=2, env=env) as cluster, cluster.client() as client:
         worker = cluster.worker_address("w0", client)
-        cfg = write_config(tmp_path / "c.json", SLOW)
+        # shorter runs than SLOW's: the resume finishes the experiment (64 steps, half of them 0.5 s calls)
+        cfg = write_config(tmp_path / "c.json", {**SLOW, "max_length": 16})
         run = Running(["experiment", "run", cfg, "--store", str(store), "--scheduler-file", cluster.scheduler_file],
                       tmp_path, env=env)
         run.wait_for("journaled steps", lambda: len(steps(store)) >= 4)

@@ -55,8 +55,8 @@ def test_wave_ranks_serve_the_first_run_of_every_network_first():
     assert batch_groups(cfg) == batch_groups(validate_config(cfg.model_dump()))
 
 
-def test_runs_end_in_waves_and_their_results_come_while_the_others_run(client, tmp_path, monkeypatch):
-    monkeypatch.setenv("PANICFLOW_TEST_SLEEP_S", "0.05")
+def test_runs_end_in_waves_and_their_results_come_while_the_others_run(client, tmp_path, model_sleep):
+    model_sleep(0.1)
     store = str(tmp_path / "store")
     eid = panicflow.run_experiment(GPU_LIKE, store=store, client=client)
     tree = panicflow.open_experiment(eid, store=store)
@@ -72,15 +72,17 @@ def test_runs_end_in_waves_and_their_results_come_while_the_others_run(client, t
         assert (stage_end < last).mean() >= 0.25, f"{node}: {(stage_end < last).mean():.2f} done before the last invocation"
 
 
-def test_analyses_of_a_running_experiment_use_the_runs_that_ended(client, tmp_path, monkeypatch):
+def test_analyses_of_a_running_experiment_use_the_runs_that_ended(client, tmp_path, model_sleep):
     from panicflow.analysis import clustering, drift
     from panicflow.analysis.results import open_result
     from panicflow.handle import submit_experiment
     from panicflow.store import Store
 
-    monkeypatch.setenv("PANICFLOW_TEST_SLEEP_S", "0.2")
+    model_sleep(0.2)
     store = str(tmp_path / "store")
-    handle = submit_experiment({**GPU_LIKE, "max_length": 100}, store=store, client=client, display=False)
+    # many short runs: the first end (and get diagrams) soon, the rest keep it running through the analyses
+    handle = submit_experiment({**GPU_LIKE, "prompts": [f"prompt {i}" for i in range(32)], "max_length": 30}, store=store,
+                               client=client, display=False)
     try:
         deadline = time.monotonic() + 180
         while panicflow.experiment_status(handle.id, store=store).persistence_diagrams["DummyText"] < 4:
@@ -96,7 +98,7 @@ def test_analyses_of_a_running_experiment_use_the_runs_that_ended(client, tmp_pa
         handle.result(60)
     g = open_result(exp, "clusters", name)
     state = g.attrs["experiment_state"]
-    assert state["state"] == "running" and 4 <= state["runs_ended"] < state["runs"] == 16
+    assert state["state"] == "running" and 4 <= state["runs_ended"] < state["runs"] == 32
     clustered = np.flatnonzero((g["label"][:] != -2).any(axis=1))  # -2: no vector
     ended_now = np.flatnonzero(panicflow.open_experiment(handle.id, store=store)["/"].ds.stop_reason.values != "")
     assert 4 <= len(clustered) <= state["runs_ended"] and set(clustered) <= set(ended_now)
@@ -146,12 +148,12 @@ def test_an_adaptive_local_cluster_in_a_users_script_scales_up_on_the_work_that_
     assert panicflow.experiment_status(got["id"], store=str(tmp_path / "store")).state == "complete"
 
 
-def test_workers_started_and_retired_beside_an_experiment_lose_no_result(client, tmp_path, monkeypatch):
+def test_workers_started_and_retired_beside_an_experiment_lose_no_result(client, tmp_path, model_sleep):
     """On `dask worker` processes: one at the start, two more joining, one retired as an adaptive
     cluster retires it (``retire_workers``: its results move elsewhere first) and one stopped with
     SIGTERM, mid-run. The fixed-seed outputs are those of an undisturbed run, bit for bit."""
     config = {**GPU_LIKE, "seeds": [3, 4], "prompts": GPU_LIKE["prompts"][:4], "max_length": 16}
-    monkeypatch.setenv("PANICFLOW_TEST_SLEEP_S", "0")
+    model_sleep(0)  # the reference: an undisturbed run, as fast as it goes
     reference = panicflow.open_experiment(
         panicflow.run_experiment(config, store=str(tmp_path / "ref"), client=client), store=str(tmp_path / "ref"))["/"].ds
     store = str(tmp_path / "store")
