@@ -63,6 +63,31 @@ def test_stored_knn_distances(copied):
     assert density.knn_figure(t).axes
 
 
+def test_a_sample_of_queries_has_the_exact_distances_of_its_vectors(copied):
+    """--queries N: N vectors (a seeded sample), each measured against every vector, exactly as in a full run."""
+    store, eid = copied
+    runs, steps, x = _unit_vectors(store, eid, "DummyText")
+    want = _brute_knn(x, 3)
+    path = density.knn_distances(eid, "DummyText", store, k=3, queries=25, seed=7, name="sample")
+    t = density.knn_table(eid, store, path.rsplit("/", 1)[1]).sort_values(["run", "step", "k"])
+    measured = t[["run", "step"]].drop_duplicates().to_numpy()
+    assert len(measured) == 25 < len(x)
+    at = {(r, s): i for i, (r, s) in enumerate(zip(runs, steps))}
+    rows = np.array([at[(r, s)] for r, s in measured])
+    np.testing.assert_array_equal(rows, density.query_rows(len(x), 25, 7))  # the sample is the seed's
+    np.testing.assert_allclose(t.distance.to_numpy().reshape(-1, 3), want[rows], atol=1e-6)
+    again = density.knn_distances(eid, "DummyText", store, k=3, queries=25, seed=8, name="other")
+    assert not density.knn_table(eid, store, again.rsplit("/", 1)[1])[["run", "step"]].drop_duplicates().equals(
+        t[["run", "step"]].drop_duplicates().reset_index(drop=True))
+    from panicflow.analysis.results import experiment, open_result
+
+    attrs = dict(open_result(experiment(store, eid), "knn", "sample").attrs)
+    assert attrs["n_queries"] == 25 and attrs["n_vectors"] == len(x) and attrs["parameters"]["queries"] == 25
+    assert len(density.query_rows(len(x), 0, 0)) == len(density.query_rows(len(x), 10**6, 0)) == len(x)
+    with pytest.raises(UserError, match="--queries"):
+        density.query_rows(len(x), -1, 0)
+
+
 def test_noise_sweep_equals_direct_hdbscan(copied):
     import hdbscan
 

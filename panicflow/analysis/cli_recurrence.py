@@ -47,15 +47,18 @@ def knn_cmd(
     experiment_id: str = typer.Argument(...),
     model: str = typer.Option(..., "--model", help="Embedding model whose vectors are measured."),
     k: int = typer.Option(10, "--k", help="Neighbours per vector."),
+    queries: int = typer.Option(20_000, "--queries", help="Vectors measured, each against all (a seeded sample beyond "
+                                "this many: exact search costs queries x vectors); 0: every vector."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the sample of --queries."),
     name: Optional[str] = typer.Option(None, "--name", help="Name of the result (default: <model>-k<k>)."),
     out: Optional[str] = OutOpt, store: Optional[str] = StoreOpt, as_json: bool = JsonOpt,
 ) -> None:
-    """Distances of every vector (unit-normalised) to its k nearest neighbours: the density of the embeddings."""
+    """Distances of vectors (unit-normalised) to their k nearest neighbours: the density of the embeddings."""
     from . import density
 
     _note_running(store, [experiment_id])
     with _writing(store):
-        path = density.knn_distances(experiment_id, model, _store(store), k=k, name=name)
+        path = density.knn_distances(experiment_id, model, _store(store), k=k, name=name, queries=queries, seed=seed)
     t = density.knn_table(experiment_id, _store(store), path.rsplit("/", 1)[1])
     _finish(path, out, {"": t}, lambda: density.knn_figure(t), as_json)
 

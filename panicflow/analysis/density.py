@@ -7,8 +7,10 @@ versions, read back as a tidy table (pandas) and drawn as a chart (a matplotlib 
   model's vectors), the distances to its ``k`` nearest other vectors, on the unit-normalised
   vectors in the full space (euclidean; the clustering's space without a PCA; cosine distance is
   d^2 / 2). scikit-learn's ``NearestNeighbors`` (exact, ``algorithm="brute"``); a vector's own
-  entry is left out (a duplicate vector is a neighbour at distance 0). Arrays ``distance``
-  (run, step, neighbour) float32, NaN where a step has no vector, and ``neighbour_k`` (1..k).
+  entry is left out (a duplicate vector is a neighbour at distance 0). Exact search costs
+  queries x vectors, so beyond ``DEFAULT_QUERIES`` (20,000) vectors a seeded sample of that many is
+  measured, each against every vector (``queries=0``: all). Arrays ``distance`` (run, step,
+  neighbour) float32, NaN where a step has no vector or is not in the sample, and ``neighbour_k`` (1..k).
 * ``noise_sweep`` (``noise_sweep``): the noise fraction of the clustering as a function of
   ``min_cluster_size``: the clustering code path itself (``clustering.ClusterParams.effective``
   resolves the settings for each size as ``analyse cluster`` would, ``clustering._fit_pca`` and
@@ -36,6 +38,7 @@ from .results import check_model, embedded_runs, open_result, open_store, run_ve
 
 KNN, SWEEP, CAPTION = "knn", "noise_sweep", "noise_caption"
 DEFAULT_K = 10
+DEFAULT_QUERIES = 20_000  # vectors measured by `analyse knn` (a seeded sample beyond this; 0: all)
 DEFAULT_SIZES = (2, 3, 5, 8, 10, 15, 20, 30, 50)
 
 
@@ -64,40 +67,60 @@ def all_vectors(exp, model: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 
 # ---------------------------------------------------------------------------------- k nearest neighbours
-def knn(x: np.ndarray, k: int) -> np.ndarray:
-    """(n, k) euclidean distances of each row of ``x`` to its k nearest other rows, nearest first."""
+def knn(x: np.ndarray, k: int, rows: np.ndarray | None = None) -> np.ndarray:
+    """(len(rows), k) euclidean distances of the rows ``rows`` of ``x`` (default all) to their k nearest
+    other rows of ``x``, nearest first."""
     from sklearn.neighbors import NearestNeighbors
 
     if k < 1 or k >= len(x):
         raise UserError(f"--k: between 1 and the number of vectors - 1 ({len(x) - 1}), got {k}")
-    d, idx = NearestNeighbors(n_neighbors=k + 1, algorithm="brute", metric="euclidean").fit(x).kneighbors(x)
+    rows = np.arange(len(x)) if rows is None else np.asarray(rows, np.int64)
+    d, idx = NearestNeighbors(n_neighbors=k + 1, algorithm="brute", metric="euclidean").fit(x).kneighbors(x[rows])
     # drop each row's own entry (a duplicate may come first; both are at distance 0)
-    own = idx == np.arange(len(x))[:, None]
+    own = idx == rows[:, None]
     first = np.where(own.any(axis=1), own.argmax(axis=1), k)
     keep = np.ones_like(own)
-    keep[np.arange(len(x)), first] = False
-    return d[keep].reshape(len(x), k)
+    keep[np.arange(len(rows)), first] = False
+    return d[keep].reshape(len(rows), k)
+
+
+def query_rows(n: int, queries: int, seed: int) -> np.ndarray:
+    """The vectors whose neighbours are measured: all ``n`` when ``queries`` is 0 or at least n, else a
+    sample of ``queries`` of them drawn with ``seed`` (sorted)."""
+    if queries < 0:
+        raise UserError(f"--queries: 0 (every vector) or a positive number of vectors, got {queries}")
+    if queries == 0 or queries >= n:
+        return np.arange(n)
+    return np.sort(np.random.default_rng(seed).choice(n, queries, replace=False))
 
 
 def knn_distances(experiment_id: str, model: str, store: str | None = None, *, k: int = DEFAULT_K,
-                  name: str | None = None) -> str:
-    """Store the distances of every ``model`` vector to its ``k`` nearest neighbours; returns the path."""
+                  name: str | None = None, queries: int = DEFAULT_QUERIES, seed: int = 0) -> str:
+    """Store the distances of ``model`` vectors to their ``k`` nearest neighbours among all of them; returns the path.
+
+    ``queries``: how many vectors are measured (a sample drawn with ``seed``, each against every vector);
+    0 measures every vector. Exact search costs queries x vectors: at a million vectors, all of them would
+    take hours, a sample of 20,000 minutes, and the distribution of the distances is what is wanted.
+    """
     exp = _exp(experiment_id, store)
     check_model(exp, model)
     runs, steps, x = all_vectors(exp, model)
-    d = knn(x, k)
+    rows = query_rows(len(x), queries, seed)
+    d = knn(x, k, rows)
     g = exp.group(read_only=True)
     n_runs, n_steps = g["output_hash"].shape
     out = np.full((n_runs, n_steps, k), np.nan, np.float32)
-    out[runs, steps] = d
+    out[runs[rows], steps[rows]] = d
     q = np.quantile(d, [0.05, 0.25, 0.5, 0.75, 0.95], axis=0)
     return write_result(exp, KNN, name or f"{model}-k{k}", {
         "distance": (["run", "step", "neighbour"], out, {"description": "euclidean distance of the unit vector to its "
-                                                         "neighbour-th nearest other vector (cosine distance: d^2/2); NaN: no vector"}),
+                                                         "neighbour-th nearest other vector (cosine distance: d^2/2); NaN: no "
+                                                         "vector, or a vector not in the sample of queries"}),
         "neighbour_k": (["neighbour"], np.arange(1, k + 1, dtype=np.int64), {"description": "rank of the neighbour"}),
     }, {
-        "kind": KNN, "model": model, "inputs": [exp.id], "n_vectors": int(len(x)),
-        "parameters": {"model": model, "k": k, "space": "unit-normalised vectors, full space, euclidean",
+        "kind": KNN, "model": model, "inputs": [exp.id], "n_vectors": int(len(x)), "n_queries": int(len(rows)),
+        "parameters": {"model": model, "k": k, "queries": queries, "seed": seed,
+                       "space": "unit-normalised vectors, full space, euclidean",
                        "algorithm": "sklearn.neighbors.NearestNeighbors(algorithm='brute')"},
         "quantiles": {"q": [0.05, 0.25, 0.5, 0.75, 0.95], "per_k": q.T.tolist()},
         "versions": versions("scikit-learn", "numpy"),
