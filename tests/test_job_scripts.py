@@ -342,8 +342,16 @@ def test_a_signal_to_the_loop_ends_the_round_and_no_other_starts(tmp_path):
     # skips the trap. Not reproduced in 21 runs here
     step = ('trap \'echo got INT >> seen; exit 75\' INT; echo "$PANICFLOW_ROUND" >> rounds; '
             'while :; do sleep 0.1 & wait $!; done')
-    proc = subprocess.Popen([str(LOOP), "-n", "5", "-p", "0", "bash", "-c", step], stderr=subprocess.PIPE, text=True,
-                            cwd=tmp_path, start_new_session=True)
+    # started as a terminal's shell starts a job: SIGINT at its default and unblocked. In two full suites (never alone,
+    # 21 times) the loop did not react to SIGINT in 30 s; a disposition inherited from an earlier test in the same
+    # pytest process is one suspect: the launcher says on stderr what it inherited, and the test warns with it
+    launch = ("import os, signal, sys; "
+              "signal.getsignal(signal.SIGINT) == signal.SIG_IGN and print('launcher: SIGINT came ignored', file=sys.stderr); "
+              "signal.SIGINT in signal.pthread_sigmask(signal.SIG_BLOCK, []) and print('launcher: SIGINT came blocked', file=sys.stderr); "
+              "signal.signal(signal.SIGINT, signal.SIG_DFL); signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT}); "
+              "os.execv(sys.argv[1], sys.argv[1:])")
+    proc = subprocess.Popen([sys.executable, "-c", launch, str(LOOP), "-n", "5", "-p", "0", "bash", "-c", step],
+                            stderr=subprocess.PIPE, text=True, cwd=tmp_path, start_new_session=True)
     deadline = time.monotonic() + 30
     while not (tmp_path / "rounds").exists():
         assert time.monotonic() < deadline
@@ -351,6 +359,10 @@ def test_a_signal_to_the_loop_ends_the_round_and_no_other_starts(tmp_path):
     time.sleep(0.3)
     os.killpg(proc.pid, signal.SIGINT)  # a terminal's Ctrl-C: the loop's whole process group
     _, err = proc.communicate(timeout=30)
+    if "launcher: SIGINT came" in err:
+        import warnings
+
+        warnings.warn(f"the pytest process passed on SIGINT: {[l for l in err.splitlines() if l.startswith('launcher:')]}")
     assert proc.returncode == 75, err
     assert (tmp_path / "rounds").read_text().split() == ["1"]
     assert (tmp_path / "seen").read_text().split("\n").count("got INT") == 1
