@@ -22,6 +22,20 @@ def pytest_collection_modifyitems(config, items):
         items[:] = [item for item in items if not item.get_closest_marker("soak")]
 
 
+@pytest.fixture(scope="module", autouse=True)
+def sigint_left_as_found(request):
+    """Warn when a module leaves SIGINT ignored in this process (a suite's later subprocesses inherit it: the
+    panicflow-loop test hung on it twice), and give it back, so that one module's leftover reaches no other."""
+    import signal
+    import warnings
+
+    before = signal.getsignal(signal.SIGINT)
+    yield
+    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN and before != signal.SIG_IGN:
+        warnings.warn(f"SIGINT left ignored by {request.module.__name__}")
+        signal.signal(signal.SIGINT, before)
+
+
 @pytest.fixture(scope="session")
 def client():
     from distributed import Client, LocalCluster
