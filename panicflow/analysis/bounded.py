@@ -54,13 +54,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..errors import UserError
-from .divergence import MIN_FIT_STEPS, MIN_R_SQUARED, STEP_BLOCK, fit_exponent, fit_status
-from .results import check_model, embedded_runs, experiment, open_store, run_lengths, run_vectors, unit, versions, write_result
+from .divergence import MIN_FIT_STEPS, MIN_R_SQUARED, STEP_BLOCK, fit_exponent, fit_status, replicate_groups
+from .results import check_model, experiment, open_store, run_vectors, unit, versions, write_result
 
 if TYPE_CHECKING:
     from distributed import Client
-
-    from ..store.experiment import Experiment
 
 KIND, PAIRS_KIND = "bounded", "divergence_pairs"
 MEASURES = ("ftle", "bounded", "pairs")  # `analyse divergence --measures`
@@ -146,19 +144,6 @@ def group_bounded(location: str, experiment_id: str, model: str, runs: list[int]
 
 
 # ---------------------------------------------------------------------- the bounded result
-def _groups(exp: Experiment, model: str) -> tuple[list[tuple[str, str]], dict[tuple[str, str], list[int]], int]:
-    """(network, prompt) groups: sorted keys, their runs with a vector of ``model`` (ended), and the runs in all."""
-    g = exp.group(read_only=True)
-    networks, prompts = g["network"][:], g["prompt"][:]
-    has = set(embedded_runs(exp, model).tolist()) & set(np.flatnonzero(run_lengths(exp) > 0).tolist())
-    members: dict[tuple[str, str], list[int]] = {}
-    for r in range(len(networks)):
-        runs = members.setdefault((str(networks[r]), str(prompts[r])), [])
-        if r in has:
-            runs.append(r)
-    return sorted(members), members, len(networks)
-
-
 def _check(max_lag: int, fraction: float) -> None:
     if max_lag < 2:
         raise UserError(f"--max-lag: at least 2 steps, got {max_lag}")
@@ -183,7 +168,7 @@ def bounded(experiment_id: str, model: str, store: str | None = None, client: Cl
     st = open_store(str(store) if store is not None else default_location())
     exp = st.experiment(experiment_id)
     check_model(exp, model)
-    keys, members, n_runs = _groups(exp, model)
+    keys, members, n_runs = replicate_groups(exp, model)
     todo = [k for k in keys if members[k]]
     args = [(st.location, exp.id, model, members[k], max_lag) for k in todo]
     if client is not None:
@@ -379,7 +364,7 @@ def divergence_pairs(experiment_id: str, model: str, pairs_file: str, store: str
     g = exp.group(read_only=True)
     n_steps = g["output_hash"].shape[1]
     seeds = g["seed"][:]
-    keys, members, _ = _groups(exp, model)
+    keys, members, _ = replicate_groups(exp, model)
     prompt_pairs = read_pairs(pairs_file, sorted({k[1] for k in keys}), exp.id)
     networks = sorted({k[0] for k in keys})
     groups = [(a, b, net) for a, b in prompt_pairs for net in networks]

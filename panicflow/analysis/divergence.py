@@ -93,6 +93,19 @@ def group_curve(location: str, experiment_id: str, model: str, runs: list[int], 
     return np.concatenate(steps_out), np.concatenate(d_out)
 
 
+def replicate_groups(exp, model: str) -> tuple[list[tuple[str, str]], dict[tuple[str, str], list[int]], int]:
+    """(network, prompt) groups: sorted keys, their runs with a vector of ``model`` (ended), and the runs in all."""
+    g = exp.group(read_only=True)
+    networks, prompts = g["network"][:], g["prompt"][:]
+    has = set(embedded_runs(exp, model).tolist()) & set(np.flatnonzero(run_lengths(exp) > 0).tolist())
+    members: dict[tuple[str, str], list[int]] = {}
+    for r in range(len(networks)):
+        runs = members.setdefault((str(networks[r]), str(prompts[r])), [])
+        if r in has:
+            runs.append(r)
+    return sorted(members), members, len(networks)
+
+
 def parse_window(text: str | None) -> tuple[int, int | None] | None:
     """``START:END`` (END exclusive, either may be empty) -> (start, end or None); None for no window."""
     if text is None:
@@ -133,16 +146,8 @@ def divergence(experiment_id: str, model: str, store: str | None = None, client:
     st = open_store(str(store) if store is not None else default_location())
     exp = st.experiment(experiment_id)
     check_model(exp, model)
-    g = exp.group(read_only=True)
-    n_runs, n_steps = g["output_hash"].shape
-    networks, prompts = g["network"][:], g["prompt"][:]
-    has = set(embedded_runs(exp, model).tolist()) & set(np.flatnonzero(run_lengths(exp) > 0).tolist())
-    members: dict[tuple[str, str], list[int]] = {}
-    for r in range(n_runs):
-        runs = members.setdefault((str(networks[r]), str(prompts[r])), [])
-        if r in has:
-            runs.append(r)
-    keys = sorted(members)
+    n_steps = exp.group(read_only=True)["output_hash"].shape[1]
+    keys, members, n_runs = replicate_groups(exp, model)
     todo = [k for k in keys if len(members[k]) >= 2]
     args = [(st.location, exp.id, model, members[k], n_steps) for k in todo]
     if client is not None:
