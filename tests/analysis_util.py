@@ -59,3 +59,22 @@ def analysis_experiment(client, tmp_path_factory):
                 break
         _MADE["exp"] = (store, eid)
     return _MADE["exp"]
+
+
+def check_chart(png, svg) -> None:
+    """A chart written as PNG and SVG: a full-width PNG with data in colour, an SVG with real content."""
+    import xml.etree.ElementTree as ET
+
+    import numpy as np
+    from PIL import Image
+
+    with Image.open(png) as im:
+        assert im.format == "PNG"
+        w, h = im.size
+        assert w >= 1000 and h >= 500  # 7 in at 200 dpi: prints at full page width
+        rgb = im.convert("RGB")
+        assert len(rgb.getcolors(maxcolors=w * h)) > 20  # drawn, not blank
+        pixels = np.asarray(rgb, dtype=np.int16)
+        assert ((pixels.max(axis=2) - pixels.min(axis=2)) > 60).sum() > 1000  # data in colour, not only grey axes and text
+    root = ET.parse(svg).getroot()
+    assert root.tag.endswith("svg") and len(list(root.iter())) > 50

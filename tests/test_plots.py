@@ -4,13 +4,11 @@ says what a reader of a paper needs: checked on the matplotlib figure objects (`
 import os
 import re
 import shutil
-import xml.etree.ElementTree as ET
 
 import numpy as np
 import pytest
-from PIL import Image
 
-from analysis_util import analysis_experiment  # noqa: F401
+from analysis_util import analysis_experiment, check_chart as _check_image  # noqa: F401
 from panicflow.analysis import bounded, clustering, distances, divergence, drift, plots
 from panicflow.analysis.plots import KINDS, figure, plot
 from panicflow.analysis.results import list_results, open_result, write_result
@@ -49,19 +47,6 @@ def uneven(semantics_experiment, client, tmp_path_factory):
     drift.semantic_drift(eid, "DummyText", store=copy, client=client)
     clustering.cluster([eid], "DummyText", store=copy, client=client, min_cluster_size=5, reduce="pca:4", name="uneven")
     return copy, eid
-
-
-def _check_image(png, svg):
-    with Image.open(png) as im:
-        assert im.format == "PNG"
-        w, h = im.size
-        assert w >= 1000 and h >= 500  # 7 in at 200 dpi: prints at full page width
-        rgb = im.convert("RGB")
-        assert len(rgb.getcolors(maxcolors=w * h)) > 20  # drawn, not blank
-        pixels = np.asarray(rgb, dtype=np.int16)
-        assert ((pixels.max(axis=2) - pixels.min(axis=2)) > 60).sum() > 1000  # data in colour, not only grey axes and text
-    root = ET.parse(svg).getroot()
-    assert root.tag.endswith("svg") and len(list(root.iter())) > 50
 
 
 STEMS = {"diagrams": "diagrams", "entropy": "entropy", "drift": "drift", "durations": "durations"}
