@@ -13,10 +13,12 @@ import pytest  # noqa: E402
 
 
 _MADE: dict[str, tuple[str, str]] = {}
+MIN_CLUSTERED = 0.2  # the share of a model's vectors in a cluster that the charts' colour checks need
 
 
-def _clusters(store: str, eid: str, client, tmp: str) -> dict[str, int]:
-    """Clusters per model of the clustering the tests make (min_cluster_size 5, PCA to 4), on a throwaway copy."""
+def _clusters(store: str, eid: str, client, tmp: str) -> dict[str, tuple[int, float]]:
+    """(clusters, share of vectors in one) per model of the clustering the tests make (min_cluster_size 5,
+    PCA to 4), on a throwaway copy."""
     import shutil
     import warnings
 
@@ -34,7 +36,7 @@ def _clusters(store: str, eid: str, client, tmp: str) -> dict[str, int]:
             for model in ANALYSIS_CONFIG["embedding_models"]:
                 name = clustering.cluster([eid], model, store=tmp, client=client, min_cluster_size=5, reduce="pca:4")
                 labels = open_result(Store(tmp).experiment(eid), "clusters", name)["label"][:]
-                found[model] = len(np.unique(labels[labels >= 0]))
+                found[model] = (len(np.unique(labels[labels >= 0])), float((labels >= 0).sum() / (labels >= -1).sum()))
         return found
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -46,16 +48,19 @@ def analysis_experiment(client, tmp_path_factory):
 
     Made once per session even though each module imports this fixture (so pytest sees one per module).
     Its unseeded runs differ from session to session, and so does what clusters: of 320 DummyText vectors
-    26 to 307 fell in clusters over five draws, and CI met a draw with none, failing every test that draws
-    or tables a cluster. A draw where either model's test clustering has fewer than 2 clusters is made again.
+    0 to 160 fell in clusters over twelve draws, and CI met a draw with none, failing every test that draws
+    or tables a cluster, then one with so few that the map chart was nearly all grey noise. A draw where
+    either model's test clustering has fewer than 2 clusters, or fewer than MIN_CLUSTERED of its vectors
+    in one, is made again (9 of those 12 draws passed).
     """
     import panicflow
 
     if "exp" not in _MADE:
-        for attempt in range(5):
+        for attempt in range(8):
             store = str(tmp_path_factory.mktemp("analysis") / "store")
             eid = panicflow.run_experiment(ANALYSIS_CONFIG, store=store, client=client)
-            if min(_clusters(store, eid, client, f"{store}-check").values()) >= 2:
+            found = _clusters(store, eid, client, f"{store}-check").values()
+            if all(n >= 2 and share >= MIN_CLUSTERED for n, share in found):
                 break
         _MADE["exp"] = (store, eid)
     return _MADE["exp"]
