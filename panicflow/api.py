@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 import numpy as np
-import xarray as xr
 from distributed import Client
 from PIL import Image
 
@@ -34,6 +33,7 @@ from .store.writable import check_writable
 from .store.objects import decode_image
 
 if TYPE_CHECKING:
+    import xarray as xr
     from distributed.security import Security
 
 log = logging.getLogger(__name__)
@@ -267,6 +267,8 @@ def open_experiment(experiment_id: str, store: StoreLike = None, chunks: int | s
     lazily into NumPy. The run labels stay in memory either way. A finished experiment is opened
     through its consolidated metadata (one read for the whole hierarchy; store/consolidated.py).
     """
+    import xarray as xr  # here, not at the top: running an experiment never needs it (0.5 s of import)
+
     st = _store(store)
     exp = st.experiment(experiment_id)
     exp.config
@@ -315,6 +317,7 @@ def _strings_as_objects(tree: xr.DataTree) -> None:
     """Strings as Python objects, lazily, in every node. Zarr gives NumPy's variable-width
     StringDType, which NumPy cannot promote to float: ``ds.where(...)`` (which fills with NaN)
     and ``isin`` raise on any dataset holding one (tests/test_xarray_idioms.py)."""
+    import xarray as xr
     from xarray.coding.common import lazy_elemwise_func  # what xarray's own decoders use to convert lazily
 
     for node in tree.subtree:

@@ -423,13 +423,17 @@ def run_cmd(
     )] = None,
 ) -> None:
     """Run an experiment to the end; prints its id."""
+    from .config import load_config
+
+    # a config error is the commonest mistake: one line before distributed and the API are imported (1 s)
+    cfg = load_config(config)
     from . import api
 
     cluster = _cluster(scheduler, scheduler_file, workers, gpus, host, dashboard_address, tls_ca_file, tls_cert, tls_key)
     again = _cluster_options(scheduler, scheduler_file, workers, gpus, host, tls_ca_file, tls_cert, tls_key)
     if id_file is not None and not Path(id_file).absolute().parent.is_dir():
         raise UserError(f"--id-file: folder {Path(id_file).absolute().parent} does not exist; create it or give another path")
-    _execute(lambda **hooks: api.run_experiment(config, store=_store(store), **cluster, **hooks), _store(store), as_json,
+    _execute(lambda **hooks: api.run_experiment(cfg, store=_store(store), **cluster, **hooks), _store(store), as_json,
              grace=grace, cluster=again, id_file=id_file)
 
 

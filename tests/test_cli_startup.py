@@ -132,6 +132,26 @@ def test_models_does_not_load_torch():
     assert _heavy(loaded, ("torch", "transformers", "diffusers", "xarray", "pandas", "gph", "sklearn", "matplotlib")) == []
 
 
+def test_a_bad_config_is_refused_before_the_cluster_stack_loads(tmp_path):
+    """The commonest mistake, a config that does not validate, costs its one line and no more: not
+    distributed, the API or xarray first (a second of imports for every mistake, and for every bad
+    case a test sends through the CLI)."""
+    bad = tmp_path / "c.yaml"
+    bad.write_text("networks: [[DummyT2I, NoSuchModel]]\nseeds: [1]\nprompts: [a]\nembedding_models: [DummyText]\n")
+    proc, loaded = _imports("experiment", "run", str(bad), "--store", str(tmp_path / "s"))
+    assert proc.returncode == 2 and "NoSuchModel" in proc.stderr, proc.stderr[-2000:]
+    assert _heavy(loaded, ("distributed", "xarray", "pandas", "bokeh", "gph", "torch", "sklearn")) == []
+    assert not (tmp_path / "s").exists()
+
+
+def test_running_an_experiment_does_not_load_xarray():
+    """The coordinator writes Zarr directly; xarray is for reading results (open_experiment): half a
+    second of import at every run and resume, in the coordinator's process."""
+    code = "import sys, panicflow.api, panicflow.scheduler.coordinator; print('xarray' in sys.modules)"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and proc.stdout.strip() == "False", proc.stdout + proc.stderr[-2000:]
+
+
 def _commands(group, path=()):
     """(path, click command) of every command the CLI has."""
     for name, cmd in group.commands.items():
