@@ -98,7 +98,10 @@ def test_cli(with_inputs, tmp_path, capsys):
     assert "Semantic drift" in (tmp_path / "titled" / "drift.svg").read_text()
     assert "Semantic drift" not in (tmp_path / "bare" / "drift.svg").read_text()
     for args, words in ((["drift", "--by", "seed"], "--by: choose network or prompt"), (["map", "--by", "prompt"], "--by: only"),
-                        (["drift", "--result", "x"], "--result"), (["divergence", "--result", "nope"], "no complete divergence")):
+                        (["drift", "--result", "x"], "--result"), (["divergence", "--result", "nope"], "no complete divergence"),
+                        # a clustering named for a chart that reads none was ignored without a word
+                        (["divergence", "--clustering", "plots"], "--clustering: only clusters, transitions, stays, map"),
+                        (["knn", "--clustering", "plots"], "knn reads a named result (--result)")):
         assert main(["plot", eid, *args, "--out", str(tmp_path / "no"), "--store", store]) == 2
         assert words in capsys.readouterr().err
     assert not (tmp_path / "no").exists()

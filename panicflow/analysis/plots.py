@@ -63,6 +63,7 @@ from .results import list_results, open_result, open_store
 
 KINDS = ("diagrams", "entropy", "drift", "divergence", "distances", "durations", "clusters", "transitions", "stays", "map",
          "bounded", "divergence_pairs")
+CLUSTERING_KINDS = ("clusters", "transitions", "stays", "map")  # the charts --clustering names the input of
 BY = ("network", "prompt")  # drift and entropy: pool the prompts, or one panel (row) per prompt
 OKABE_ITO = ["#E69F00", "#56B4E9", "#009E73", "#F0E442", "#0072B2", "#D55E00", "#CC79A7", "#000000"]
 NOISE, OTHER, BLANK = "#D9D9D9", "#7F7F7F", "#FFFFFF"
@@ -106,7 +107,11 @@ def _input(experiment_id: str, kind: str, store: str | None, clustering: str | N
         raise UserError(f"--by: only drift and entropy group by network (divergence has a panel per prompt), not {kind}")
     if result is not None and kind not in ("divergence", "distances", "bounded", "divergence_pairs", *RESULT_KINDS):
         raise UserError(f"--result: names the result a chart reads (divergence, distances, bounded, divergence_pairs, {', '.join(RESULT_KINDS)}); {kind} reads "
-                        + ("a clustering (--clustering)" if kind in ("clusters", "transitions", "stays", "map") else "no named result"))
+                        + ("a clustering (--clustering)" if kind in CLUSTERING_KINDS else "no named result"))
+    if clustering is not None and kind not in CLUSTERING_KINDS:
+        raise UserError(f"--clustering: only {', '.join(CLUSTERING_KINDS)} draw a clustering; {kind} reads "
+                        + ("a named result (--result)" if kind in ("divergence", "distances", "bounded", "divergence_pairs", *RESULT_KINDS)
+                           else "no named result"))
     loc = str(store) if store is not None else default_location()
     return _Input(loc, open_store(loc).experiment(experiment_id), clustering, store_results, result, by, title)
 
