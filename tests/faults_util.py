@@ -42,7 +42,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -777,7 +777,18 @@ class SlowModels(WorkerPlugin):
             unload(name)
 
     def teardown(self, worker=None) -> None:
-        pass
+        """The models as they were (unregistering the plugin leaves a shared cluster as it found it)."""
+        import dataclasses
+
+        from panicflow.models import REGISTRY
+        from panicflow.models.cache import unload
+
+        for name in self.names:
+            spec = REGISTRY[name]
+            inner = getattr(spec.factory, "_inner", None)
+            if inner is not None:
+                REGISTRY[name] = dataclasses.replace(spec, factory=inner)
+                unload(name)
 
 
 def _slow_factory(factory, delay):
@@ -785,6 +796,7 @@ def _slow_factory(factory, delay):
         return _Slow(factory(spec), delay)
 
     build._slow = True
+    build._inner = factory
     return build
 
 
@@ -815,20 +827,29 @@ def _wait_replaced(client, dead: set[str], n: int, timeout: float = 90) -> None:
 
 
 def worker_kill_trials(workdir: str, ref: dict[str, Any], *, kills: int = 2, config: dict[str, Any] = CONFIG,
-                       log: Callable[[str], None] = lambda s: None, timeout: float = 240) -> list[Trial]:
+                       log: Callable[[str], None] = lambda s: None, timeout: float = 240,
+                       address: str | None = None) -> list[Trial]:
     """A real cluster (`dask scheduler` and two `dask worker --nworkers 1 --nthreads 1`, each with
-    its nanny, as processes). SIGKILL a worker while it executes a model batch, ``kills`` times
-    over the runs stage, then both workers at once mid-batch, then one while it embeds; the nannies
-    restart them (at new addresses) each time."""
+    its nanny, as processes): a ProcessCluster of its own, or the one at ``address`` (two workers
+    with nannies, such as ProcessCluster(2)). SIGKILL a worker while it executes a model batch,
+    ``kills`` times over the runs stage, then both workers at once mid-batch, then one while it
+    embeds; the nannies restart them (at new addresses) each time."""
     total = total_steps(ref, config)
     cfg_path = write_config(config, os.path.join(workdir, "config.json"))
     store = os.path.join(workdir, "store")
     trials: list[Trial] = []
-    with ProcessCluster(2, logdir=os.path.join(workdir, "cluster")) as cluster, cluster.client() as client:
+    with ExitStack() as stack:
+        if address is None:
+            address = stack.enter_context(ProcessCluster(2, logdir=os.path.join(workdir, "cluster"))).address
+        from distributed import Client
+
+        client = stack.enter_context(Client(address, timeout="20s"))
         client.register_plugin(SlowModels(["DummyT2I", "DummyI2T"], 0.04), name=SlowModels.name)
+        stack.callback(client.unregister_worker_plugin, SlowModels.name)
         watch = Watch(store)
-        proc = Cli(["experiment", "run", cfg_path, "--store", store, "--scheduler", cluster.address, "--json"],
+        proc = Cli(["experiment", "run", cfg_path, "--store", store, "--scheduler", address, "--json"],
                    os.path.join(workdir, "logs"))
+        stack.callback(proc.kill)  # a shared cluster is left with no coordinator of this test on it
         # the embed kill last: embedding tasks run until after the last model call, not the other way round
         targets = [("invoke", int(total * f), "one") for f in (0.15, 0.4)[:kills]]
         targets += [("invoke", int(total * 0.6), "all"), ("embed", 0, "one")]
@@ -869,7 +890,6 @@ def worker_kill_trials(workdir: str, ref: dict[str, Any], *, kills: int = 2, con
             stuck = client.run_on_scheduler(lambda dask_scheduler: {str(ts.key): ts.state for ts in dask_scheduler.tasks.values()})
             proc.kill()
         res = proc.wait()
-        client.unregister_worker_plugin(SlowModels.name)
     if hung:
         for t in trials:
             t.problems.append(f"the experiment did not finish in {timeout} s; scheduler tasks: {stuck}")
