@@ -20,7 +20,7 @@ CONFIG = {
     "seeds": [-1],
     "prompts": [f"prompt {i}" for i in range(8)],
     "embedding_models": ["DummyText"],
-    "max_length": 40,
+    "max_length": 30,
     "batch_size": {"SleepT2I": 1, "DummyI2T": 1},
     "persistence": {"maxdim": 0},
 }
@@ -47,9 +47,13 @@ def test_workers_that_join_are_used_and_one_that_leaves_loses_nothing(tmp_path, 
             deadline = time.monotonic() + 300
             while journaled_steps(store) < 10 and time.monotonic() < deadline:
                 time.sleep(0.1)
-            added = [cluster.add_worker() for _ in range(3)]
+            added = [cluster.add_worker(wait=False) for _ in range(3)]  # started together, as a cluster scales
+            cluster.wait_for_workers(added)
             changes.append("added")
-            while journaled_steps(store) < 120 and time.monotonic() < deadline:
+            # 50 steps on the four workers (however slowly they started) before one leaves, and at least
+            # 100 of the 240: it leaves mid-run, with most of the work still to do
+            joined = journaled_steps(store)
+            while journaled_steps(store) < max(100, joined + 50) and time.monotonic() < deadline:
                 time.sleep(0.1)
             cluster.kill_worker(added[0])  # scale down: it leaves for good mid-run
             changes.append("killed")
@@ -60,7 +64,7 @@ def test_workers_that_join_are_used_and_one_that_leaves_loses_nothing(tmp_path, 
         thread.join(60)
         assert changes == ["added", "killed"], "the cluster did not change during the experiment"
     root = panicflow.open_experiment(eid, store=store)["/"].ds
-    assert (root.length.values == 40).all() and set(root.stop_reason.values.astype(object)) == {"length"}
+    assert (root.length.values == CONFIG["max_length"]).all() and set(root.stop_reason.values.astype(object)) == {"length"}
     models = root.model.values.astype(object)
     sleeps = models == "SleepT2I"
     ids = root.batch_id.values.astype(object)[sleeps]

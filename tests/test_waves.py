@@ -136,8 +136,9 @@ def test_an_adaptive_local_cluster_in_a_users_script_scales_up_on_the_work_that_
     script = tmp_path / "user_script.py"
     script.write_text(ADAPTIVE_SCRIPT)
     # 24 runs of 0.5 s calls: 12 s of work waiting at any time, what Dask's adaptive asks 3 workers for
-    # (its target: the work it sees over 5 s per worker)
-    config = {**GPU_LIKE, "prompts": [f"prompt {i}" for i in range(24)], "max_length": 6,
+    # (its target: the work it sees over 5 s per worker); 4 steps a run: the first step alone keeps the
+    # one worker busy 12 s, time for the other two to start; 48 s of calls in all
+    config = {**GPU_LIKE, "prompts": [f"prompt {i}" for i in range(24)], "max_length": 4,
               "batch_size": {"SleepT2I": 1, "SleepI2T": 1}}
     out = subprocess.run([sys.executable, str(script), json.dumps(config), str(tmp_path / "store")], cwd=tmp_path,
                          capture_output=True, text=True, timeout=600, env=child_env(PANICFLOW_TEST_SLEEP_S="0.5"))
@@ -169,7 +170,8 @@ def test_workers_started_and_retired_beside_an_experiment_lose_no_result(client,
             deadline = time.monotonic() + 300
             while journaled_steps(store) < 10 and time.monotonic() < deadline:
                 time.sleep(0.05)
-            added = [cluster.add_worker() for _ in range(2)]
+            added = [cluster.add_worker(wait=False) for _ in range(2)]  # started together, as a cluster scales
+            cluster.wait_for_workers(added)
             changes.append("added")
             while journaled_steps(store) < 60 and time.monotonic() < deadline:
                 time.sleep(0.05)
@@ -201,10 +203,13 @@ def test_gpu_calls_waiting_in_dask_never_go_to_a_cpu_worker(tmp_path):
 
     store = str(tmp_path / "store")
     with DaskCluster(workers=0, env=child_env(PANICFLOW_TEST_SLEEP_S="0.05")) as cluster, cluster.client() as c:
-        gpu = cluster.add_worker(nthreads=1, args=["--resources", "GPU=1"])
-        cpu = cluster.add_worker(nthreads=1)
+        gpu = cluster.add_worker(nthreads=1, args=["--resources", "GPU=1"], wait=False)
+        cpu = cluster.add_worker(nthreads=1, wait=False)
+        cluster.wait_for_workers([gpu, cpu])  # started together
         with get_task_stream(c) as stream:
-            eid = panicflow.run_experiment({**GPU_LIKE, "prompts": [f"p{i}" for i in range(24)], "max_length": 16},
+            # 24 runs in batches of 2: 12 calls wait for the GPU worker's one thread at every step, 5 steps
+            # of each model (120 calls, 6 s of queue that work stealing sees beside an idle CPU worker)
+            eid = panicflow.run_experiment({**GPU_LIKE, "prompts": [f"p{i}" for i in range(24)], "max_length": 10},
                                            store=store, client=c)
         addresses = {name: cluster.worker_address(name, c) for name in (gpu, cpu)}
         logs = {name: cluster.log(name, 200_000) for name in (gpu, cpu)}
