@@ -9,11 +9,15 @@ ran. SLURM is faked: `sbatch` queues its arguments for the test's batch loop, `s
 command here, and `walltime.py --foreground --signal USR1` is `#SBATCH --signal=B:USR1@...` (the
 batch shell alone gets the signal).
 
-A walltime ends once the round's coordinator has journaled STEPS_PER_ROUND steps (of 90), not
+A walltime ends once the round's coordinator has journaled a number of steps (of 90), not
 after some seconds: start-up takes seconds on a quiet machine and tens of seconds on a loaded one,
 and walltimes in seconds (scaled by an uninterrupted run's time) missed the runs under load (one
 round cut after every step was done, the next finishing everything at once). Cut on progress,
 every round but the last is cut mid-run, however loaded the machine.
+
+Each round starts panicflow (and, under the sbatch stand-in, a scheduler and a worker): seconds of
+CPU. So each test cuts as few times as its claims need, with margins in steps either side of each
+cut (steps go on landing for a moment after a walltime, and until its signal has reached panicflow).
 """
 
 from __future__ import annotations
@@ -48,7 +52,12 @@ CONFIG = {
     "persistence": {"maxdim": 1},
 }
 SLEEP_S = "0.15"  # per SleepT2I call: 45 calls, about 7 s of model time in all
-STEPS_PER_ROUND = 30  # a walltime: this many steps journaled by the round (of 90: a run, two cuts, then the end)
+# A walltime: this many steps journaled by the round (of 90). The loop: a run cut after 50 (40 left: mid-run),
+# then a resume that finishes (40 or fewer left: it never reaches its walltime). The sbatch jobs: one cancelled
+# after 32, a resume cut by USR1 after 32 more (26 left, less what landed after the two signals: mid-run), then
+# one that finishes (26 or fewer left). A walltime at 30 of 90 made 4 to 5 rounds of each, all but one cut.
+LOOP_STEPS = 50
+SBATCH_STEPS = 32
 WALLTIME = [sys.executable, str(Path(__file__).resolve().parent / "walltime.py")]
 # When and where things ran, and which model call computed each output, differ between two runs.
 # A run computed again after a cut goes in other batches. The science does not differ.
@@ -156,9 +165,9 @@ def test_walltimes_cut_the_experiment_and_rounds_of_panicflow_job_finish_it_bit_
     want = reference
     config = write_config(tmp_path / "config.json", CONFIG)
     state, store = tmp_path / "state", tmp_path / "store"
-    # round 1: 1 s, killed while panicflow starts (no experiment yet); then STEPS_PER_ROUND steps each round
+    # round 1: 1 s, killed while panicflow starts (no experiment yet); then LOOP_STEPS steps each round
     walltime = " ".join(WALLTIME)
-    step = (f'if [ "$PANICFLOW_ROUND" = 1 ]; then cut="--after 1"; else cut="--steps {STEPS_PER_ROUND} --store {store}"; fi; '
+    step = (f'if [ "$PANICFLOW_ROUND" = 1 ]; then cut="--after 1"; else cut="--steps {LOOP_STEPS} --store {store}"; fi; '
             f"exec {walltime} --signal TERM $cut -- {JOB} {config} {state} --store {store} "
             "--workers 1 --dashboard-address :0 --grace 3")
     t0 = time.monotonic()
@@ -234,10 +243,10 @@ def submissions(queue: Path) -> list[list[str]]:
 
 def batch_job(args: list[str], job_id: int, store: Path, sig: str, foreground: bool, env: dict, cwd: Path,
               log: Path) -> subprocess.CompletedProcess:
-    """One job: `bash SCRIPT ARGS` with SIG at the walltime (STEPS_PER_ROUND steps journaled in ``store``
+    """One job: `bash SCRIPT ARGS` with SIG at the walltime (SBATCH_STEPS steps journaled in ``store``
     by this job); --foreground: to the batch shell alone."""
     command = [*WALLTIME, *(["--foreground"] if foreground else []), "--kill-after", "300", "--signal", sig,
-               "--steps", str(STEPS_PER_ROUND), "--store", str(store), "--", "bash", *args]
+               "--steps", str(SBATCH_STEPS), "--store", str(store), "--", "bash", *args]
     done = subprocess.run(command, capture_output=True, text=True, env={**env, "SLURM_JOB_ID": str(job_id)},
                           cwd=cwd, timeout=900, start_new_session=True)
     log.write_text(done.stderr)
