@@ -48,7 +48,7 @@ def analysis_experiment(client, tmp_path_factory):
 
     Made once per session even though each module imports this fixture (so pytest sees one per module).
     Its unseeded runs differ from session to session, and so does what clusters: of 320 DummyText vectors
-    0 to 160 fell in clusters over twelve draws, and CI met a draw with none, failing every test that draws
+    0 to 309 fell in clusters over twelve draws, and CI met a draw with none, failing every test that draws
     or tables a cluster, then one with so few that the map chart was nearly all grey noise. A draw where
     either model's test clustering has fewer than 2 clusters, or fewer than MIN_CLUSTERED of its vectors
     in one, is made again (9 of those 12 draws passed).
