@@ -144,13 +144,24 @@ def test_an_adaptive_local_cluster_in_a_users_script_scales_up_on_the_work_that_
                          capture_output=True, text=True, timeout=600, env=child_env(PANICFLOW_TEST_SLEEP_S="0.5"))
     assert out.returncode == 0, out.stderr[-3000:]
     got = json.loads(out.stdout.strip().splitlines()[-1])
-    assert max(got["counts"]) == 3, got["counts"]
+    counts = got["counts"]
+    assert max(counts) == 3, counts
+    # no 1-2-1 cycles (the seven in 260 s): once the workers fall from their peak they never rise again
+    peak = counts.index(3)
+    falls = [i for i in range(peak + 1, len(counts)) if counts[i] < counts[i - 1]]
+    assert all(b <= a for a, b in zip(counts[peak:], counts[peak + 1:])), counts
     # while panicflow ran (the user's `with LocalCluster` closing after it is Dask's: once, at a load of 4, a
     # worker's last heartbeat met the closed scheduler and logged a traceback)
     during = out.stderr.split("RUN ENDED")[0]
     assert "RUN ENDED" in out.stderr
-    for noise in ("Traceback", "unregistered", "unaware", "ERROR"):
+    for noise in ("Traceback", "ERROR"):
         assert noise not in during, during[-3000:]
+    # A worker retired as the work drains at the end may log Dask's two warnings of a heartbeat that crossed its
+    # removal (dask/distributed#6961, open: "not actually a sign of anything being wrong"; seen once in a full
+    # suite here): one pair per worker retired after the peak, no more
+    retired = counts[peak] - min(counts[peak:])
+    for noise in ("unregistered", "unaware"):
+        assert during.count(noise) <= retired, (counts, falls, during[-3000:])
     assert panicflow.experiment_status(got["id"], store=str(tmp_path / "store")).state == "complete"
 
 
