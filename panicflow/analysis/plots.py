@@ -105,13 +105,12 @@ def _input(experiment_id: str, kind: str, store: str | None, clustering: str | N
         raise UserError(f"--by: choose network or prompt, not {by!r}")
     if by is not None and kind not in ("drift", "entropy"):
         raise UserError(f"--by: only drift and entropy group by network (divergence has a panel per prompt), not {kind}")
-    if result is not None and kind not in ("divergence", "distances", "bounded", "divergence_pairs", *RESULT_KINDS):
-        raise UserError(f"--result: names the result a chart reads (divergence, distances, bounded, divergence_pairs, {', '.join(RESULT_KINDS)}); {kind} reads "
+    if result is not None and kind not in NAMED_RESULT_KINDS:
+        raise UserError(f"--result: names the result a chart reads ({', '.join(NAMED_RESULT_KINDS)}); {kind} reads "
                         + ("a clustering (--clustering)" if kind in CLUSTERING_KINDS else "no named result"))
     if clustering is not None and kind not in CLUSTERING_KINDS:
         raise UserError(f"--clustering: only {', '.join(CLUSTERING_KINDS)} draw a clustering; {kind} reads "
-                        + ("a named result (--result)" if kind in ("divergence", "distances", "bounded", "divergence_pairs", *RESULT_KINDS)
-                           else "no named result"))
+                        + ("a named result (--result)" if kind in NAMED_RESULT_KINDS else "no named result"))
     loc = str(store) if store is not None else default_location()
     return _Input(loc, open_store(loc).experiment(experiment_id), clustering, store_results, result, by, title)
 
@@ -987,6 +986,7 @@ _DRAW: dict[str, Callable[[_Input], tuple]] = {
 # Each is the chart its `analyse` command draws (--out, --plot), by the same table and figure functions, of one
 # stored result (``result``: --result NAME, default the most recent); ``plot`` writes ``<kind>-<result>.png|svg``.
 RESULT_KINDS = ("stability", "dynamics", "knn", "noise_sweep", "noise_caption", "recurrence", "windows", "run_table")
+NAMED_RESULT_KINDS = ("divergence", "distances", "bounded", "divergence_pairs", *RESULT_KINDS)  # the charts --result names the input of
 _RESULT_TITLES = {
     "stability": "Stability of the clustering under subsampling",
     "knn": "Distance of each vector to its k-th nearest neighbour",
