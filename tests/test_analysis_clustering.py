@@ -9,7 +9,7 @@ from sklearn.decomposition import PCA
 import panicflow
 from analysis_util import analysis_experiment  # noqa: F401
 from panicflow.analysis import clustering
-from panicflow.analysis.results import list_results
+from panicflow.analysis.results import list_results, open_result
 from panicflow.errors import UserError
 from panicflow.store import Store
 
@@ -116,6 +116,32 @@ def test_sample_labels_everything(blobs_experiment, client):
     assert a["size"].sum() == (lab >= 0).sum()
 
 
+def test_sample_with_another_library_labels_the_rest_by_the_frozen_rule(blobs_experiment, client):
+    """--sample with a library that cannot predict (scikit-learn here; fast-hdbscan and EVoC alike): the sampled vectors
+    keep the fit's labels and are the frozen model's members; every other vector takes the label of its nearest member
+    (scipy's cdist) when within that cluster's threshold, else -1, with probability NaN."""
+    store, eid = blobs_experiment
+    name = clustering.cluster([eid], MODEL, store=store, client=client, min_cluster_size=5, reduce="pca:8", sample=200,
+                              algorithm="sklearn")
+    g = open_result(Store(store).experiment(eid), "clusters", name)
+    v, run, step = _stored_vectors(store, eid)
+    x = (v.astype(np.float64) - g["pca_mean"][...]) @ g["pca_components"][...].T
+    lab, prob = g["label"][...][run, step], g["probability"][...][run, step]
+    fitted = ~np.isnan(prob)  # scikit-learn's probabilities for the 200 it fitted (0 for its noise)
+    assert fitted.sum() == 200 and g.attrs["parameters"]["sample"] == 200 and g.attrs["parameters"]["algorithm"] == "sklearn"
+    members = fitted & (lab >= 0)
+    np.testing.assert_allclose(g["frozen_feature"][...], x[members], atol=1e-5)
+    np.testing.assert_array_equal(g["frozen_label"][...], lab[members])
+    d = cdist(x[~fitted], g["frozen_feature"][...].astype(np.float64))
+    j = d.argmin(axis=1)
+    near = g["frozen_label"][...][j]
+    thr = dict(zip(g["cluster_id"][...].tolist(), g["threshold"][...].tolist()))
+    want = np.where(d[np.arange(len(j)), j] <= np.array([thr[c] for c in near]), near, -1)
+    np.testing.assert_array_equal(lab[~fitted], want)
+    assert (want >= 0).mean() > 0.5  # blobs: most unsampled vectors join a cluster
+    assert list(g["size"][...]) == [int((lab == c).sum()) for c in g["cluster_id"][...]]
+
+
 def test_two_experiments_in_one_space(blobs_experiment, client, tmp_path):
     import shutil
 
@@ -139,9 +165,7 @@ def test_two_experiments_in_one_space(blobs_experiment, client, tmp_path):
     ({"reduce": "pca:0"}, "--reduce: expected"),
     ({"min_cluster_size": 1}, "--min-cluster-size"),
     ({"algorithm": "kmeans"}, "--algorithm"),
-    ({"algorithm": "fast_hdbscan", "sample": 100}, "--sample: only with"),
-    ({"algorithm": "sklearn", "sample": 100}, "--sample: only with"),
-    ({"preset": "panic-tda", "sample": 100}, "--sample: only with"),
+    ({"sample": 3}, "--sample: must be at least"),
     ({"preset": "nope"}, "--preset"),
     ({"cluster_selection_epsilon": -0.1}, "--cluster-selection-epsilon"),
 ])

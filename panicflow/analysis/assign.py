@@ -7,8 +7,10 @@ members' clustering-space vectors, labels and core distances, with per cluster a
 largest core distance of its members). Every vector of the clustering's model in the targets is
 scaled to unit length, projected by that PCA, and takes the cluster of its nearest fitted member
 (euclidean) when it lies within that cluster's threshold, else noise (-1)
-(``clustering.ASSIGNMENT_RULE``, ``clustering.nearest_assign``). Nothing is refitted: the same
-stored arrays give the same labels.
+(``clustering.ASSIGNMENT_RULE``, ``clustering.nearest_assign``; a KD-tree over the members, built once
+and broadcast, where the space has at most ``clustering.TREE_MAX_DIM`` dimensions, so a target vector
+is compared with the members near it, not with each of a million). Nothing is refitted: the same stored arrays give the
+same labels.
 
 The result is a clusters-kind result (``analysis/clusters/<name>`` in each target), so
 ``analyse sequences``, ``analyse dynamics``, the charts and the tables read it like a fitted one:
@@ -65,7 +67,8 @@ def project(v: np.ndarray, frozen: dict) -> np.ndarray:
 
 def _assign_run(loc: str, eid: str, model: str, run: int, frozen: dict) -> tuple[np.ndarray, np.ndarray]:
     x = project(C._unit_rows(loc, eid, model, run), frozen)
-    return C.nearest_assign(x, frozen["feature"], frozen["label"], frozen["cluster_id"], frozen["threshold"])
+    return C.nearest_assign(x, frozen["feature"], frozen["label"], frozen["cluster_id"], frozen["threshold"],
+                            tree=frozen.get("tree"))
 
 
 def assign(experiment_ids: Sequence[str], clustering: str | None, source: str, store: str | None = None,
@@ -92,7 +95,8 @@ def _assign(st, exps, frozen, src_attrs, cname, source_id, model, client: Client
     loc = st.location
     units = [(e.id, int(r)) for e in exps for r in embedded_runs(e, model)]
     args = [(loc, eid, model, run) for eid, run in units]
-    [fz] = client.scatter([frozen], broadcast=True)
+    # the KD-tree over the fitted members, built once here and sent to every worker with them (not once per run)
+    [fz] = client.scatter([frozen | {"tree": C.neighbour_tree(frozen["feature"])}], broadcast=True)
     found = client.gather([client.submit(_assign_run, *a, fz, pure=False) for a in args])
     unit_labels = [f[0] for f in found]
     medoids = C._medoids(client, args, unit_labels)

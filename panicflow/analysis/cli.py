@@ -95,7 +95,7 @@ def cluster_cmd(
                                                                           "scikit-learn's k+1 (docs/analysis.md)."),
     reduce: Optional[str] = typer.Option(None, "--reduce", help="auto (default: none up to 20,000 vectors, else pca:0.9), none, "
                                                                 "pca:K (K dimensions) or pca:F (the fewest keeping the fraction F of the variance)."),
-    sample: Optional[int] = typer.Option(None, "--sample", help="Fit on N random vectors and label the rest with approximate_predict."),
+    sample: Optional[int] = typer.Option(None, "--sample", help="Fit on N random vectors and label the rest: hdbscan's approximate_predict, else the frozen rule of `analyse assign`."),
     algorithm: Optional[str] = typer.Option(None, "--algorithm", help="hdbscan (default), fast_hdbscan, sklearn "
                                                                       "(scikit-learn's HDBSCAN) or evoc (EVoC; panicflow[fast])."),
     cluster_selection_epsilon: Optional[float] = typer.Option(None, "--cluster-selection-epsilon", help="Default 0 (panic-tda: 0.5)."),

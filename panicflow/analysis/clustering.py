@@ -32,8 +32,10 @@ How it runs (no process but the one hdbscan task holds more than one run's vecto
    ``pca_fit_size`` unit vectors drawn at random over all runs (all of them if fewer), then
    one task per run projects that run; the projected vectors stay on the workers;
 3. one task gathers the (projected) vectors and runs hdbscan (or fast-hdbscan); with
-   ``sample=N`` it fits N vectors drawn at random and every other vector gets
-   ``hdbscan.approximate_predict``'s label (the fit's own label for the sampled ones);
+   ``sample=N`` it fits N vectors drawn at random and every other vector gets, with hdbscan,
+   ``hdbscan.approximate_predict``'s label and strength, and with the other libraries the frozen
+   model's label (``ASSIGNMENT_RULE``, as ``analyse assign``: probability NaN); the sampled vectors
+   keep the fit's own;
 4. medoids: per cluster the member with the smallest summed cosine distance to the other
    members, in the original (unreduced) space. With unit vectors that sum is
    n - x . S (S = sum of the members), so two passes of one task per run find it exactly.
@@ -130,8 +132,6 @@ class ClusterParams:
         algorithm = self.algorithm or ("sklearn" if self.preset == "panic-tda" else "hdbscan")
         if algorithm not in ALGORITHMS:
             raise UserError(f"--algorithm: choose {', '.join(ALGORITHMS)}, not {algorithm!r}")
-        if algorithm != "hdbscan" and self.sample is not None:
-            raise UserError(f"--sample: only with --algorithm hdbscan ({algorithm} cannot label unseen vectors)")
         if algorithm == "evoc" and (self.cluster_selection_epsilon is not None or self.allow_single_cluster is not None):
             raise UserError("--algorithm evoc: has no --cluster-selection-epsilon or --allow-single-cluster")
         if algorithm in EXTRA:
@@ -259,7 +259,13 @@ def _labels_of(fit) -> tuple[np.ndarray, np.ndarray]:
     return fit[1], fit[2]
 
 
-def _predict(fit, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _predict(fit, x: np.ndarray, frozen: dict | None) -> tuple[np.ndarray, np.ndarray]:
+    """(labels, strengths) of vectors the sampled fit did not see: hdbscan's ``approximate_predict`` for an hdbscan
+    fit, else the frozen rule (``nearest_assign`` with the tree ``_with_tree`` added; strength NaN)."""
+    if fit[0] is None:
+        lab, _ = nearest_assign(x, frozen["feature"], frozen["label"], frozen["cluster_id"], frozen["threshold"],
+                                tree=frozen.get("tree"))
+        return lab, np.full(len(lab), np.nan, np.float32)
     import hdbscan
 
     if len(x) == 0:
@@ -278,14 +284,32 @@ def frozen_k(algorithm: str, min_samples: int) -> int:
     return max(1, min_samples - 1 if algorithm == "sklearn" else min_samples)
 
 
+# A KD-tree finds exact nearest neighbours in about n log n in the reduced spaces clusterings fit (``--reduce auto``
+# keeps 10-30 components); at a million fitted members brute force is 1e12 distances. Above this dimension a tree
+# prunes little and blocked brute force (BLAS) is faster.
+TREE_MAX_DIM = 32
+
+
+def neighbour_tree(ref: np.ndarray):
+    """scipy's KD-tree over ``ref`` (float64) when its dimension is at most ``TREE_MAX_DIM``, else None (brute force)."""
+    from scipy.spatial import cKDTree
+
+    ref = np.asarray(ref, np.float64)
+    return cKDTree(ref) if ref.ndim == 2 and len(ref) and ref.shape[1] <= TREE_MAX_DIM else None
+
+
 def core_distances(x: np.ndarray, rows: np.ndarray, k: int) -> np.ndarray:
     """Distance of each ``x[rows]`` to its k-th nearest row of ``x`` besides itself (euclidean)."""
-    from sklearn.neighbors import NearestNeighbors
-
     k = min(k, len(x) - 1)
     if k < 1 or len(rows) == 0:
         return np.zeros(len(rows), np.float32)
-    d, _ = NearestNeighbors(n_neighbors=k + 1).fit(x).kneighbors(x[rows])
+    tree = neighbour_tree(x)
+    if tree is not None:
+        d, _ = tree.query(np.asarray(x[rows], np.float64), k=k + 1, workers=-1)
+        return d[:, k].astype(np.float32)
+    from sklearn.neighbors import NearestNeighbors
+
+    d, _ = NearestNeighbors(n_neighbors=k + 1, algorithm="brute").fit(x).kneighbors(x[rows])
     return d[:, k].astype(np.float32)
 
 
@@ -304,30 +328,41 @@ def _frozen(params: dict, fit, *parts: np.ndarray) -> dict:
             "threshold": thr, "k": k}
 
 
+def _with_tree(frozen: dict) -> dict:
+    """The frozen model and the KD-tree over its members (``neighbour_tree``): built once, on one worker, and sent to
+    the workers that label the vectors a sampled fit did not see."""
+    return frozen | {"tree": neighbour_tree(frozen["feature"])}
+
+
 def _pca_arrays(pca) -> dict:
     return {"pca_mean": np.asarray(pca.mean_, np.float64), "pca_components": np.asarray(pca.components_, np.float64)}
 
 
 def nearest_assign(x: np.ndarray, ref: np.ndarray, ref_label: np.ndarray, cluster_id: np.ndarray,
-                   threshold: np.ndarray, block_bytes: int = 1 << 26) -> tuple[np.ndarray, np.ndarray]:
+                   threshold: np.ndarray, block_bytes: int = 1 << 26, tree=None) -> tuple[np.ndarray, np.ndarray]:
     """The frozen assignment (``ASSIGNMENT_RULE``): (label, distance to the nearest reference vector) of each row of x,
-    in float64, a block of rows at a time."""
+    in float64: by ``tree`` (``neighbour_tree(ref)``, built once by the caller) if given, else by brute force a block
+    of rows at a time."""
     n = len(x)
     labels, dist = np.full(n, -1, np.int32), np.full(n, np.nan, np.float64)
     if n == 0 or len(ref) == 0:
         return labels, dist
+    thr = dict(zip(np.asarray(cluster_id).tolist(), np.asarray(threshold, np.float64).tolist()))
+    by_label = np.vectorize(lambda c: thr[int(c)], otypes=[np.float64])
+    if tree is not None:
+        d, j = tree.query(np.asarray(x, np.float64), k=1)
+        lab = np.asarray(ref_label)[j]
+        return np.where(d <= by_label(lab), lab, -1).astype(np.int32), d
     r = np.asarray(ref, np.float64)
     r2 = (r * r).sum(axis=1)
     step = max(1, block_bytes // (8 * len(r)))
-    thr = dict(zip(np.asarray(cluster_id).tolist(), np.asarray(threshold, np.float64).tolist()))
     for a in range(0, n, step):
         xb = np.asarray(x[a:a + step], np.float64)
         d2 = (xb * xb).sum(axis=1)[:, None] - 2 * xb @ r.T + r2[None, :]
         j = np.argmin(d2, axis=1)
         d = np.linalg.norm(xb - r[j], axis=1)  # the exact distance to the nearest
         lab = ref_label[j]
-        ok = d <= np.array([thr[int(c)] for c in lab])
-        labels[a:a + step] = np.where(ok, lab, -1)
+        labels[a:a + step] = np.where(d <= by_label(lab), lab, -1)
         dist[a:a + step] = d
     return labels, dist
 
@@ -480,7 +515,8 @@ def _cluster(st, exps, params: ClusterParams, client: Client, name: str | None) 
         fit = client.submit(_fit, p, *parts, pure=False)
         frozen = client.submit(_frozen, p, fit, *parts, pure=False)
         fit_labels, fit_probs = client.gather(client.submit(_labels_of, fit, pure=False))
-        predicted = client.gather([client.submit(_predict, fit, f, pure=False) for f in feats])
+        lookup = None if p["algorithm"] == "hdbscan" else client.submit(_with_tree, frozen, pure=False)
+        predicted = client.gather([client.submit(_predict, fit, f, lookup, pure=False) for f in feats])
         unit_labels, unit_probs, pos = [], [], 0
         for (lab, pr), s in zip(predicted, sampled):  # the sampled vectors keep the fit's own labels
             lab, pr = lab.copy(), pr.copy()
