@@ -11,20 +11,9 @@ os.environ["PANICFLOW_TEST_MODELS"] = "1"
 import pytest  # noqa: E402
 
 
-# The longest modules (sum of their test times in a suite, session 11), handed out first: `scripts/test` gives
-# whole files to its processes in collection order (pytest-xdist --dist loadfile), and a long module taken last
-# (test_waves.py, about 90 s, sorts near the end) left the other process idle until it ended.
-LONGEST_FIRST = ("test_faults.py", "test_waves.py", "test_doctor.py", "test_job_scripts.py", "test_layout_scale.py",
-                 "test_signals.py", "test_handle.py", "test_plots.py", "test_ownership.py", "test_visual.py",
-                 "test_cli_hygiene.py", "test_resume.py")
-
-
 def pytest_collection_modifyitems(config, items):
-    """The longest modules first (``LONGEST_FIRST``), the others in their order. Tests marked ``soak`` (long
-    statistical runs, pyproject.toml) run only when ``-m`` is given: ``scripts/test -m soak`` runs them alone,
-    ``-m "soak or not soak"`` with the rest."""
-    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
-    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: a module's tests keep their order
+    """Tests marked ``soak`` (long statistical runs, pyproject.toml) run only when ``-m`` is given:
+    ``scripts/test -m soak`` runs them alone, ``-m "soak or not soak"`` with the rest."""
     if config.option.markexpr:
         return
     soak = [item for item in items if item.get_closest_marker("soak")]
