@@ -67,8 +67,7 @@ def project(v: np.ndarray, frozen: dict) -> np.ndarray:
 
 def _assign_run(loc: str, eid: str, model: str, run: int, frozen: dict) -> tuple[np.ndarray, np.ndarray]:
     x = project(C._unit_rows(loc, eid, model, run), frozen)
-    return C.nearest_assign(x, frozen["feature"], frozen["label"], frozen["cluster_id"], frozen["threshold"],
-                            tree=frozen.get("tree"))
+    return C.assign_frozen(x, frozen)
 
 
 def assign(experiment_ids: Sequence[str], clustering: str | None, source: str, store: str | None = None,
@@ -95,8 +94,8 @@ def _assign(st, exps, frozen, src_attrs, cname, source_id, model, client: Client
     loc = st.location
     units = [(e.id, int(r)) for e in exps for r in embedded_runs(e, model)]
     args = [(loc, eid, model, run) for eid, run in units]
-    # the KD-tree over the fitted members, built once here and sent to every worker with them (not once per run)
-    [fz] = client.scatter([frozen | {"tree": C.neighbour_tree(frozen["feature"])}], broadcast=True)
+    # with the KD-tree over the fitted members, built once here and sent to every worker (not once per run)
+    [fz] = client.scatter([C._with_tree(frozen)], broadcast=True)
     found = client.gather([client.submit(_assign_run, *a, fz, pure=False) for a in args])
     unit_labels = [f[0] for f in found]
     medoids = C._medoids(client, args, unit_labels)

@@ -260,11 +260,10 @@ def _labels_of(fit) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _predict(fit, x: np.ndarray, frozen: dict | None) -> tuple[np.ndarray, np.ndarray]:
-    """(labels, strengths) of vectors the sampled fit did not see: hdbscan's ``approximate_predict`` for an hdbscan
-    fit, else the frozen rule (``nearest_assign`` with the tree ``_with_tree`` added; strength NaN)."""
-    if fit[0] is None:
-        lab, _ = nearest_assign(x, frozen["feature"], frozen["label"], frozen["cluster_id"], frozen["threshold"],
-                                tree=frozen.get("tree"))
+    """(labels, strengths) of vectors the sampled fit did not see: the frozen rule if ``frozen`` is given (a library
+    that cannot predict; ``_with_tree``'s model; strength NaN), else hdbscan's ``approximate_predict``."""
+    if frozen is not None:
+        lab, _ = assign_frozen(x, frozen)
         return lab, np.full(len(lab), np.nan, np.float32)
     import hdbscan
 
@@ -284,9 +283,9 @@ def frozen_k(algorithm: str, min_samples: int) -> int:
     return max(1, min_samples - 1 if algorithm == "sklearn" else min_samples)
 
 
-# A KD-tree finds exact nearest neighbours in about n log n in the reduced spaces clusterings fit (``--reduce auto``
-# keeps 10-30 components); at a million fitted members brute force is 1e12 distances. Above this dimension a tree
-# prunes little and blocked brute force (BLAS) is faster.
+# A KD-tree finds exact nearest neighbours with far fewer distances than brute force in the reduced spaces
+# clusterings fit (``--reduce auto`` keeps 10-30 components), where the vectors cluster; at a million fitted members
+# brute force is 1e12 distances. Above this dimension a tree prunes little and blocked brute force (BLAS) is faster.
 TREE_MAX_DIM = 32
 
 
@@ -329,9 +328,15 @@ def _frozen(params: dict, fit, *parts: np.ndarray) -> dict:
 
 
 def _with_tree(frozen: dict) -> dict:
-    """The frozen model and the KD-tree over its members (``neighbour_tree``): built once, on one worker, and sent to
-    the workers that label the vectors a sampled fit did not see."""
+    """The frozen model and the KD-tree over its members (``neighbour_tree``), built once and sent to the workers that
+    label vectors with it (those a sampled fit did not see; ``analyse assign``'s)."""
     return frozen | {"tree": neighbour_tree(frozen["feature"])}
+
+
+def assign_frozen(x: np.ndarray, frozen: dict) -> tuple[np.ndarray, np.ndarray]:
+    """``nearest_assign`` of the rows of x (in the clustering's space) by a frozen model, by its tree if it has one."""
+    return nearest_assign(x, frozen["feature"], frozen["label"], frozen["cluster_id"], frozen["threshold"],
+                          tree=frozen.get("tree"))
 
 
 def _pca_arrays(pca) -> dict:
