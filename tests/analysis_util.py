@@ -66,6 +66,19 @@ def analysis_experiment(client, tmp_path_factory):
     return _MADE["exp"]
 
 
+def frozen_rule_brute_force(x, g):
+    """The frozen assignment in plain numpy from a stored clustering ``g``'s arrays, for vectors ``x`` in its space:
+    nearest fitted member by scipy's cdist, its label when within its cluster's threshold, else -1."""
+    import numpy as np
+    from scipy.spatial.distance import cdist
+
+    d = cdist(np.asarray(x, np.float64), g["frozen_feature"][...].astype(np.float64))
+    j = d.argmin(axis=1)
+    lab = g["frozen_label"][...][j]
+    thr = dict(zip(g["cluster_id"][...].tolist(), g["threshold"][...].tolist()))
+    return np.where(d[np.arange(len(x)), j] <= np.array([thr[c] for c in lab]), lab, -1)
+
+
 def check_chart(png, svg) -> None:
     """A chart written as PNG and SVG: a full-width PNG with data in colour, an SVG with real content."""
     import xml.etree.ElementTree as ET

@@ -11,7 +11,7 @@ import pytest
 from scipy.spatial.distance import cdist
 
 import panicflow
-from analysis_util import analysis_experiment  # noqa: F401
+from analysis_util import analysis_experiment, frozen_rule_brute_force  # noqa: F401
 from panicflow.analysis import clustering
 from panicflow.analysis.assign import assign
 from panicflow.analysis.results import open_result
@@ -59,17 +59,6 @@ def _stored_vectors(store, eid):
     return (v / np.linalg.norm(v, axis=1, keepdims=True)).astype(np.float32), run, step
 
 
-def _brute_force(x, g):
-    """The frozen assignment in plain numpy from the stored arrays: nearest fitted member by scipy's cdist, its label
-    when within its cluster's threshold, else -1."""
-    ref = g["frozen_feature"][...].astype(np.float64)
-    d = cdist(x, ref)
-    j = d.argmin(axis=1)
-    lab = g["frozen_label"][...][j]
-    thr = dict(zip(g["cluster_id"][...].tolist(), g["threshold"][...].tolist()))
-    return np.where(d[np.arange(len(x)), j] <= np.array([thr[c] for c in lab]), lab, -1)
-
-
 def test_frozen_model_and_assign_against_brute_force(two_experiments, client):
     store, a, b = two_experiments
     name = clustering.cluster([a], MODEL, store=store, client=client, min_cluster_size=5, reduce="pca:8")
@@ -92,7 +81,7 @@ def test_frozen_model_and_assign_against_brute_force(two_experiments, client):
     r = clustering.assignments(a, again, store=store)
     got = r["label"][run, step]
     np.testing.assert_array_equal(got[members], labels[members])
-    np.testing.assert_array_equal(got, _brute_force(x, g))
+    np.testing.assert_array_equal(got, frozen_rule_brute_force(x, g))
     assert r["attrs"]["fitted"] is False and r["attrs"]["source_clustering"] == name and r["attrs"]["source_experiment"] == a
     assert r["attrs"]["parameters"]["model"] == MODEL and r["attrs"]["inputs"] == [a] and np.isnan(r["probability"]).all()
 
@@ -102,7 +91,7 @@ def test_frozen_model_and_assign_against_brute_force(two_experiments, client):
     vb, rr, ss = _stored_vectors(store, b)
     xb = (vb.astype(np.float64) - g["pca_mean"][...]) @ g["pca_components"][...].T
     got_b = rb["label"][rr, ss]
-    np.testing.assert_array_equal(got_b, _brute_force(xb, g))
+    np.testing.assert_array_equal(got_b, frozen_rule_brute_force(xb, g))
     far = np.argwhere(~np.isnan(Store(store).experiment(b).group()[f"embeddings/{MODEL}/vector"][...]).any(axis=2))[:20]
     far_lab = rb["label"][far[:, 0], far[:, 1]]
     assert (far_lab == -1).all()
@@ -141,7 +130,7 @@ def test_assign_cli(two_experiments, client):
     g = open_result(Store(store).experiment(a), "clusters", name)
     vb, rr, ss = _stored_vectors(store, b)
     xb = (vb.astype(np.float64) - g["pca_mean"][...]) @ g["pca_components"][...].T
-    np.testing.assert_array_equal(clustering.assignments(b, out["name"], store=store)["label"][rr, ss], _brute_force(xb, g))
+    np.testing.assert_array_equal(clustering.assignments(b, out["name"], store=store)["label"][rr, ss], frozen_rule_brute_force(xb, g))
 
 
 def _hand_ari(u, v):
@@ -230,7 +219,7 @@ def test_assign_from_a_clustering_of_two_experiments(two_experiments, client):
     fitted = ga["label"][...][run, step]
     members = fitted >= 0
     np.testing.assert_array_equal(r["label"][run, step][members], fitted[members])
-    np.testing.assert_array_equal(r["label"][run, step], _brute_force(v.astype(np.float64), ga))
+    np.testing.assert_array_equal(r["label"][run, step], frozen_rule_brute_force(v.astype(np.float64), ga))
     assert r["attrs"]["source_inputs"] == [a, b] and r["attrs"]["source_experiment"] == b
 
 

@@ -7,7 +7,7 @@ from scipy.spatial.distance import cdist
 from sklearn.decomposition import PCA
 
 import panicflow
-from analysis_util import analysis_experiment  # noqa: F401
+from analysis_util import analysis_experiment, frozen_rule_brute_force  # noqa: F401
 from panicflow.analysis import clustering
 from panicflow.analysis.results import list_results, open_result
 from panicflow.errors import UserError
@@ -119,7 +119,7 @@ def test_sample_labels_everything(blobs_experiment, client):
 def test_sample_with_another_library_labels_the_rest_by_the_frozen_rule(blobs_experiment, client):
     """--sample with a library that cannot predict (scikit-learn here; fast-hdbscan and EVoC alike): the sampled vectors
     keep the fit's labels and are the frozen model's members; every other vector takes the label of its nearest member
-    (scipy's cdist) when within that cluster's threshold, else -1, with probability NaN."""
+    (scipy's cdist: analysis_util.frozen_rule_brute_force) when within that cluster's threshold, else -1, with probability NaN."""
     store, eid = blobs_experiment
     name = clustering.cluster([eid], MODEL, store=store, client=client, min_cluster_size=5, reduce="pca:8", sample=200,
                               algorithm="sklearn")
@@ -132,11 +132,7 @@ def test_sample_with_another_library_labels_the_rest_by_the_frozen_rule(blobs_ex
     members = fitted & (lab >= 0)
     np.testing.assert_allclose(g["frozen_feature"][...], x[members], atol=1e-5)
     np.testing.assert_array_equal(g["frozen_label"][...], lab[members])
-    d = cdist(x[~fitted], g["frozen_feature"][...].astype(np.float64))
-    j = d.argmin(axis=1)
-    near = g["frozen_label"][...][j]
-    thr = dict(zip(g["cluster_id"][...].tolist(), g["threshold"][...].tolist()))
-    want = np.where(d[np.arange(len(j)), j] <= np.array([thr[c] for c in near]), near, -1)
+    want = frozen_rule_brute_force(x[~fitted], g)
     np.testing.assert_array_equal(lab[~fitted], want)
     assert (want >= 0).mean() > 0.5  # blobs: most unsampled vectors join a cluster
     assert list(g["size"][...]) == [int((lab == c).sum()) for c in g["cluster_id"][...]]
