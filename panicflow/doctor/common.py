@@ -155,7 +155,8 @@ class LayoutRoot(StoreRoot):
 
 class Layout:
     """What ``Experiment.create`` writes for this experiment's config and run chunks (one run per
-    chunk for experiments from before they were recorded): metadata and creation arrays."""
+    chunk for experiments from before they were recorded): metadata and creation arrays. Read only
+    once made."""
 
     def __init__(self, exp: Experiment) -> None:
         import zarr

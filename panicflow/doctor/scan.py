@@ -50,6 +50,9 @@ class Scanner:
         self.root = store.root
         self.exp = exp
         self.verified = verified  # object digests checked good (objects are immutable), shared with the repair
+        # laying out the config takes ~70 ms (every array created in memory), as long as the rest of a small
+        # experiment's scan, and `--fix` scans again after each phase: made once per config read
+        self._layouts: dict[tuple, Layout] = {}
 
     def scan(self) -> Scan:
         s = Scan()
@@ -70,7 +73,8 @@ class Scanner:
             s.state = s.effective = "unknown"
             log.debug("state unreadable: %s", exc)
         try:
-            s.layout = Layout(exp)
+            key = (s.cfg.to_json(), exp.run_chunks)
+            s.layout = self._layouts.get(key) or self._layouts.setdefault(key, Layout(exp))
         except Exception as exc:  # noqa: BLE001
             s.add("experiment", f"cannot lay out the stored config to compare against: {short(exc)}")
             return s
