@@ -51,8 +51,9 @@ class Scanner:
         self.exp = exp
         self.verified = verified  # object digests checked good (objects are immutable), shared with the repair
         # laying out the config takes ~70 ms (every array created in memory), as long as the rest of a small
-        # experiment's scan, and `--fix` scans again after each phase: made once per config read
-        self._layouts: dict[tuple, Layout] = {}
+        # experiment's scan, and `--fix` scans again after each phase: made at the first scan, then kept (it
+        # is a function of exp.config and exp.run_chunks, both read once per Experiment)
+        self._layout: Layout | None = None
 
     def scan(self) -> Scan:
         s = Scan()
@@ -73,8 +74,9 @@ class Scanner:
             s.state = s.effective = "unknown"
             log.debug("state unreadable: %s", exc)
         try:
-            key = (s.cfg.to_json(), exp.run_chunks)
-            s.layout = self._layouts.get(key) or self._layouts.setdefault(key, Layout(exp))
+            if self._layout is None:
+                self._layout = Layout(exp)
+            s.layout = self._layout
         except Exception as exc:  # noqa: BLE001
             s.add("experiment", f"cannot lay out the stored config to compare against: {short(exc)}")
             return s
