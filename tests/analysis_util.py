@@ -16,30 +16,28 @@ _MADE: dict[str, tuple[str, str]] = {}
 MIN_CLUSTERED = 0.2  # the share of a model's vectors in a cluster that the charts' colour checks need
 
 
-def _clusters(store: str, eid: str, client, tmp: str) -> dict[str, tuple[int, float]]:
-    """(clusters, share of vectors in one) per model of the clustering the tests make (min_cluster_size 5,
-    PCA to 4), on a throwaway copy."""
-    import shutil
-    import warnings
-
+def _clusters(store: str, eid: str) -> dict[str, tuple[int, float]]:
+    """(clusters, share of vectors in one) per model of the clustering the tests make (min_cluster_size 5, PCA to 4):
+    the steps of ``clustering.cluster`` (unit rows, PCA with its seed, the fit) on the same rows in the same order,
+    in this process, without the Dask round trips and stored result of the real call (0.2 s instead of 5.6 s)."""
     import numpy as np
 
-    from panicflow.analysis import clustering
-    from panicflow.analysis.results import open_result
+    from panicflow.analysis import clustering as cl
+    from panicflow.analysis.results import embedded_runs
     from panicflow.store import Store
 
-    shutil.copytree(store, tmp)
-    try:
-        found = {}
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            for model in ANALYSIS_CONFIG["embedding_models"]:
-                name = clustering.cluster([eid], model, store=tmp, client=client, min_cluster_size=5, reduce="pca:4")
-                labels = open_result(Store(tmp).experiment(eid), "clusters", name)["label"][:]
-                found[model] = (len(np.unique(labels[labels >= 0])), float((labels >= 0).sum() / (labels >= -1).sum()))
-        return found
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    st = Store(store)
+    exp = st.experiment(eid)
+    found = {}
+    for model in ANALYSIS_CONFIG["embedding_models"]:
+        params = cl.ClusterParams(model=model, min_cluster_size=5, reduce="pca:4")
+        parts = [p for p in (cl._unit_rows(st.location, eid, model, int(r)) for r in embedded_runs(exp, model)) if len(p)]
+        pca = cl._fit_pca(4, params.seed, *parts)
+        feats = [pca.transform(p).astype(np.float32) for p in parts]
+        eff = params.effective(sum(len(p) for p in parts))
+        labels = cl._fit(cl._fit_settings(params, eff, None), *feats)[1]
+        found[model] = (len(np.unique(labels[labels >= 0])), float((labels >= 0).mean()))
+    return found
 
 
 @pytest.fixture(scope="session")
@@ -59,7 +57,7 @@ def analysis_experiment(client, tmp_path_factory):
         for attempt in range(8):
             store = str(tmp_path_factory.mktemp("analysis") / "store")
             eid = panicflow.run_experiment(ANALYSIS_CONFIG, store=store, client=client)
-            found = _clusters(store, eid, client, f"{store}-check").values()
+            found = _clusters(store, eid).values()
             if all(n >= 2 and share >= MIN_CLUSTERED for n, share in found):
                 break
         _MADE["exp"] = (store, eid)
