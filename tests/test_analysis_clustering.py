@@ -236,6 +236,7 @@ def test_defaults_are_stored_in_effect(noisy_experiment, client):
     assert p["cluster_selection_epsilon"] == 0.0 and p["allow_single_cluster"] is False
     assert a["attrs"]["requested"]["min_samples"] is None
     assert "scikit-learn's min_samples 11 is the same setting" in a["attrs"]["min_samples_note"]
+    assert a["attrs"]["duplicates"] == clustering.DUPLICATE_RULE
     v, run, step = _stored_vectors(store, eid)
     np.testing.assert_array_equal(a["label"][run, step], hdbscan.HDBSCAN(min_cluster_size=10).fit(v).labels_)
 
@@ -310,3 +311,88 @@ def test_cli_warns_in_one_line_and_takes_the_preset(noisy_experiment, client):
     p = clustering.assignments(eid, out["name"], store=store)["attrs"]["parameters"]
     assert p["cluster_selection_epsilon"] == 0.3 and p["allow_single_cluster"] is True
     assert "warning" not in r.stderr.lower()
+
+
+def _with_duplicates(seed, copies):
+    """120 points of 3 blobs in 4-d and ``copies`` more exact copies of 6 points at the blobs' edges, shuffled: the
+    data where a library's ties split bit-identical rows (seeds found by trying)."""
+    rng = np.random.default_rng(seed)
+    centers = rng.normal(scale=3, size=(3, 4))
+    x = (centers[rng.integers(0, 3, 120)] + rng.normal(size=(120, 4))).astype(np.float32)
+    d = np.linalg.norm(x - centers[np.argmin(((x[:, None] - centers[None]) ** 2).sum(-1), 1)], axis=1)
+    pick = rng.choice(np.argsort(d)[-18:], 6, replace=False)
+    x = np.concatenate([x] + [x[pick]] * copies)
+    return x[rng.permutation(len(x))]
+
+
+def _split_groups(x, labels, probs):
+    """The groups of bit-identical rows of x (row indices) whose labels or probabilities differ."""
+    _, inv = np.unique(x, axis=0, return_inverse=True)
+    inv = inv.ravel()
+    groups = [np.flatnonzero(inv == g) for g in np.unique(inv)]
+    return [r for r in groups if len(r) > 1 and (len(set(labels[r])) > 1 or len(set(probs[r])) > 1)]
+
+
+FIT = {"min_cluster_size": 5, "min_samples": 5, "cluster_selection_epsilon": 0.0, "allow_single_cluster": False,
+       "sample": None, "seed": 0}
+
+
+@pytest.mark.parametrize("algorithm, seed, copies", [("hdbscan", 4, 4), ("sklearn", 58, 1)])
+def test_bit_identical_vectors_share_one_label(algorithm, seed, copies):
+    """hdbscan joins exact duplicates at their core distance and breaks ties arbitrarily (scikit-learn alike): the raw
+    fit here puts one copy of a vector in noise and the others in a cluster; ``_fit`` gives them one label."""
+    from sklearn.cluster import HDBSCAN
+
+    x = _with_duplicates(seed, copies)
+    raw = (hdbscan.HDBSCAN(min_cluster_size=5, min_samples=5) if algorithm == "hdbscan"
+           else HDBSCAN(min_cluster_size=5, min_samples=5, copy=True)).fit(x)
+    split = _split_groups(x, raw.labels_, raw.probabilities_)
+    assert split and any(-1 in raw.labels_[r] and (raw.labels_[r] >= 0).any() for r in split)  # the premise
+    c, labels, probs = clustering._fit(FIT | {"algorithm": algorithm}, x[:100], x[100:])
+    assert _split_groups(x, labels, probs) == []
+    for r in split:  # the members' label, and its largest probability
+        want = np.bincount(raw.labels_[r][raw.labels_[r] >= 0]).argmax()
+        assert labels[r[0]] == want and probs[r[0]] == np.float32(raw.probabilities_[r][raw.labels_[r] == want].max())
+    other = np.ones(len(x), bool)
+    other[np.concatenate(split)] = False
+    np.testing.assert_array_equal(labels[other], raw.labels_[other])  # the rest as the library gave it
+    np.testing.assert_array_equal(probs[other], raw.probabilities_[other].astype(np.float32))
+    assert (c is not None) == (algorithm == "hdbscan")
+
+
+def test_tie_duplicates_rule():
+    """The most common non-noise label of a group (ties: the smallest), noise only if all are noise; the largest
+    probability among the rows with that label; rows without a copy untouched."""
+    x = np.array([[0, 0], [9, 9], [0, 0], [0, 0], [0, 0], [2, 2], [2, 2], [3, 3], [3, 3], [5, 5]], np.float32)
+    lab = np.array([-1, 7, 1, 1, 0, 0, 1, -1, -1, 4])
+    prob = np.array([0, .9, .2, .6, .8, .3, .4, 0, 0, .5])
+    labels, probs = clustering._tie_duplicates(x, lab, prob)
+    np.testing.assert_array_equal(labels, [1, 7, 1, 1, 1, 0, 0, -1, -1, 4])
+    np.testing.assert_array_equal(probs, np.array([.6, .9, .6, .6, .6, .3, .3, 0, 0, .5], np.float32))
+    assert labels.dtype == np.int32 and probs.dtype == np.float32
+    np.testing.assert_array_equal(lab, [-1, 7, 1, 1, 0, 0, 1, -1, -1, 4])  # the inputs are not changed
+
+
+@pytest.mark.parametrize("algorithm", ["hdbscan", "sklearn"])
+def test_sampled_vectors_identical_to_fitted_ones_take_their_label(algorithm):
+    """--sample: a vector the fit did not see that is bit-identical to a fitted one takes the fitted one's (shared) label
+    and probability, not approximate_predict's or the frozen rule's."""
+    x = _with_duplicates(4, 4)
+    p = FIT | {"algorithm": algorithm, "sample": len(x)}
+    fit = clustering._fit(p, x)
+    frozen = None if algorithm == "hdbscan" else clustering._with_tree(clustering._frozen(p, fit, x))
+    seen = clustering._fitted_rows(fit, x)
+    labels, probs = clustering._predict(fit, x, frozen, seen)
+    np.testing.assert_array_equal(labels, fit[1])
+    np.testing.assert_array_equal(probs, fit[2])
+    rng = np.random.default_rng(0)
+    new = rng.normal(size=(5, 4)).astype(np.float32) * 10  # far from every fitted vector
+    both = np.concatenate([x[:3], new])
+    labels, probs = clustering._predict(fit, both, frozen, seen)
+    np.testing.assert_array_equal(labels[:3], fit[1][:3])
+    np.testing.assert_array_equal(labels[3:], clustering._predict(fit, new, frozen, None)[0])
+    if algorithm == "hdbscan":  # approximate_predict alone gives a fitted vector another strength than the fit's
+        alone = clustering._predict(fit, x, None, None)
+        assert not np.array_equal(alone[1], fit[2])
+    else:  # the frozen rule alone gives fitted noise near a cluster that cluster's label
+        assert (clustering._predict(fit, x, frozen, None)[0] != fit[1]).any() and np.isnan(probs[3:]).all()

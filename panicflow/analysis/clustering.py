@@ -35,7 +35,12 @@ How it runs (no process but the one hdbscan task holds more than one run's vecto
    ``sample=N`` it fits N vectors drawn at random and every other vector gets, with hdbscan,
    ``hdbscan.approximate_predict``'s label and strength, and with the other libraries the frozen
    model's label (``ASSIGNMENT_RULE``, as ``analyse assign``: probability NaN); the sampled vectors
-   keep the fit's own;
+   keep the fit's own, and a vector bit-identical to a sampled one takes that one's label and probability;
+   exact duplicates: the libraries join bit-identical vectors at their core distance, not 0, and break
+   the ties arbitrarily, so copies of one vector could come out noise and member; after every fit each
+   group of bit-identical vectors gets one label and probability (``DUPLICATE_RULE``, ``_tie_duplicates``):
+   the most common non-noise label among them (ties: the smallest), noise only if all are noise, and
+   the largest probability among those with that label;
 4. medoids: per cluster the member with the smallest summed cosine distance to the other
    members, in the original (unreduced) space. With unit vectors that sum is
    n - x . S (S = sum of the members), so two passes of one task per run find it exactly.
@@ -48,7 +53,7 @@ Result, in each input experiment's store, ``analysis/clusters/<name>``:
 variance target's components resolved), ``requested`` (what the call gave), the input
 experiments, the library and the versions, ``min_samples_note``, and with a PCA
 ``explained_variance`` (the fraction of the variance of the unit vectors the PCA fit kept) and
-``explained_variance_ratio`` (per component). The frozen model (``fitted: true``; panicflow/analysis/assign.py
+``explained_variance_ratio`` (per component), ``duplicates`` (``DUPLICATE_RULE``). The frozen model (``fitted: true``; panicflow/analysis/assign.py
 applies it to other experiments without refitting), in the first input experiment only (``frozen_in``):
 ``frozen_feature`` (reference, feature; the fitted cluster members in the clustering's space), ``frozen_label``,
 ``frozen_core_distance`` (distance to the ``frozen_k``-th nearest fitted vector besides itself, k = min_samples in
@@ -229,48 +234,103 @@ def _take(x: np.ndarray, rows: np.ndarray) -> np.ndarray:
 
 
 def _fit(params: dict, *parts: np.ndarray):
-    """The clustering itself: returns (clusterer or None, labels, probabilities)."""
+    """The clustering itself: returns (hdbscan's clusterer or None, labels, probabilities), bit-identical rows given one
+    label and probability (``_tie_duplicates``)."""
     x = np.concatenate(parts)
     if params["algorithm"] == "evoc":  # EVoC's own graph-based clustering (labels_, membership_strengths_)
         import evoc
 
         c = evoc.EVoC(base_min_cluster_size=params["min_cluster_size"], min_samples=params["min_samples"],
                       random_state=params.get("seed", 0)).fit(x)
-        return None, np.asarray(c.labels_, np.int32), np.asarray(c.membership_strengths_, np.float32)
+        return None, *_tie_duplicates(x, c.labels_, c.membership_strengths_)
     kw = {"min_cluster_size": params["min_cluster_size"], "min_samples": params["min_samples"],
           "cluster_selection_epsilon": params["cluster_selection_epsilon"], "allow_single_cluster": params["allow_single_cluster"]}
     if params["algorithm"] == "sklearn":  # the earlier tool's library
         from sklearn.cluster import HDBSCAN
 
-        c = HDBSCAN(metric="euclidean", copy=True, **kw).fit(x)
-        return None, c.labels_.astype(np.int32), c.probabilities_.astype(np.float32)
-    if params["algorithm"] == "fast_hdbscan":
+        c, keep = HDBSCAN(metric="euclidean", copy=True, **kw).fit(x), False
+    elif params["algorithm"] == "fast_hdbscan":
         import fast_hdbscan
 
-        c = fast_hdbscan.HDBSCAN(**kw).fit(x)
-        return None, c.labels_.astype(np.int32), c.probabilities_.astype(np.float32)
-    import hdbscan
+        c, keep = fast_hdbscan.HDBSCAN(**kw).fit(x), False
+    else:
+        import hdbscan
 
-    c = hdbscan.HDBSCAN(metric="euclidean", prediction_data=params["sample"] is not None, **kw).fit(x)
-    return c, c.labels_.astype(np.int32), c.probabilities_.astype(np.float32)
+        c, keep = hdbscan.HDBSCAN(metric="euclidean", prediction_data=params["sample"] is not None, **kw).fit(x), True
+    return (c if keep else None), *_tie_duplicates(x, c.labels_, c.probabilities_)
+
+
+DUPLICATE_RULE = ("bit-identical clustering-space vectors share one label and probability: the most common non-noise "
+                  "label among them (ties: the smallest), noise only if all of them are noise, and the largest "
+                  "probability among those with that label; with --sample a vector the fit did not see that is "
+                  "identical to a fitted one takes that one's")
+
+
+def _row_keys(x: np.ndarray) -> np.ndarray:
+    """Each row of x as one np.void scalar of its bytes (equal keys: bit-identical rows)."""
+    x = np.ascontiguousarray(x)
+    return x.view(np.dtype((np.void, x.dtype.itemsize * x.shape[1]))).ravel()
+
+
+def _tie_duplicates(x: np.ndarray, labels: np.ndarray, probs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """One label and probability per group of bit-identical rows (``DUPLICATE_RULE``): the libraries split them by ties."""
+    labels, probs = np.asarray(labels).astype(np.int32), np.asarray(probs).astype(np.float32)
+    if len(x) < 2:
+        return labels, probs
+    _, inv, counts = np.unique(_row_keys(x), return_inverse=True, return_counts=True)
+    inv = inv.ravel()
+    rows = np.flatnonzero(counts[inv] > 1)
+    if len(rows) == 0:
+        return labels, probs
+    g, lab, pr = inv[rows], labels[rows], probs[rows]
+    o = np.lexsort((lab, g))  # by group, then label
+    g, lab, pr, rows = g[o], lab[o], pr[o], rows[o]
+    start = np.flatnonzero(np.r_[True, (g[1:] != g[:-1]) | (lab[1:] != lab[:-1])])  # one (group, label) pair each
+    pg, plab = g[start], lab[start]
+    pcount = np.diff(np.r_[start, len(g)])
+    pprob = np.maximum.reduceat(pr, start)
+    # per group the pair that is not noise, then the most common, then the smallest label
+    best = np.lexsort((plab, -pcount, plab < 0, pg))
+    best = best[np.r_[True, pg[best][1:] != pg[best][:-1]]]
+    winner_lab = np.empty(len(counts), np.int32)
+    winner_pr = np.empty(len(counts), np.float32)
+    winner_lab[pg[best]], winner_pr[pg[best]] = plab[best], pprob[best]
+    labels[rows], probs[rows] = winner_lab[g], winner_pr[g]
+    return labels, probs
+
+
+def _fitted_rows(fit, *parts: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The distinct rows a fit saw (``_row_keys``, sorted) with their (shared) labels and probabilities: a vector the
+    fit did not see takes those of its bit-identical fitted row (``_predict``)."""
+    keys, first = np.unique(_row_keys(np.concatenate(parts)), return_index=True)
+    return keys, fit[1][first], fit[2][first]
 
 
 def _labels_of(fit) -> tuple[np.ndarray, np.ndarray]:
     return fit[1], fit[2]
 
 
-def _predict(fit, x: np.ndarray, frozen: dict | None) -> tuple[np.ndarray, np.ndarray]:
+def _predict(fit, x: np.ndarray, frozen: dict | None, seen=None) -> tuple[np.ndarray, np.ndarray]:
     """(labels, strengths) of vectors the sampled fit did not see: the frozen rule if ``frozen`` is given (a library
-    that cannot predict; ``_with_tree``'s model; strength NaN), else hdbscan's ``approximate_predict``."""
-    if frozen is not None:
-        lab, _ = assign_frozen(x, frozen)
-        return lab, np.full(len(lab), np.nan, np.float32)
-    import hdbscan
-
+    that cannot predict; ``_with_tree``'s model; strength NaN), else hdbscan's ``approximate_predict``; a vector
+    bit-identical to a fitted one takes its label and probability (``seen``: ``_fitted_rows``)."""
     if len(x) == 0:
         return np.zeros(0, np.int32), np.zeros(0, np.float32)
-    labels, strengths = hdbscan.approximate_predict(fit[0], x)
-    return labels.astype(np.int32), strengths.astype(np.float32)
+    if frozen is not None:
+        labels, _ = assign_frozen(x, frozen)
+        strengths = np.full(len(labels), np.nan, np.float32)
+    else:
+        import hdbscan
+
+        labels, strengths = hdbscan.approximate_predict(fit[0], x)
+        labels, strengths = labels.astype(np.int32), strengths.astype(np.float32)
+    if seen is not None and len(seen[0]):
+        keys = _row_keys(x)
+        if keys.dtype == seen[0].dtype:
+            j = np.minimum(np.searchsorted(seen[0], keys), len(seen[0]) - 1)
+            hit = seen[0][j] == keys
+            labels[hit], strengths[hit] = seen[1][j[hit]], seen[2][j[hit]]
+    return labels, strengths
 
 
 ASSIGNMENT_RULE = ("a vector (unit, projected by the stored PCA) takes the cluster of its nearest fitted member "
@@ -521,7 +581,9 @@ def _cluster(st, exps, params: ClusterParams, client: Client, name: str | None) 
         frozen = client.submit(_frozen, p, fit, *parts, pure=False)
         fit_labels, fit_probs = client.gather(client.submit(_labels_of, fit, pure=False))
         lookup = None if p["algorithm"] == "hdbscan" else client.submit(_with_tree, frozen, pure=False)
-        predicted = client.gather([client.submit(_predict, fit, f, lookup, pure=False) for f in feats])
+        seen = client.submit(_fitted_rows, fit, *parts, pure=False)
+        predicted = client.gather([client.submit(_predict, fit, f, lookup, seen, pure=False) for f in feats])
+        del seen
         unit_labels, unit_probs, pos = [], [], 0
         for (lab, pr), s in zip(predicted, sampled):  # the sampled vectors keep the fit's own labels
             lab, pr = lab.copy(), pr.copy()
@@ -550,7 +612,8 @@ def _cluster(st, exps, params: ClusterParams, client: Client, name: str | None) 
              "min_samples_note": min_samples_note(eff["algorithm"], eff["min_samples"]),
              "space": "unit-normalised vectors" + (f", PCA to {explained[0]} dimensions" if explained else "") + ", euclidean",
              "medoid": "member with the smallest summed cosine distance to the cluster's members, in the original space",
-             "fitted": True, "frozen_in": exps[0].id, "frozen_k": frozen["k"], "assignment_rule": ASSIGNMENT_RULE}
+             "fitted": True, "frozen_in": exps[0].id, "frozen_k": frozen["k"], "assignment_rule": ASSIGNMENT_RULE,
+             "duplicates": DUPLICATE_RULE}
     if explained is not None:
         attrs["explained_variance"] = float(sum(explained[1]))
         attrs["explained_variance_ratio"] = explained[1]
