@@ -349,6 +349,12 @@ def test_the_report_draws_the_new_charts(with_inputs, tmp_path):
     store, bare, eid = with_inputs
     paths, skipped = report.draw_charts(eid, store, tmp_path / "full")
     assert {"divergence-plots.png", "distances-plots.png", "durations.png"} <= {p.name for p in paths}, skipped
+    # the page shows PNGs: no SVG drawn (each format is drawn again), and the PNG is the one `plot` writes
+    assert [p.name for p in (tmp_path / "full").iterdir() if p.suffix != ".png"] == []
+    png, svg = plot(eid, "durations", out=tmp_path / "both", store=store, store_results=False)
+    assert svg.suffix == ".svg" and (tmp_path / "full" / "durations.png").read_bytes() == png.read_bytes()
+    with pytest.raises(ValueError, match="formats"):
+        plot(eid, "durations", out=tmp_path / "none", store=store, formats=("pdf",))
     paths, skipped = report.draw_charts(eid, bare, tmp_path / "bare")
     notes = dict(s.split(": ", 1) for s in skipped)
     assert "panicflow analyse divergence" in notes["divergence"] and "panicflow analyse distances" in notes["distances"]

@@ -68,6 +68,7 @@ BY = ("network", "prompt")  # drift and entropy: pool the prompts, or one panel 
 OKABE_ITO = ["#E69F00", "#56B4E9", "#009E73", "#F0E442", "#0072B2", "#D55E00", "#CC79A7", "#000000"]
 NOISE, OTHER, BLANK = "#D9D9D9", "#7F7F7F", "#FFFFFF"
 WIDTH, DPI = 7.0, 200
+FORMATS = ("png", "svg")  # every chart as both: the PNG for pages and slides, the SVG for papers
 TOP_CLUSTERS = 7  # clusters drawn in their own colour; the rest share OTHER
 MAX_BARS = 100_000  # points per (model, homology dimension) in a diagram panel
 MAP_POINTS = 20_000
@@ -126,9 +127,10 @@ def figure(experiment_id: str, kind: str, store: str | None = None, *, clusterin
 
 def plot(experiment_id: str, kind: str, out: str | os.PathLike = ".", store: str | None = None, *,
          clustering: str | None = None, result: str | None = None, by: str | None = None, title: bool = True,
-         store_results: bool = True) -> list[Path]:
+         store_results: bool = True, formats: tuple[str, ...] = FORMATS) -> list[Path]:
     """Draw one chart of the experiment; returns the PNG and SVG paths (``out/<kind>[-<name>].png|svg``,
-    the name that of the clustering or of the divergence or distances result).
+    the name that of the clustering or of the divergence or distances result; ``formats``: only these, e.g.
+    ``("png",)`` for the report page, which shows PNGs: each format is drawn again, the SVG about as long as the PNG).
 
     ``store_results=False`` (the report page, which writes nothing into the store): a chart whose
     result is not stored yet (transitions and stays need the clustering's sequences) says what to
@@ -136,13 +138,15 @@ def plot(experiment_id: str, kind: str, out: str | os.PathLike = ".", store: str
     inp = _input(experiment_id, kind, store, clustering, result, by, title, store_results)
     with matplotlib.rc_context(STYLE):
         fig, stem = _DRAW[kind](inp)
-        return _save(fig, Path(out), stem)
+        return _save(fig, Path(out), stem, formats)
 
 
-def _save(fig, folder: Path, stem: str) -> list[Path]:
+def _save(fig, folder: Path, stem: str, formats: tuple[str, ...] = FORMATS) -> list[Path]:
+    if not formats or set(formats) - set(FORMATS):
+        raise ValueError(f"formats: choose among {FORMATS}, not {formats!r}")
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
-    for fmt in ("png", "svg"):
+    for fmt in formats:
         path, tmp = folder / f"{stem}.{fmt}", folder / f".{stem}.{fmt}.tmp"
         fig.savefig(tmp, format=fmt, dpi=DPI, metadata={"Date": None} if fmt == "svg" else None)
         os.replace(tmp, path)  # a finished file only

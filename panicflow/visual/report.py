@@ -96,8 +96,8 @@ def draw_charts(experiment_id: str, store: str, folder: Path) -> tuple[list[Path
     paths, skipped = [], []
     for kind in (k for k in REPORT_CHARTS if k in getattr(plots, "KINDS", ())):
         try:
-            paths += [Path(p) for p in plots.plot(experiment_id, kind, out=folder, store=store, store_results=False)
-                      if str(p).endswith(".png")]
+            paths += [Path(p) for p in plots.plot(experiment_id, kind, out=folder, store=store, store_results=False,
+                                                  formats=("png",))]  # the page shows PNGs: no SVG drawn for nothing
         except UserError as exc:  # an analysis not computed yet (drift, a clustering)
             skipped.append(f"{kind}: {exc.lines[0] if exc.lines else exc}")
         except Exception as exc:  # a chart that fails must not cost the whole page
