@@ -22,6 +22,17 @@ def pytest_collection_modifyitems(config, items):
         items[:] = [item for item in items if not item.get_closest_marker("soak")]
 
 
+def pytest_collection_finish(session):
+    """Everything imported and collected so far (~550,000 objects once torch, transformers and Dask are in) is
+    kept for the whole session: frozen out of the garbage collector's scans (``gc.freeze``), so a full
+    collection (the models cache after each model test, Python's own every so often) scans only what the tests
+    made since. A full collection took ~0.3 s before."""
+    import gc
+
+    gc.collect()
+    gc.freeze()
+
+
 @pytest.fixture(scope="module", autouse=True)
 def sigint_left_as_found(request):
     """Warn when a module leaves SIGINT ignored in this process (a suite's later subprocesses inherit it: the
