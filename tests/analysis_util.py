@@ -19,7 +19,7 @@ MIN_CLUSTERED = 0.2  # the share of a model's vectors in a cluster that the char
 def _clusters(store: str, eid: str) -> dict[str, tuple[int, float]]:
     """(clusters, share of vectors in one) per model of the clustering the tests make (min_cluster_size 5, PCA to 4):
     the steps of ``clustering.cluster`` (unit rows, PCA with its seed, the fit) on the same rows in the same order,
-    in this process, without the Dask round trips and stored result of the real call (0.2 s instead of 5.6 s)."""
+    in this process, without the Dask round trips and stored result of the real call (~0.4 s a draw instead of 2-6 s)."""
     import numpy as np
 
     from panicflow.analysis import clustering as cl

@@ -171,7 +171,7 @@ def unload(name: str) -> bool:
 
 def clear() -> None:
     """Evict every model (a worker plugin's teardown, tests); a garbage collection only when one was loaded
-    (a full ``gc.collect`` takes ~0.4 s in a process that imported torch and transformers, for nothing to free)."""
+    (a full ``gc.collect`` takes ~0.3 s in a process that imported torch and transformers, for nothing to free)."""
     with _lock:
         evicted = bool(_loaded)
         for name in list(_loaded):

@@ -80,7 +80,7 @@ def test_unload_and_invoke(sized_models):
 
 
 def test_clear_collects_garbage_only_when_it_evicted_a_model(sized_models, monkeypatch):
-    """A full garbage collection took ~0.4 s at every clear (each model test's teardown, a worker plugin's) in a
+    """A full garbage collection took ~0.3 s at every clear (each model test's teardown, a worker plugin's) in a
     process that imported torch: only when a model was let go is there anything to free."""
     collections = []
     monkeypatch.setattr(cache, "_free_accelerator_memory", lambda: collections.append(1))
